@@ -1,0 +1,434 @@
+//! The HTTP front: KServe V2 REST endpoints with Triton's binary-tensor, model-configuration
+//! and statistics extensions, `/metrics`, and graceful shutdown.
+//!
+//! Handlers only translate: bytes to tensors ([`v2`]), tensors to `serving`, results and
+//! errors ([`error`]) back to bytes. No model compute happens on these async tasks.
+
+pub mod error;
+pub mod v2;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::serving::{InferError, ModelEntry, ServedVersion, Server};
+pub use error::ApiError;
+
+/// The header that says how long the JSON part of a binary-tensor body is.
+pub const HEADER_LEN: &str = "inference-header-content-length";
+
+/// Settings of the HTTP front.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after shutdown is asked for.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct AppState {
+    server: Arc<Server>,
+    opts: Arc<HttpOptions>,
+}
+
+/// The extensions of the protocol this server implements, as `GET /v2` lists them.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
+
+pub fn router(server: Arc<Server>, opts: HttpOptions) -> Router {
+    let state = AppState {
+        server,
+        opts: Arc::new(opts),
+    };
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(model_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config),
+        )
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish, for at most `opts.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    opts: HttpOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let drain = opts.shutdown_timeout;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(server, opts);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = stopping_tx.send(());
+    });
+    let deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(drain).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = serving => r,
+        _ = deadline => {
+            tracing::warn!(timeout_s = drain.as_secs_f64(), "requests still in flight at the shutdown deadline; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// The model name and optional version from the path.
+fn target(params: &HashMap<String, String>) -> Result<(&str, Option<u64>), ApiError> {
+    let model = params.get("model").map(String::as_str).unwrap_or_default();
+    let version = match params.get("version") {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            ApiError::BadRequest(format!("version '{v}' is not a positive integer"))
+        })?),
+    };
+    Ok((model, version))
+}
+
+fn entry(server: &Server, model: &str) -> Result<Arc<ModelEntry>, ApiError> {
+    server
+        .table()
+        .models
+        .get(model)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("unknown model '{model}'")))
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "vigil",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let ready = s.server.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+fn tensor_specs(specs: &[crate::backend::TensorSpec]) -> Value {
+    specs
+        .iter()
+        .map(|s| json!({ "name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape }))
+        .collect()
+}
+
+async fn model_metadata(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let (model, version) = target(&p)?;
+    let entry = entry(&s.server, model)?;
+    let v = s.server.resolve(model, version)?;
+    Ok(Json(json!({
+        "name": entry.name,
+        "versions": entry.versions.keys().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": format!("onnx_{}", v.engine),
+        "inputs": tensor_specs(&v.signature.inputs),
+        "outputs": tensor_specs(&v.signature.outputs),
+    })))
+}
+
+async fn model_ready(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (model, version) = target(&p)?;
+    let entry = entry(&s.server, model)?;
+    let ready = match version {
+        Some(v) => entry.versions.contains_key(&v),
+        None => entry.is_ready(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({ "name": model, "ready": ready });
+    if let Some(v) = version {
+        body["version"] = json!(v.to_string());
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+fn config_io(specs: &[crate::backend::TensorSpec]) -> Value {
+    specs
+        .iter()
+        .map(|s| json!({ "name": s.name, "data_type": s.datatype.triton_config_name(), "dims": s.shape }))
+        .collect()
+}
+
+async fn model_config(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let (model, version) = target(&p)?;
+    let v = s.server.resolve(model, version)?;
+    Ok(Json(json!({
+        "name": model,
+        "platform": "onnxruntime_onnx",
+        "backend": v.engine.as_str(),
+        "version": v.version.to_string(),
+        // Shapes below include the batch dimension, as Triton shows them with batching off.
+        "max_batch_size": 0,
+        "input": config_io(&v.signature.inputs),
+        "output": config_io(&v.signature.outputs),
+        "version_policy": { "latest": { "num_versions": 1 } },
+    })))
+}
+
+fn duration_stat(count: u64, ns: u64) -> Value {
+    json!({ "count": count, "ns": ns })
+}
+
+fn version_stats(v: &ServedVersion) -> Value {
+    let st = v.stats.snapshot();
+    json!({
+        "name": v.model,
+        "version": v.version.to_string(),
+        "last_inference": st.last_inference_ms,
+        "inference_count": st.inference_count,
+        "execution_count": st.success_count,
+        "inference_stats": {
+            "success": duration_stat(st.success_count, st.success_ns),
+            "fail": duration_stat(st.fail_count, 0),
+            "queue": duration_stat(st.success_count, st.queue_ns),
+            "compute_input": duration_stat(st.success_count, 0),
+            "compute_infer": duration_stat(st.success_count, st.compute_ns),
+            "compute_output": duration_stat(st.success_count, 0),
+            "cache_hit": duration_stat(0, 0),
+            "cache_miss": duration_stat(0, 0),
+        },
+        "batch_stats": [],
+    })
+}
+
+async fn model_stats(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let (model, version) = target(&p)?;
+    let table = s.server.table();
+    let stats: Vec<Value> = if model.is_empty() {
+        table
+            .models
+            .values()
+            .flat_map(|e| e.versions.values().map(|v| version_stats(v)))
+            .collect()
+    } else {
+        let entry = entry(&s.server, model)?;
+        match version {
+            Some(_) => vec![version_stats(&*s.server.resolve(model, version)?)],
+            None => entry.versions.values().map(|v| version_stats(v)).collect(),
+        }
+    };
+    Ok(Json(json!({ "model_stats": stats })))
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.server.metrics.render(),
+    )
+}
+
+/// Reads the body, refusing anything over the limit with 413 (before reading, when the
+/// client declared its length).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+    }
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
+        None | Some("identity") => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "Content-Encoding '{other}' is not supported; send the body uncompressed"
+            )))
+        }
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    headers
+        .get(HEADER_LEN)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
+                })
+        })
+        .transpose()
+}
+
+async fn infer(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (model, version) = target(&p)?;
+    let served = s.server.resolve(model, version)?;
+    let start = Instant::now();
+    let result = infer_on(&s, &served, &headers, body).await;
+    match &result {
+        Ok(_) => {
+            served.metrics.count(crate::metrics::Outcome::Success);
+            served
+                .metrics
+                .request
+                .observe(start.elapsed().as_secs_f64());
+        }
+        // Errors inside `serving` are already counted there.
+        Err(InferOnError::Api(_)) => served.metrics.count(crate::metrics::Outcome::BadRequest),
+        Err(InferOnError::Serving(_)) => {}
+    }
+    result.map_err(|e| match e {
+        InferOnError::Api(a) => a,
+        InferOnError::Serving(s) => s.into(),
+    })
+}
+
+enum InferOnError {
+    Api(ApiError),
+    Serving(InferError),
+}
+
+async fn infer_on(
+    s: &AppState,
+    served: &Arc<ServedVersion>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, InferOnError> {
+    let api = InferOnError::Api;
+    let header_len = header_len(headers).map_err(api)?;
+    let body = read_body(headers, body, s.opts.max_body_bytes)
+        .await
+        .map_err(api)?;
+    let req = v2::decode_request(&body, header_len).map_err(|e| api(e.into()))?;
+    drop(body);
+    // Which outputs, in which order, and how: checked before running anything.
+    let sig = &served.signature;
+    let chosen: Vec<(usize, bool)> = match &req.outputs {
+        None => (0..sig.outputs.len())
+            .map(|i| (i, req.binary_output))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|o| {
+                sig.outputs
+                    .iter()
+                    .position(|spec| spec.name == o.name)
+                    .map(|i| (i, o.binary.unwrap_or(req.binary_output)))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            sig.outputs.iter().map(|o| o.name.as_str()).collect();
+                        api(ApiError::BadRequest(format!(
+                            "unknown output '{}': the model's outputs are {names:?}",
+                            o.name
+                        )))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let outputs = s
+        .server
+        .infer(served, req.inputs)
+        .await
+        .map_err(InferOnError::Serving)?;
+    let selected: Vec<_> = chosen.iter().map(|&(i, b)| (&outputs[i], b)).collect();
+    let encoded = v2::encode_response(&served.model, served.version, req.id.as_deref(), &selected);
+    let mut resp = Response::new(Body::from(encoded.body));
+    let h = resp.headers_mut();
+    match encoded.header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(HEADER_LEN, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(resp)
+}

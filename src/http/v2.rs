@@ -1,0 +1,565 @@
+//! The KServe V2 inference body, both ways: JSON, and JSON header + raw tensors (Triton's
+//! binary tensor extension: `Inference-Header-Content-Length`, `binary_data_size`,
+//! `binary_data`, `binary_data_output`).
+//!
+//! Decoding knows nothing of models: it only turns bytes into [`Tensor`]s and says which
+//! outputs the client wants and how. Matching them to a model is `serving`'s job.
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::tensor::{DataType, Tensor, TensorData};
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Outputs asked for, in order; `None` means all, in the model's order.
+    pub outputs: Option<Vec<OutputRequest>>,
+    /// Default for outputs without their own `binary_data` (top-level `binary_data_output`).
+    pub binary_output: bool,
+}
+
+#[derive(Debug)]
+pub struct OutputRequest {
+    pub name: String,
+    pub binary: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    inputs: Vec<RawInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RawOutput>>,
+}
+
+#[derive(Deserialize)]
+struct RawInput {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// Why a body is not a valid V2 request; the message names the input and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+fn bad(msg: impl Into<String>) -> DecodeError {
+    DecodeError(msg.into())
+}
+
+fn param_bool(
+    params: &Option<Map<String, Value>>,
+    key: &str,
+    whose: &str,
+) -> Result<Option<bool>, DecodeError> {
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad(format!(
+            "{whose}: parameter '{key}' must be a boolean, got {other}"
+        ))),
+    }
+}
+
+fn param_usize(
+    params: &Option<Map<String, Value>>,
+    key: &str,
+    whose: &str,
+) -> Result<Option<usize>, DecodeError> {
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{whose}: parameter '{key}' must be a non-negative integer, got {v}"
+                ))
+            }),
+    }
+}
+
+/// Decodes a request body. `header_len` is `Inference-Header-Content-Length` when present:
+/// the JSON is the first `header_len` bytes and binary tensor data follows.
+pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeError> {
+    let (json, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(bad(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )))
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let raw: RawRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+        bad(format!(
+            "invalid inference request JSON at '{}': {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
+
+    if let Some(p) = &raw.parameters {
+        if p.contains_key("classification") {
+            return Err(bad("the classification extension is not supported"));
+        }
+    }
+    let binary_output =
+        param_bool(&raw.parameters, "binary_data_output", "request")?.unwrap_or(false);
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for input in raw.inputs {
+        let whose = format!("input '{}'", input.name);
+        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+            bad(format!(
+                "{whose}: unknown datatype '{}' (expected one of {})",
+                input.datatype,
+                DataType::ALL.map(|d| d.as_str()).join(", ")
+            ))
+        })?;
+        let shape: Vec<usize> = input
+            .shape
+            .iter()
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| bad(format!("{whose}: dimension {d} is too large")))
+            })
+            .collect::<Result<_, _>>()?;
+        let expected = Tensor::shape_elements(&shape)
+            .ok_or_else(|| bad(format!("{whose}: shape {shape:?} is too large")))?;
+        let data = match param_usize(&input.parameters, "binary_data_size", &whose)? {
+            Some(size) => {
+                if input.data.is_some() {
+                    return Err(bad(format!(
+                        "{whose}: has both 'data' and binary_data_size"
+                    )));
+                }
+                if header_len.is_none() {
+                    return Err(bad(format!(
+                        "{whose}: binary_data_size given but the request has no Inference-Header-Content-Length header"
+                    )));
+                }
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "{whose}: binary_data_size is {size} but only {} bytes of binary data are left",
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::from_le_bytes(datatype, mine)
+                    .map_err(|e| bad(format!("{whose}: {e}")))?
+            }
+            None => {
+                let value = input
+                    .data
+                    .as_ref()
+                    .ok_or_else(|| bad(format!("{whose}: no 'data' and no binary_data_size")))?;
+                json_data(datatype, value, expected)
+                    .map_err(|e| bad(format!("{whose}: {}", e.0)))?
+            }
+        };
+        if data.len() != expected {
+            return Err(bad(format!(
+                "{whose}: shape {shape:?} needs {expected} elements, got {}",
+                data.len()
+            )));
+        }
+        inputs.push(Tensor {
+            name: input.name,
+            shape,
+            data,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "{} bytes of binary data follow the inputs that no input claims",
+            binary.len()
+        )));
+    }
+    let outputs = match raw.outputs {
+        None => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|o| {
+                    let whose = format!("output '{}'", o.name);
+                    if o.parameters
+                        .as_ref()
+                        .is_some_and(|p| p.contains_key("classification"))
+                    {
+                        return Err(bad(format!(
+                            "{whose}: the classification extension is not supported"
+                        )));
+                    }
+                    let binary = param_bool(&o.parameters, "binary_data", &whose)?;
+                    Ok(OutputRequest {
+                        name: o.name,
+                        binary,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(InferRequest {
+        id: raw.id,
+        inputs,
+        outputs,
+        binary_output,
+    })
+}
+
+/// Flattens nested (or flat) JSON arrays in row-major order, checking each element.
+fn flatten<'a>(
+    value: &'a Value,
+    out: &mut Vec<&'a Value>,
+    limit: usize,
+) -> Result<(), DecodeError> {
+    match value {
+        Value::Array(items) => {
+            for v in items {
+                flatten(v, out, limit)?;
+            }
+            Ok(())
+        }
+        scalar => {
+            if out.len() >= limit {
+                return Err(bad(format!("more data elements than the shape's {limit}")));
+            }
+            out.push(scalar);
+            Ok(())
+        }
+    }
+}
+
+fn float_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            "NaN" | "nan" => Some(f64::NAN),
+            "Infinity" | "inf" | "+inf" => Some(f64::INFINITY),
+            "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn json_data(
+    datatype: DataType,
+    value: &Value,
+    expected: usize,
+) -> Result<TensorData, DecodeError> {
+    let mut flat = Vec::with_capacity(expected.min(1 << 20));
+    flatten(value, &mut flat, expected)?;
+    let wrong =
+        |i: usize, v: &Value| bad(format!("element {i} ({v}) is not a valid {datatype} value"));
+    macro_rules! ints {
+        ($variant:ident, $t:ty) => {
+            TensorData::$variant(
+                flat.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let n = match v {
+                            Value::Number(n) => n
+                                .as_i64()
+                                .and_then(|x| <$t>::try_from(x).ok())
+                                .or_else(|| n.as_u64().and_then(|x| <$t>::try_from(x).ok())),
+                            _ => None,
+                        };
+                        n.ok_or_else(|| wrong(i, v))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_bool().ok_or_else(|| wrong(i, v)))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Uint8 => ints!(Uint8, u8),
+        DataType::Uint16 => ints!(Uint16, u16),
+        DataType::Uint32 => ints!(Uint32, u32),
+        DataType::Uint64 => ints!(Uint64, u64),
+        DataType::Int8 => ints!(Int8, i8),
+        DataType::Int16 => ints!(Int16, i16),
+        DataType::Int32 => ints!(Int32, i32),
+        DataType::Int64 => ints!(Int64, i64),
+        DataType::Fp32 => TensorData::Fp32(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let x = float_of(v).ok_or_else(|| wrong(i, v))?;
+                    if x.is_finite() && x.abs() > f32::MAX as f64 {
+                        return Err(bad(format!("element {i} ({v}) is out of range for FP32")));
+                    }
+                    Ok(x as f32)
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Fp64 => TensorData::Fp64(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| float_of(v).ok_or_else(|| wrong(i, v)))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Bytes => TensorData::Bytes(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(|s| s.as_bytes().to_vec())
+                        .ok_or_else(|| wrong(i, v))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Tensor data as a flat JSON array. Floats are written at their own precision (an
+/// `f32` as the shortest decimal that reads back to it); NaN and infinities, which JSON
+/// cannot express, become `null` (ask for binary outputs to get them exactly).
+struct JsonData<'a>(&'a TensorData);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        crate::dispatch_numeric!(self.0,
+            v => { for x in v { seq.serialize_element(x)?; } },
+            bool b => { for x in b { seq.serialize_element(x)?; } },
+            bytes st => { for x in st { seq.serialize_element(&String::from_utf8_lossy(x))?; } }
+        );
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct OutputJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParams {
+    binary_data_size: usize,
+}
+
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputJson<'a>>,
+}
+
+/// An encoded response: the body, and the JSON header's length when binary data follows.
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub header_len: Option<usize>,
+}
+
+/// Encodes the chosen outputs; each `(tensor, binary)` pair says how to send it.
+pub fn encode_response(
+    model: &str,
+    version: u64,
+    id: Option<&str>,
+    outputs: &[(&Tensor, bool)],
+) -> EncodedResponse {
+    let doc = ResponseJson {
+        model_name: model,
+        model_version: version.to_string(),
+        id,
+        outputs: outputs
+            .iter()
+            .map(|&(t, binary)| OutputJson {
+                name: &t.name,
+                datatype: t.datatype().as_str(),
+                shape: &t.shape,
+                parameters: binary.then(|| BinaryParams {
+                    binary_data_size: t.data.byte_size(),
+                }),
+                data: (!binary).then_some(JsonData(&t.data)),
+            })
+            .collect(),
+    };
+    let mut body = serde_json::to_vec(&doc).expect("serialising plain data cannot fail");
+    let any_binary = outputs.iter().any(|&(_, b)| b);
+    let header_len = any_binary.then_some(body.len());
+    for &(t, binary) in outputs {
+        if binary {
+            t.data.write_le_bytes(&mut body);
+        }
+    }
+    EncodedResponse { body, header_len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_nested_and_flat_agree() {
+        let nested =
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#;
+        let flat =
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#;
+        let a = decode_request(nested, None).unwrap();
+        let b = decode_request(flat, None).unwrap();
+        assert_eq!(a.inputs, b.inputs);
+        assert_eq!(a.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.5]));
+    }
+
+    #[test]
+    fn binary_inputs_are_sliced_in_order() {
+        let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"b","shape":[1],"datatype":"BOOL","parameters":{"binary_data_size":1}}],"parameters":{"binary_data_output":true}}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&7i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        body.push(1);
+        let req = decode_request(&body, Some(header.len())).unwrap();
+        assert_eq!(req.inputs[0].data, TensorData::Int32(vec![7, -1]));
+        assert_eq!(req.inputs[1].data, TensorData::Bool(vec![true]));
+        assert!(req.binary_output);
+        // One byte too many, one too few.
+        let mut extra = body.clone();
+        extra.push(0);
+        assert!(decode_request(&extra, Some(header.len()))
+            .unwrap_err()
+            .0
+            .contains("no input claims"));
+        assert!(decode_request(&body[..body.len() - 1], Some(header.len()))
+            .unwrap_err()
+            .0
+            .contains("binary_data_size is 1"));
+        assert!(decode_request(&body, Some(body.len() + 1)).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_input() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+                "needs 3 elements, got 2",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+                "more data elements",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#,
+                "not a valid INT8",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+                "not a valid INT32",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP17","data":[1]}]}"#,
+                "unknown datatype 'FP17'",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[1]}]}"#,
+                "not a valid BOOL",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+                "inputs[0].shape[0]",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+                "no 'data'",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+                "not a valid FP32",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e300]}]}"#,
+                "out of range for FP32",
+            ),
+            (br#"{"inputs":[]"#, "invalid inference request JSON"),
+            (br#"{"inputz":[]}"#, "missing field `inputs`"),
+        ];
+        for (body, want) in cases {
+            let err = decode_request(body, None).unwrap_err().0;
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+            if !want.contains("JSON")
+                && !want.contains("missing field")
+                && !want.contains("shape[0]")
+            {
+                assert!(err.contains("input 'x'"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn special_floats_in_and_out() {
+        let req = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":["NaN","Infinity","-inf"]}]}"#,
+            None,
+        )
+        .unwrap();
+        let TensorData::Fp64(v) = &req.inputs[0].data else {
+            panic!()
+        };
+        assert!(v[0].is_nan() && v[1] == f64::INFINITY && v[2] == f64::NEG_INFINITY);
+        let out = encode_response("m", 1, None, &[(&req.inputs[0], false)]);
+        let s = String::from_utf8(out.body).unwrap();
+        assert!(s.contains("[null,null,null]"), "{s}");
+    }
+
+    #[test]
+    fn response_mixes_json_and_binary() {
+        let a = Tensor {
+            name: "a".into(),
+            shape: vec![2],
+            data: TensorData::Fp32(vec![0.1, 2.0]),
+        };
+        let b = Tensor {
+            name: "b".into(),
+            shape: vec![1],
+            data: TensorData::Int64(vec![5]),
+        };
+        let out = encode_response("m", 3, Some("req-1"), &[(&a, false), (&b, true)]);
+        let n = out.header_len.unwrap();
+        let header: Value = serde_json::from_slice(&out.body[..n]).unwrap();
+        assert_eq!(header["model_version"], "3");
+        assert_eq!(header["id"], "req-1");
+        assert_eq!(
+            header["outputs"][0]["data"][0].as_f64().unwrap() as f32,
+            0.1f32
+        );
+        assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 8);
+        assert_eq!(&out.body[n..], &5i64.to_le_bytes());
+        let json_only = encode_response("m", 3, None, &[(&a, false)]);
+        assert!(json_only.header_len.is_none());
+    }
+}

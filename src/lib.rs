@@ -1,0 +1,12 @@
+//! vigil: a low-latency ONNX inference server (KServe V2 protocol) that watches what it
+//! serves. The modules follow the path of a request: `http` decodes it, `serving` picks
+//! the model version and queues it, a `backend` engine runs it; `tensor`, `config` and
+//! `metrics` are shared by all.
+
+pub mod backend;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod repository;
+pub mod serving;
+pub mod tensor;

@@ -1,0 +1,428 @@
+//! The one in-memory tensor type every layer speaks: a name, a shape and typed, row-major
+//! data. The HTTP codec decodes into it, engines read and produce it, the monitor reads it.
+//!
+//! Data is stored typed (`Vec<f32>`, `Vec<i64>`, ...) rather than as raw bytes so that
+//! engines can borrow aligned slices without another copy. Per-datatype code is written
+//! once through the `dispatch!` macro instead of once per type.
+
+use std::fmt;
+
+/// A KServe V2 datatype. `BYTES` elements are arbitrary byte strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataType {
+    Bool,
+    Uint8,
+    Uint16,
+    Uint32,
+    Uint64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Fp32,
+    Fp64,
+    Bytes,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 12] = [
+        DataType::Bool,
+        DataType::Uint8,
+        DataType::Uint16,
+        DataType::Uint32,
+        DataType::Uint64,
+        DataType::Int8,
+        DataType::Int16,
+        DataType::Int32,
+        DataType::Int64,
+        DataType::Fp32,
+        DataType::Fp64,
+        DataType::Bytes,
+    ];
+
+    /// The V2 protocol name (`"FP32"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "BOOL",
+            DataType::Uint8 => "UINT8",
+            DataType::Uint16 => "UINT16",
+            DataType::Uint32 => "UINT32",
+            DataType::Uint64 => "UINT64",
+            DataType::Int8 => "INT8",
+            DataType::Int16 => "INT16",
+            DataType::Int32 => "INT32",
+            DataType::Int64 => "INT64",
+            DataType::Fp32 => "FP32",
+            DataType::Fp64 => "FP64",
+            DataType::Bytes => "BYTES",
+        }
+    }
+
+    /// Parses a V2 datatype name.
+    pub fn parse(s: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// Triton's model-configuration name (`"TYPE_FP32"`, `"TYPE_STRING"`).
+    pub fn triton_config_name(self) -> &'static str {
+        match self {
+            DataType::Bool => "TYPE_BOOL",
+            DataType::Uint8 => "TYPE_UINT8",
+            DataType::Uint16 => "TYPE_UINT16",
+            DataType::Uint32 => "TYPE_UINT32",
+            DataType::Uint64 => "TYPE_UINT64",
+            DataType::Int8 => "TYPE_INT8",
+            DataType::Int16 => "TYPE_INT16",
+            DataType::Int32 => "TYPE_INT32",
+            DataType::Int64 => "TYPE_INT64",
+            DataType::Fp32 => "TYPE_FP32",
+            DataType::Fp64 => "TYPE_FP64",
+            DataType::Bytes => "TYPE_STRING",
+        }
+    }
+
+    /// Bytes per element in the binary tensor format; `None` for `BYTES` (length-prefixed).
+    pub fn element_size(self) -> Option<usize> {
+        match self {
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => Some(1),
+            DataType::Uint16 | DataType::Int16 => Some(2),
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => Some(4),
+            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => Some(8),
+            DataType::Bytes => None,
+        }
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Typed, row-major tensor contents.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    Bool(Vec<bool>),
+    Uint8(Vec<u8>),
+    Uint16(Vec<u16>),
+    Uint32(Vec<u32>),
+    Uint64(Vec<u64>),
+    Int8(Vec<i8>),
+    Int16(Vec<i16>),
+    Int32(Vec<i32>),
+    Int64(Vec<i64>),
+    Fp32(Vec<f32>),
+    Fp64(Vec<f64>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+/// Runs `$body` with `$v` bound to the inner `Vec` of every variant (BYTES included).
+#[macro_export]
+macro_rules! dispatch {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            $crate::tensor::TensorData::Bool($v) => $body,
+            $crate::tensor::TensorData::Uint8($v) => $body,
+            $crate::tensor::TensorData::Uint16($v) => $body,
+            $crate::tensor::TensorData::Uint32($v) => $body,
+            $crate::tensor::TensorData::Uint64($v) => $body,
+            $crate::tensor::TensorData::Int8($v) => $body,
+            $crate::tensor::TensorData::Int16($v) => $body,
+            $crate::tensor::TensorData::Int32($v) => $body,
+            $crate::tensor::TensorData::Int64($v) => $body,
+            $crate::tensor::TensorData::Fp32($v) => $body,
+            $crate::tensor::TensorData::Fp64($v) => $body,
+            $crate::tensor::TensorData::Bytes($v) => $body,
+        }
+    };
+}
+
+/// Runs `$num` for every fixed-size numeric variant and `$bool`/`$bytes` for the others;
+/// `$num` sees `$v: &Vec<T>` with `T` a primitive number.
+#[macro_export]
+macro_rules! dispatch_numeric {
+    ($data:expr, $v:ident => $num:expr, bool $b:ident => $bool:expr, bytes $s:ident => $bytes:expr) => {
+        match $data {
+            $crate::tensor::TensorData::Bool($b) => $bool,
+            $crate::tensor::TensorData::Bytes($s) => $bytes,
+            $crate::tensor::TensorData::Uint8($v) => $num,
+            $crate::tensor::TensorData::Uint16($v) => $num,
+            $crate::tensor::TensorData::Uint32($v) => $num,
+            $crate::tensor::TensorData::Uint64($v) => $num,
+            $crate::tensor::TensorData::Int8($v) => $num,
+            $crate::tensor::TensorData::Int16($v) => $num,
+            $crate::tensor::TensorData::Int32($v) => $num,
+            $crate::tensor::TensorData::Int64($v) => $num,
+            $crate::tensor::TensorData::Fp32($v) => $num,
+            $crate::tensor::TensorData::Fp64($v) => $num,
+        }
+    };
+}
+
+/// Why raw bytes could not become a tensor.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("{datatype} data of {got} bytes is not a whole number of {size}-byte elements")]
+    Ragged {
+        datatype: DataType,
+        got: usize,
+        size: usize,
+    },
+    #[error("BYTES element {index} is truncated (needs {need} bytes, {left} left)")]
+    TruncatedBytes {
+        index: usize,
+        need: usize,
+        left: usize,
+    },
+    #[error("BOOL byte {index} is {value}, expected 0 or 1")]
+    BadBool { index: usize, value: u8 },
+}
+
+/// Little-endian element conversions for the fixed-size numeric types.
+pub trait Element: Copy + Send + Sync + 'static {
+    const SIZE: usize;
+    fn from_le(b: &[u8]) -> Self;
+    fn write_le(self, out: &mut Vec<u8>);
+}
+
+macro_rules! element {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            #[inline]
+            fn from_le(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().expect("chunk has the element size"))
+            }
+            #[inline]
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+
+fn decode_le<T: Element>(datatype: DataType, raw: &[u8]) -> Result<Vec<T>, DecodeError> {
+    if raw.len() % T::SIZE != 0 {
+        return Err(DecodeError::Ragged {
+            datatype,
+            got: raw.len(),
+            size: T::SIZE,
+        });
+    }
+    Ok(raw.chunks_exact(T::SIZE).map(T::from_le).collect())
+}
+
+impl TensorData {
+    pub fn datatype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::Bool,
+            TensorData::Uint8(_) => DataType::Uint8,
+            TensorData::Uint16(_) => DataType::Uint16,
+            TensorData::Uint32(_) => DataType::Uint32,
+            TensorData::Uint64(_) => DataType::Uint64,
+            TensorData::Int8(_) => DataType::Int8,
+            TensorData::Int16(_) => DataType::Int16,
+            TensorData::Int32(_) => DataType::Int32,
+            TensorData::Int64(_) => DataType::Int64,
+            TensorData::Fp32(_) => DataType::Fp32,
+            TensorData::Fp64(_) => DataType::Fp64,
+            TensorData::Bytes(_) => DataType::Bytes,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        dispatch!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `n` zero elements (empty strings for BYTES): the warm-up input.
+    pub fn zeros(datatype: DataType, n: usize) -> TensorData {
+        match datatype {
+            DataType::Bool => TensorData::Bool(vec![false; n]),
+            DataType::Uint8 => TensorData::Uint8(vec![0; n]),
+            DataType::Uint16 => TensorData::Uint16(vec![0; n]),
+            DataType::Uint32 => TensorData::Uint32(vec![0; n]),
+            DataType::Uint64 => TensorData::Uint64(vec![0; n]),
+            DataType::Int8 => TensorData::Int8(vec![0; n]),
+            DataType::Int16 => TensorData::Int16(vec![0; n]),
+            DataType::Int32 => TensorData::Int32(vec![0; n]),
+            DataType::Int64 => TensorData::Int64(vec![0; n]),
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+            DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+        }
+    }
+
+    /// Decodes the binary tensor extension's layout: little-endian elements, one byte per
+    /// BOOL, and for BYTES a 4-byte little-endian length before each element.
+    pub fn from_le_bytes(datatype: DataType, raw: &[u8]) -> Result<TensorData, DecodeError> {
+        Ok(match datatype {
+            DataType::Bool => TensorData::Bool(
+                raw.iter()
+                    .enumerate()
+                    .map(|(index, &value)| match value {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        _ => Err(DecodeError::BadBool { index, value }),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::Uint8 => TensorData::Uint8(raw.to_vec()),
+            DataType::Uint16 => TensorData::Uint16(decode_le(datatype, raw)?),
+            DataType::Uint32 => TensorData::Uint32(decode_le(datatype, raw)?),
+            DataType::Uint64 => TensorData::Uint64(decode_le(datatype, raw)?),
+            DataType::Int8 => TensorData::Int8(decode_le(datatype, raw)?),
+            DataType::Int16 => TensorData::Int16(decode_le(datatype, raw)?),
+            DataType::Int32 => TensorData::Int32(decode_le(datatype, raw)?),
+            DataType::Int64 => TensorData::Int64(decode_le(datatype, raw)?),
+            DataType::Fp32 => TensorData::Fp32(decode_le(datatype, raw)?),
+            DataType::Fp64 => TensorData::Fp64(decode_le(datatype, raw)?),
+            DataType::Bytes => {
+                let mut out = Vec::new();
+                let mut rest = raw;
+                while !rest.is_empty() {
+                    let index = out.len();
+                    if rest.len() < 4 {
+                        return Err(DecodeError::TruncatedBytes {
+                            index,
+                            need: 4,
+                            left: rest.len(),
+                        });
+                    }
+                    let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                    rest = &rest[4..];
+                    if rest.len() < n {
+                        return Err(DecodeError::TruncatedBytes {
+                            index,
+                            need: n,
+                            left: rest.len(),
+                        });
+                    }
+                    out.push(rest[..n].to_vec());
+                    rest = &rest[n..];
+                }
+                TensorData::Bytes(out)
+            }
+        })
+    }
+
+    /// Appends the binary tensor layout of this data to `out`.
+    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
+        out.reserve(self.byte_size());
+        dispatch_numeric!(self,
+            v => {
+                for x in v {
+                    x.write_le(out);
+                }
+            },
+            bool b => out.extend(b.iter().map(|&x| x as u8)),
+            bytes s => {
+                for e in s {
+                    out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                    out.extend_from_slice(e);
+                }
+            }
+        )
+    }
+
+    /// Size of [`write_le_bytes`](Self::write_le_bytes)'s output.
+    pub fn byte_size(&self) -> usize {
+        match self {
+            TensorData::Bytes(s) => s.iter().map(|e| 4 + e.len()).sum(),
+            other => other.len() * other.datatype().element_size().expect("fixed-size type"),
+        }
+    }
+}
+
+/// A named tensor: the unit of every request and response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    pub fn datatype(&self) -> DataType {
+        self.data.datatype()
+    }
+
+    /// Number of elements the shape asks for, or `None` if it overflows.
+    pub fn shape_elements(shape: &[usize]) -> Option<usize> {
+        shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_round_trip_every_type() {
+        let cases = vec![
+            TensorData::Bool(vec![true, false, true]),
+            TensorData::Uint8(vec![0, 255]),
+            TensorData::Uint16(vec![0, 65535]),
+            TensorData::Uint32(vec![7, u32::MAX]),
+            TensorData::Uint64(vec![u64::MAX, 1]),
+            TensorData::Int8(vec![-128, 127]),
+            TensorData::Int16(vec![-1, 300]),
+            TensorData::Int32(vec![i32::MIN, 5]),
+            TensorData::Int64(vec![i64::MIN, i64::MAX]),
+            TensorData::Fp32(vec![1.5, -0.0, f32::INFINITY]),
+            TensorData::Fp64(vec![std::f64::consts::PI]),
+            TensorData::Bytes(vec![b"ab".to_vec(), vec![], "é".as_bytes().to_vec()]),
+        ];
+        for data in cases {
+            let mut raw = Vec::new();
+            data.write_le_bytes(&mut raw);
+            assert_eq!(raw.len(), data.byte_size(), "{:?}", data.datatype());
+            let back = TensorData::from_le_bytes(data.datatype(), &raw).unwrap();
+            assert_eq!(back, data);
+        }
+    }
+
+    #[test]
+    fn fp32_is_little_endian() {
+        let mut raw = Vec::new();
+        TensorData::Fp32(vec![1.0]).write_le_bytes(&mut raw);
+        assert_eq!(raw, vec![0, 0, 0x80, 0x3f]);
+    }
+
+    #[test]
+    fn bad_binary_is_an_error() {
+        assert_eq!(
+            TensorData::from_le_bytes(DataType::Fp32, &[0, 0, 0]),
+            Err(DecodeError::Ragged {
+                datatype: DataType::Fp32,
+                got: 3,
+                size: 4
+            })
+        );
+        assert_eq!(
+            TensorData::from_le_bytes(DataType::Bool, &[0, 2]),
+            Err(DecodeError::BadBool { index: 1, value: 2 })
+        );
+        assert!(matches!(
+            TensorData::from_le_bytes(DataType::Bytes, &[5, 0, 0, 0, b'a']),
+            Err(DecodeError::TruncatedBytes { index: 0, .. })
+        ));
+        assert!(matches!(
+            TensorData::from_le_bytes(DataType::Bytes, &[1, 0]),
+            Err(DecodeError::TruncatedBytes { need: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn datatype_names_round_trip() {
+        for d in DataType::ALL {
+            assert_eq!(DataType::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(DataType::parse("FP16"), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Test harness: runs the real `vigil` binary on 127.0.0.1:0 and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The ONNX Runtime library the test setup installed (scripts/setup-test-deps.sh), or
+/// `$ORT_DYLIB_PATH`. Missing is a test failure, not a skip: CI must exercise ort.
+pub fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let capi = root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi");
+    let found = std::fs::read_dir(&capi).ok().and_then(|entries| {
+        entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "ONNX Runtime library not found in {}: run scripts/setup-test-deps.sh (or set ORT_DYLIB_PATH)",
+            capi.display()
+        )
+    })
+}
+
+/// The Python interpreter with the test clients installed.
+pub fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/setup-test-deps.sh",
+        p.display()
+    );
+    p
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Tract,
+    Ort,
+}
+
+impl Engine {
+    pub fn args(self) -> Vec<String> {
+        match self {
+            Engine::Tract => vec!["--backend".into(), "tract".into()],
+            Engine::Ort => vec![
+                "--backend".into(),
+                "ort".into(),
+                "--ort-library".into(),
+                ort_library().display().to_string(),
+            ],
+        }
+    }
+}
+
+pub struct Vigil {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+    pub client: reqwest::blocking::Client,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Vigil {
+    /// Starts `vigil serve` on the given repository and waits until it is ready.
+    pub fn start(repository: &Path, engine: Engine, extra: &[&str]) -> Vigil {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.arg("serve")
+            .arg("--repository")
+            .arg(repository)
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(engine.args())
+            .args(extra)
+            .env_remove("ORT_DYLIB_PATH")
+            .env("VIGIL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vigil");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "vigil did not report its address; log:\n{}",
+                        seen.join("\n")
+                    )
+                });
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on http://".len()..];
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            seen.push(line);
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let v = Vigil {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            client,
+            logs: rx,
+        };
+        while Instant::now() < deadline {
+            if let Ok(r) = v.client.get(v.url("/v2/health/ready")).send() {
+                if r.status() == 200 {
+                    return v;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("vigil never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).json(body).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// Log lines printed so far.
+    pub fn drain_logs(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reference case written by models/make_models.py: inputs and onnxruntime's outputs.
+pub fn reference(name: &str) -> Value {
+    let p = root().join("tests/data/refs").join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// Compares a V2 output (JSON) with a reference output, numbers within `tol` (relative
+/// to max(1, |expected|)), everything else exactly.
+pub fn assert_output_close(got: &Value, want: &Value, tol: f64) {
+    assert_eq!(got["name"], want["name"]);
+    assert_eq!(got["datatype"], want["datatype"], "output {}", want["name"]);
+    assert_eq!(got["shape"], want["shape"], "output {}", want["name"]);
+    let g = got["data"].as_array().expect("data array");
+    let w = want["data"].as_array().unwrap();
+    assert_eq!(g.len(), w.len());
+    let fp32 = want["datatype"] == "FP32";
+    // FP32 travels as its shortest decimal: compare at f32 precision.
+    let narrow = |x: f64| if fp32 { x as f32 as f64 } else { x };
+    for (i, (a, b)) in g.iter().zip(w).enumerate() {
+        match (a.as_f64().map(narrow), b.as_f64().map(narrow)) {
+            (Some(x), Some(y)) if b.is_f64() || a.is_f64() => assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "output {} element {i}: got {x}, want {y}",
+                want["name"]
+            ),
+            _ => assert_eq!(a, b, "output {} element {i}", want["name"]),
+        }
+    }
+}
+
+/// Little-endian bytes of a reference tensor's data, for binary requests.
+pub fn to_le_bytes(t: &Value) -> Vec<u8> {
+    let data = t["data"].as_array().unwrap();
+    let mut out = Vec::new();
+    for v in data {
+        match t["datatype"].as_str().unwrap() {
+            "FP32" => out.extend((v.as_f64().unwrap() as f32).to_le_bytes()),
+            "FP64" => out.extend(v.as_f64().unwrap().to_le_bytes()),
+            "INT8" => out.extend((v.as_i64().unwrap() as i8).to_le_bytes()),
+            "INT16" => out.extend((v.as_i64().unwrap() as i16).to_le_bytes()),
+            "INT32" => out.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
+            "INT64" => out.extend(v.as_i64().unwrap().to_le_bytes()),
+            "UINT8" => out.extend((v.as_u64().unwrap() as u8).to_le_bytes()),
+            "UINT16" => out.extend((v.as_u64().unwrap() as u16).to_le_bytes()),
+            "UINT32" => out.extend((v.as_u64().unwrap() as u32).to_le_bytes()),
+            "UINT64" => out.extend(v.as_u64().unwrap().to_le_bytes()),
+            "BOOL" => out.push(v.as_bool().unwrap() as u8),
+            "BYTES" => {
+                let s = v.as_str().unwrap().as_bytes();
+                out.extend((s.len() as u32).to_le_bytes());
+                out.extend(s);
+            }
+            other => panic!("datatype {other}"),
+        }
+    }
+    out
+}
+
+/// Decodes binary output bytes back into JSON values of the given datatype.
+pub fn from_le_bytes(datatype: &str, raw: &[u8]) -> Vec<Value> {
+    fn chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+        raw.chunks_exact(N).map(|c| c.try_into().unwrap())
+    }
+    match datatype {
+        "FP32" => chunks::<4>(raw)
+            .map(|c| Value::from(f32::from_le_bytes(c) as f64))
+            .collect(),
+        "FP64" => chunks::<8>(raw)
+            .map(|c| Value::from(f64::from_le_bytes(c)))
+            .collect(),
+        "INT8" => raw.iter().map(|&b| Value::from(b as i8)).collect(),
+        "INT16" => chunks::<2>(raw)
+            .map(|c| Value::from(i16::from_le_bytes(c)))
+            .collect(),
+        "INT32" => chunks::<4>(raw)
+            .map(|c| Value::from(i32::from_le_bytes(c)))
+            .collect(),
+        "INT64" => chunks::<8>(raw)
+            .map(|c| Value::from(i64::from_le_bytes(c)))
+            .collect(),
+        "UINT8" => raw.iter().map(|&b| Value::from(b)).collect(),
+        "UINT16" => chunks::<2>(raw)
+            .map(|c| Value::from(u16::from_le_bytes(c)))
+            .collect(),
+        "UINT32" => chunks::<4>(raw)
+            .map(|c| Value::from(u32::from_le_bytes(c)))
+            .collect(),
+        "UINT64" => chunks::<8>(raw)
+            .map(|c| Value::from(u64::from_le_bytes(c)))
+            .collect(),
+        "BOOL" => raw.iter().map(|&b| Value::from(b != 0)).collect(),
+        "BYTES" => {
+            let mut out = Vec::new();
+            let mut rest = raw;
+            while rest.len() >= 4 {
+                let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                out.push(Value::from(
+                    String::from_utf8(rest[4..4 + n].to_vec()).unwrap(),
+                ));
+                rest = &rest[4 + n..];
+            }
+            out
+        }
+        other => panic!("datatype {other}"),
+    }
+}
+
+/// Sends a binary-tensor request built from reference inputs, asking for binary outputs;
+/// returns status and the outputs decoded back into JSON form.
+pub fn infer_binary(v: &Vigil, path: &str, inputs: &[Value]) -> (u16, Value) {
+    let mut header_inputs = Vec::new();
+    let mut raw = Vec::new();
+    for t in inputs {
+        let bytes = to_le_bytes(t);
+        header_inputs.push(serde_json::json!({
+            "name": t["name"], "shape": t["shape"], "datatype": t["datatype"],
+            "parameters": {"binary_data_size": bytes.len()}
+        }));
+        raw.extend(bytes);
+    }
+    let header = serde_json::json!({
+        "id": "bin-1",
+        "inputs": header_inputs,
+        "parameters": {"binary_data_output": true}
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(raw);
+    let r = v
+        .client
+        .post(v.url(path))
+        .header("Inference-Header-Content-Length", header.len())
+        .header("Content-Type", "application/octet-stream")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let hlen: Option<usize> = r
+        .headers()
+        .get("inference-header-content-length")
+        .map(|h| h.to_str().unwrap().parse().unwrap());
+    let bytes = r.bytes().unwrap();
+    let Some(hlen) = hlen else {
+        return (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        );
+    };
+    let mut doc: Value = serde_json::from_slice(&bytes[..hlen]).unwrap();
+    let mut offset = hlen;
+    for out in doc["outputs"].as_array_mut().unwrap() {
+        let size = out["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+        let data = from_le_bytes(
+            out["datatype"].as_str().unwrap(),
+            &bytes[offset..offset + size],
+        );
+        offset += size;
+        out["data"] = Value::from(data);
+    }
+    assert_eq!(
+        offset,
+        bytes.len(),
+        "binary body length matches the sizes declared"
+    );
+    (status, doc)
+}
