@@ -75,6 +75,35 @@ pub struct ServeArgs {
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "VIGIL_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
+
+    /// Seconds between repository scans (0: scan only when asked through the repository API).
+    #[arg(long, env = "VIGIL_POLL_INTERVAL", default_value_t = 5.0)]
+    pub poll_interval: f64,
+
+    /// `poll`: serve what the repository holds, following changes. `explicit`: serve only
+    /// models named by --load-model or loaded through POST /v2/repository/models/{m}/load.
+    #[arg(long, env = "VIGIL_MODEL_CONTROL", value_enum, default_value = "poll")]
+    pub model_control: ModelControl,
+
+    /// In explicit mode, a model to load at start (repeatable; `*` for all).
+    #[arg(long = "load-model", env = "VIGIL_LOAD_MODEL", value_delimiter = ',')]
+    pub load_models: Vec<String>,
+
+    /// Directory for state that must survive a restart (run-time rollout changes).
+    #[arg(long, env = "VIGIL_STATE_DIR", default_value = "vigil-state")]
+    pub state_dir: PathBuf,
+
+    /// Bearer token required by endpoints that change state (repository load/unload,
+    /// rollout). Without one, those endpoints accept only loopback clients.
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// How the set of served models is decided (Triton's model control modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelControl {
+    Poll,
+    Explicit,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +118,124 @@ pub struct CheckArgs {
 pub struct ModelConfig {
     /// Engine for this model (`auto`, `tract` or `ort`); default: the server's `--backend`.
     pub backend: Option<BackendChoice>,
+    /// Which versions are served.
+    #[serde(default)]
+    pub version_policy: VersionPolicyConfig,
+    /// Stable and canary versions, and how traffic is split between them.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// `[version_policy]`: one of `latest = N`, `specific = [..]`, `all = true`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionPolicyConfig {
+    pub latest: Option<usize>,
+    pub specific: Option<Vec<u64>>,
+    pub all: Option<bool>,
+}
+
+/// The versions a model serves, out of those on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(usize),
+    /// Exactly these versions (those that exist).
+    Specific(Vec<u64>),
+    All,
+}
+
+impl VersionPolicyConfig {
+    pub fn policy(&self) -> Result<VersionPolicy, String> {
+        match (self.latest, &self.specific, self.all) {
+            (None, None, None | Some(false)) => Ok(VersionPolicy::Latest(1)),
+            (Some(0), None, None) => Err("version_policy.latest must be at least 1".into()),
+            (Some(n), None, None) => Ok(VersionPolicy::Latest(n)),
+            (None, Some(v), None) if v.is_empty() || v.contains(&0) => {
+                Err("version_policy.specific must list positive version numbers".into())
+            }
+            (None, Some(v), None) => Ok(VersionPolicy::Specific(v.clone())),
+            (None, None, Some(true)) => Ok(VersionPolicy::All),
+            _ => Err("version_policy takes one of latest, specific or all".into()),
+        }
+    }
+}
+
+/// How a canary shares traffic with the stable version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutMode {
+    /// The canary answers `weight`% of unpinned requests.
+    #[default]
+    Split,
+    /// The canary gets a copy of every request; its answer is only measured.
+    Shadow,
+}
+
+impl RolloutMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutMode::Split => "split",
+            RolloutMode::Shadow => "shadow",
+        }
+    }
+}
+
+pub const DEFAULT_STICKY_HEADER: &str = "x-vigil-routing-key";
+
+fn default_sticky_header() -> String {
+    DEFAULT_STICKY_HEADER.to_string()
+}
+
+/// `[rollout]`: the stable version, an optional canary and its share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// The version unpinned requests go to (default: the highest served).
+    pub stable: Option<u64>,
+    pub canary: Option<u64>,
+    /// Percent of unpinned requests the canary answers in split mode (0..=100).
+    #[serde(default)]
+    pub weight: u8,
+    #[serde(default)]
+    pub mode: RolloutMode,
+    /// Requests with the same value of this header land on the same version.
+    #[serde(default = "default_sticky_header")]
+    pub sticky_header: String,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            stable: None,
+            canary: None,
+            weight: 0,
+            mode: RolloutMode::Split,
+            sticky_header: default_sticky_header(),
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// Checks what can be checked without knowing which versions are loaded.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.weight > 100 {
+            return Err(format!("rollout weight {} is outside 0..=100", self.weight));
+        }
+        if self.stable == Some(0) || self.canary == Some(0) {
+            return Err("rollout versions are positive integers".into());
+        }
+        if self.canary.is_some() && self.canary == self.stable {
+            return Err("the canary cannot be the stable version".into());
+        }
+        if axum::http::HeaderName::from_bytes(self.sticky_header.as_bytes()).is_err() {
+            return Err(format!(
+                "'{}' is not a valid header name",
+                self.sticky_header
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A `config.toml` that cannot be used, with the file named.
@@ -113,10 +260,17 @@ impl ModelConfig {
                 })
             }
         };
-        toml::from_str(&text).map_err(|e| ConfigError {
-            path,
+        let config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError {
+            path: path.clone(),
             message: e.to_string().trim_end().to_string(),
-        })
+        })?;
+        let invalid = |message| ConfigError {
+            path: path.clone(),
+            message,
+        };
+        config.version_policy.policy().map_err(invalid)?;
+        config.rollout.validate().map_err(invalid)?;
+        Ok(config)
     }
 }
 
@@ -143,6 +297,54 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(ModelConfig::load(&dir).unwrap(), ModelConfig::default());
+    }
+
+    #[test]
+    fn policies_and_rollouts_validate() {
+        let parse = |t: &str| toml::from_str::<ModelConfig>(t).unwrap();
+        assert_eq!(
+            parse("").version_policy.policy(),
+            Ok(VersionPolicy::Latest(1))
+        );
+        assert_eq!(
+            parse("[version_policy]\nlatest = 3")
+                .version_policy
+                .policy(),
+            Ok(VersionPolicy::Latest(3))
+        );
+        assert_eq!(
+            parse("[version_policy]\nspecific = [1, 3]")
+                .version_policy
+                .policy(),
+            Ok(VersionPolicy::Specific(vec![1, 3]))
+        );
+        assert_eq!(
+            parse("[version_policy]\nall = true")
+                .version_policy
+                .policy(),
+            Ok(VersionPolicy::All)
+        );
+        assert!(parse("[version_policy]\nall = true\nlatest = 2")
+            .version_policy
+            .policy()
+            .is_err());
+        assert!(parse("[version_policy]\nlatest = 0")
+            .version_policy
+            .policy()
+            .is_err());
+        let r = parse("[rollout]\nstable = 1\ncanary = 2\nweight = 10\nmode = \"shadow\"").rollout;
+        assert_eq!(r.mode, RolloutMode::Shadow);
+        assert_eq!(r.sticky_header, DEFAULT_STICKY_HEADER);
+        assert!(r.validate().is_ok());
+        assert!(parse("[rollout]\ncanary = 2\nweight = 101")
+            .rollout
+            .validate()
+            .is_err());
+        assert!(parse("[rollout]\nstable = 2\ncanary = 2")
+            .rollout
+            .validate()
+            .is_err());
+        assert!(toml::from_str::<ModelConfig>("[rollout]\nweigth = 3").is_err());
     }
 
     #[test]

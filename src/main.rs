@@ -7,10 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 
 use vigil::backend::{BackendOptions, Backends, TensorSpec};
-use vigil::config::{Cli, Command, EngineArgs, ServeArgs};
+use vigil::config::{Cli, Command, EngineArgs, ModelControl, ServeArgs};
 use vigil::http::HttpOptions;
 use vigil::metrics::Metrics;
-use vigil::serving::{Server, WorkerPool};
+use vigil::serving::reload::Reloader;
+use vigil::serving::{Server, ServerOptions, WorkerPool};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -28,7 +29,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn build_server(engine: &EngineArgs, queue_size: usize) -> anyhow::Result<Arc<Server>> {
+fn build_server(
+    engine: &EngineArgs,
+    queue_size: usize,
+    state_dir: std::path::PathBuf,
+) -> anyhow::Result<Arc<Server>> {
     let workers = engine.worker_count();
     let backends = Backends::new(BackendOptions {
         default: engine.backend,
@@ -37,50 +42,80 @@ fn build_server(engine: &EngineArgs, queue_size: usize) -> anyhow::Result<Arc<Se
     })?;
     let pool = WorkerPool::new(workers, queue_size);
     tracing::info!(workers, queue_size, "inference worker pool started");
+    let options = ServerOptions {
+        repository: engine.repository.clone(),
+        state_dir,
+        max_shadow_in_flight: workers * 4,
+    };
     Ok(Arc::new(Server::new(
         backends,
         pool,
         Arc::new(Metrics::new()),
+        options,
     )))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let server = build_server(&args.engine, args.queue_size)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("vigil-http")
-        .build()
-        .context("starting the async runtime")?;
     let repository = args.engine.repository.clone();
     anyhow::ensure!(
         repository.is_dir(),
         "model repository {} is not a directory",
         repository.display()
     );
+    anyhow::ensure!(
+        args.poll_interval.is_finite() && args.poll_interval >= 0.0,
+        "--poll-interval must be a number of seconds >= 0"
+    );
+    let server = build_server(&args.engine, args.queue_size, args.state_dir.clone())?;
+    let reloader = Arc::new(Reloader::new(
+        server.clone(),
+        repository,
+        args.model_control,
+        &args.load_models,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigil-http")
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.http_addr)
             .await
             .with_context(|| format!("binding {}", args.http_addr))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "vigil listening on http://{addr}");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // Load off the async workers; the server answers live (and ready = false) meanwhile.
-        let loader = server.clone();
-        tokio::task::spawn_blocking(move || match loader.load_repository(&repository) {
-            Ok(reports) => {
-                let ok = reports.iter().filter(|r| r.result.is_ok()).count();
-                tracing::info!(
-                    loaded = ok,
-                    failed = reports.len() - ok,
-                    "repository loaded; ready"
-                );
+        let loader = reloader.clone();
+        let (server2, interval) = (server.clone(), args.poll_interval);
+        let poll_mode = args.model_control == ModelControl::Poll;
+        tokio::spawn(async move {
+            let first = loader.clone();
+            match tokio::task::spawn_blocking(move || first.initial_load()).await {
+                Ok(Ok(())) => {
+                    let table = server2.table();
+                    let ready = table.models.values().filter(|m| m.is_ready()).count();
+                    tracing::info!(
+                        models = table.models.len(),
+                        ready,
+                        "repository loaded; ready"
+                    );
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot read the model repository"),
+                Err(e) => tracing::error!(error = %e, "initial load panicked"),
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the model repository"),
+            server2.set_ready();
+            if poll_mode && interval > 0.0 {
+                loader.spawn(Duration::from_secs_f64(interval), stop_rx);
+            }
         });
         let opts = HttpOptions {
             max_body_bytes: args.max_body_bytes,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            admin_token: args.admin_token.clone(),
         };
-        vigil::http::serve(listener, server, opts, shutdown_signal()).await?;
+        vigil::http::serve(listener, server, reloader, opts, shutdown_signal()).await?;
+        let _ = stop_tx.send(true);
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -117,8 +152,15 @@ fn io_summary(specs: &[TensorSpec]) -> String {
 }
 
 fn check(engine: EngineArgs) -> anyhow::Result<()> {
-    let server = build_server(&engine, 16)?;
-    let reports = server.load_repository(&engine.repository)?;
+    let state_dir = std::env::temp_dir().join(format!("vigil-check-{}", std::process::id()));
+    let server = build_server(&engine, 16, state_dir)?;
+    let reloader = Reloader::new(
+        server.clone(),
+        engine.repository.clone(),
+        ModelControl::Poll,
+        &[],
+    );
+    reloader.initial_load()?;
     let mut rows = vec![[
         "MODEL".to_string(),
         "VERSION".into(),
@@ -128,27 +170,32 @@ fn check(engine: EngineArgs) -> anyhow::Result<()> {
         "LOAD".into(),
     ]];
     let mut failures = Vec::new();
-    for r in &reports {
-        match &r.result {
-            Ok(v) => rows.push([
+    let table = server.table();
+    for entry in table.models.values() {
+        for v in entry.versions.values() {
+            rows.push([
                 v.model.clone(),
                 v.version.to_string(),
                 v.engine.to_string(),
                 io_summary(&v.signature.inputs),
                 io_summary(&v.signature.outputs),
                 format!("{:.1} ms", v.load_time.as_secs_f64() * 1e3),
-            ]),
-            Err(reason) => {
-                rows.push([
-                    r.model.clone(),
-                    r.version.map_or("-".into(), |v| v.to_string()),
-                    "FAILED".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                ]);
-                failures.push(format!("{}: {reason}", r.model));
-            }
+            ]);
+        }
+        for (version, reason) in &entry.failures {
+            rows.push([
+                entry.name.clone(),
+                if *version == 0 {
+                    "-".into()
+                } else {
+                    version.to_string()
+                },
+                "FAILED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            failures.push(format!("{}: {reason}", entry.name));
         }
     }
     let widths: Vec<usize> = (0..6)
@@ -162,18 +209,14 @@ fn check(engine: EngineArgs) -> anyhow::Result<()> {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
-    if reports.is_empty() {
+    if table.models.is_empty() {
         anyhow::bail!("no models found in {}", engine.repository.display());
     }
     if !failures.is_empty() {
         for f in &failures {
             eprintln!("error: {f}");
         }
-        anyhow::bail!(
-            "{} of {} models failed to load",
-            failures.len(),
-            reports.len()
-        );
+        anyhow::bail!("{} model(s) failed to load", failures.len());
     }
     Ok(())
 }

@@ -4,10 +4,33 @@
 //! series count. Per-version handles are resolved once at load ([`VersionMetrics`]) so
 //! the request path never looks a label up.
 
+use std::time::Duration;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// What a loaded version does, as the `role` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Answers unpinned requests.
+    Stable,
+    /// Gets the canary share (split) or a copy of traffic (shadow).
+    Canary,
+    /// Loaded by the version policy; answers only requests pinned to it.
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Stable => "stable",
+            Role::Canary => "canary",
+            Role::Standby => "standby",
+        }
+    }
+}
 
 /// How a request ended, as the `outcome` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +65,9 @@ pub struct Metrics {
     queue_duration: HistogramVec,
     compute_duration: HistogramVec,
     model_loaded: IntGaugeVec,
+    model_loads: IntCounterVec,
+    model_load_duration: HistogramVec,
+    canary_weight: IntGaugeVec,
 }
 
 fn histogram(name: &str, help: &str) -> HistogramVec {
@@ -78,9 +104,34 @@ impl Metrics {
         let model_loaded = IntGaugeVec::new(
             Opts::new(
                 "vigil_model_loaded",
-                "1 for each model version loaded and served.",
+                "1 for each model version loaded, by role (stable, canary, standby).",
             ),
-            &["model", "version"],
+            &["model", "version", "role"],
+        )
+        .expect("valid gauge definition");
+        let model_loads = IntCounterVec::new(
+            Opts::new(
+                "vigil_model_load_total",
+                "Model version load attempts by outcome (success, failure).",
+            ),
+            &["model", "outcome"],
+        )
+        .expect("valid counter definition");
+        let model_load_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "vigil_model_load_duration_seconds",
+                "Time to load and warm up a model version, in seconds.",
+            )
+            .buckets(vec![0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0]),
+            &["model"],
+        )
+        .expect("valid histogram definition");
+        let canary_weight = IntGaugeVec::new(
+            Opts::new(
+                "vigil_rollout_canary_weight",
+                "Percent of unpinned requests the canary answers (0 without a canary).",
+            ),
+            &["model"],
         )
         .expect("valid gauge definition");
         for c in [
@@ -89,6 +140,9 @@ impl Metrics {
             Box::new(queue_duration.clone()),
             Box::new(compute_duration.clone()),
             Box::new(model_loaded.clone()),
+            Box::new(model_loads.clone()),
+            Box::new(model_load_duration.clone()),
+            Box::new(canary_weight.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -105,15 +159,50 @@ impl Metrics {
             queue_duration,
             compute_duration,
             model_loaded,
+            model_loads,
+            model_load_duration,
+            canary_weight,
         }
     }
 
-    /// Resolves the per-version handles once and marks the version loaded.
+    /// Counts one load attempt of `model`.
+    pub fn count_load(&self, model: &str, ok: bool, took: Duration) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.model_loads.with_label_values(&[model, outcome]).inc();
+        self.model_load_duration
+            .with_label_values(&[model])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Replaces a model's loaded-version series (`old` removed, `new` set to 1) and its
+    /// canary weight (`None`: no canary).
+    pub fn publish_roles(
+        &self,
+        model: &str,
+        old: Vec<(u64, Role)>,
+        new: Vec<(u64, Role)>,
+        canary_weight: Option<u8>,
+    ) {
+        for (v, role) in old {
+            let _ = self
+                .model_loaded
+                .remove_label_values(&[model, &v.to_string(), role.as_str()]);
+        }
+        for (v, role) in new {
+            self.model_loaded
+                .with_label_values(&[model, &v.to_string(), role.as_str()])
+                .set(1);
+        }
+        self.canary_weight
+            .with_label_values(&[model])
+            .set(i64::from(canary_weight.unwrap_or(0)));
+    }
+
+    /// Resolves the per-version handles once.
     pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
         let v = version.to_string();
         let labels = [model, v.as_str()];
         let outcome = |o: Outcome| self.requests.with_label_values(&[model, &v, o.as_str()]);
-        self.model_loaded.with_label_values(&labels).set(1);
         VersionMetrics {
             success: outcome(Outcome::Success),
             bad_request: outcome(Outcome::BadRequest),
@@ -175,11 +264,28 @@ mod tests {
         v.count(Outcome::Success);
         v.count(Outcome::BadRequest);
         v.request.observe(0.001);
+        m.publish_roles(
+            "iris",
+            vec![],
+            vec![(2, Role::Stable), (3, Role::Canary)],
+            Some(10),
+        );
+        m.publish_roles(
+            "iris",
+            vec![(3, Role::Canary)],
+            vec![(3, Role::Standby)],
+            None,
+        );
         let text = m.render();
+        assert!(
+            text.contains("vigil_model_loaded{model=\"iris\",role=\"standby\",version=\"3\"} 1")
+        );
+        assert!(!text.contains("role=\"canary\""));
+        assert!(text.contains("vigil_rollout_canary_weight{model=\"iris\"} 0"));
         assert!(text.contains(
             "vigil_inference_requests_total{model=\"iris\",outcome=\"success\",version=\"2\"} 1"
         ));
-        assert!(text.contains("vigil_model_loaded{model=\"iris\",version=\"2\"} 1"));
+        assert!(text.contains("vigil_model_loaded{model=\"iris\",role=\"stable\",version=\"2\"} 1"));
         assert!(text.contains(
             "vigil_inference_request_duration_seconds_count{model=\"iris\",version=\"2\"} 1"
         ));

@@ -291,7 +291,7 @@ fn metadata_config_and_stats() {
     assert!(text.contains(
         r#"vigil_inference_requests_total{model="iris",outcome="bad_request",version="2"} 1"#
     ));
-    assert!(text.contains(r#"vigil_model_loaded{model="cnn",version="1"} 1"#));
+    assert!(text.contains(r#"vigil_model_loaded{model="cnn",role="stable",version="1"} 1"#));
     for family in [
         "vigil_inference_request_duration_seconds_bucket",
         "vigil_inference_queue_duration_seconds_bucket",

@@ -224,7 +224,20 @@ impl Backends {
             signature,
             session,
         };
-        warm_up(&loaded)?;
+        if let Err(e) = warm_up(&loaded) {
+            // Zeros with every dynamic dimension at 1 are not a valid input for every model
+            // (a convolution over a dynamic 1x1 image, say). Only when the rest of the
+            // shape is fixed is a failed warm-up proof that the model cannot run.
+            let only_batch_dynamic = loaded
+                .signature
+                .inputs
+                .iter()
+                .all(|s| s.shape.iter().skip(1).all(|&d| d >= 0));
+            if only_batch_dynamic {
+                return Err(e);
+            }
+            tracing::warn!(model = %path.display(), error = %e, "warm-up skipped: the model has dynamic non-batch dimensions");
+        }
         Ok(loaded)
     }
 }

@@ -5,13 +5,16 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::backend::BackendError;
-use crate::serving::InferError;
+use crate::serving::reload::ControlError;
+use crate::serving::{InferError, RolloutError};
 
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
     NotFound(String),
     MethodNotAllowed,
+    Unauthorized,
+    Forbidden(String),
     PayloadTooLarge(usize),
     Unavailable(String),
     Internal(String),
@@ -37,6 +40,27 @@ impl From<InferError> for ApiError {
     }
 }
 
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let msg = e.to_string();
+        match e {
+            ControlError::NotFound(_) => ApiError::NotFound(msg),
+            ControlError::Failed(_) | ControlError::NotAllowed(_) => ApiError::BadRequest(msg),
+        }
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> ApiError {
+        let msg = e.to_string();
+        match e {
+            RolloutError::UnknownModel(_) => ApiError::NotFound(msg),
+            RolloutError::Invalid(_) => ApiError::BadRequest(msg),
+            RolloutError::Persist(_) => ApiError::Internal(msg),
+        }
+    }
+}
+
 impl From<super::v2::DecodeError> for ApiError {
     fn from(e: super::v2::DecodeError) -> ApiError {
         ApiError::BadRequest(e.0)
@@ -52,6 +76,11 @@ impl IntoResponse for ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this path".to_string(),
             ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs Authorization: Bearer <admin token>".to_string(),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),

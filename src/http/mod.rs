@@ -22,7 +22,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::serving::{InferError, ModelEntry, ServedVersion, Server};
+use crate::config::RolloutMode;
+use crate::serving::reload::Reloader;
+use crate::serving::{InferError, ModelEntry, Route, ServedVersion, Server};
 pub use error::ApiError;
 
 /// The header that says how long the JSON part of a binary-tensor body is.
@@ -34,20 +36,29 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after shutdown is asked for.
     pub shutdown_timeout: Duration,
+    /// Bearer token for endpoints that change state; `None`: loopback clients only.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Clone)]
 struct AppState {
     server: Arc<Server>,
+    reloader: Arc<Reloader>,
     opts: Arc<HttpOptions>,
 }
 
 /// The extensions of the protocol this server implements, as `GET /v2` lists them.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
-pub fn router(server: Arc<Server>, opts: HttpOptions) -> Router {
+pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -> Router {
     let state = AppState {
         server,
+        reloader,
         opts: Arc::new(opts),
     };
     Router::new()
@@ -74,6 +85,21 @@ pub fn router(server: Arc<Server>, opts: HttpOptions) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        .route(
+            "/v2/models/{model}/rollout",
+            get(rollout_get).put(rollout_put),
+        )
+        .route("/v2/models/{model}/rollout/promote", post(rollout_promote))
+        .route(
+            "/v2/models/{model}/rollout/rollback",
+            post(rollout_rollback),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -85,16 +111,18 @@ pub fn router(server: Arc<Server>, opts: HttpOptions) -> Router {
 pub async fn serve(
     listener: TcpListener,
     server: Arc<Server>,
+    reloader: Arc<Reloader>,
     opts: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let drain = opts.shutdown_timeout;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(server, opts);
+    let app = router(server, reloader, opts);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
@@ -343,9 +371,12 @@ async fn infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (model, version) = target(&p)?;
-    let served = s.server.resolve(model, version)?;
+    let route = s.server.route(model, version, |name| {
+        headers.get(name).map(|v| v.as_bytes().to_vec())
+    })?;
+    let served = route.version.clone();
     let start = Instant::now();
-    let result = infer_on(&s, &served, &headers, body).await;
+    let result = infer_on(&s, &route, &headers, body).await;
     match &result {
         Ok(_) => {
             served.metrics.count(crate::metrics::Outcome::Success);
@@ -371,10 +402,11 @@ enum InferOnError {
 
 async fn infer_on(
     s: &AppState,
-    served: &Arc<ServedVersion>,
+    route: &Route,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, InferOnError> {
+    let served = &route.version;
     let api = InferOnError::Api;
     let header_len = header_len(headers).map_err(api)?;
     let body = read_body(headers, body, s.opts.max_body_bytes)
@@ -408,7 +440,7 @@ async fn infer_on(
     };
     let outputs = s
         .server
-        .infer(served, req.inputs)
+        .infer_routed(route, req.inputs)
         .await
         .map_err(InferOnError::Serving)?;
     let selected: Vec<_> = chosen.iter().map(|&(i, b)| (&outputs[i], b)).collect();
@@ -431,4 +463,234 @@ async fn infer_on(
         }
     }
     Ok(resp)
+}
+
+/// Endpoints that change state: with `--admin-token`, the bearer token; without one,
+/// loopback clients only.
+fn authorize(
+    s: &AppState,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    match &s.opts.admin_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized)
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError::Forbidden(
+            "state-changing endpoints accept only loopback clients unless --admin-token is set"
+                .into(),
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Peer = axum::extract::ConnectInfo<std::net::SocketAddr>;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("background task failed: {e}")))
+}
+
+async fn repository_index(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let ready_only = if body.is_empty() {
+        false
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid index request JSON: {e}")))?;
+        v.get("ready").and_then(Value::as_bool).unwrap_or(false)
+    };
+    let reloader = s.reloader.clone();
+    let rows = blocking(move || reloader.index()).await?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| !ready_only || r.state == "READY")
+        .collect();
+    Ok(Json(serde_json::to_value(rows).expect("rows serialise")))
+}
+
+async fn repository_load(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let reloader = s.reloader.clone();
+    blocking(move || reloader.load(&model)).await??;
+    Ok(Json(json!({})))
+}
+
+async fn repository_unload(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let reloader = s.reloader.clone();
+    blocking(move || reloader.unload(&model)).await??;
+    Ok(Json(json!({})))
+}
+
+fn rollout_json(entry: &ModelEntry) -> Value {
+    json!({
+        "model": entry.name,
+        "stable": entry.stable,
+        "canary": entry.canary,
+        "weight": if entry.canary.is_some() { entry.rollout.weight } else { 0 },
+        "mode": entry.rollout.mode.as_str(),
+        "sticky_header": entry.rollout.sticky_header,
+        "versions": entry.versions.keys().collect::<Vec<_>>(),
+    })
+}
+
+async fn rollout_get(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    current_entry_json(&s, &model)
+}
+
+fn current_entry_json(s: &AppState, model: &str) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&s.server, model)?;
+    Ok(Json(rollout_json(&entry)))
+}
+
+async fn rollout_put(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let req: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid rollout JSON: {e}")))?;
+    let obj = req
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("the rollout must be a JSON object".into()))?;
+    for key in obj.keys() {
+        if !["stable", "canary", "weight", "mode", "sticky_header"].contains(&key.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown rollout field '{key}' (expected stable, canary, weight, mode, sticky_header)"
+            )));
+        }
+    }
+    let version_field = |key: &str| -> Result<Option<Option<u64>>, ApiError> {
+        match obj.get(key) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| Some(Some(n)))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "'{key}' must be a positive version number or null"
+                    ))
+                }),
+        }
+    };
+    let stable = version_field("stable")?;
+    let canary = version_field("canary")?;
+    let weight = match obj.get("weight") {
+        None => None,
+        Some(v) => Some(v.as_u64().filter(|&w| w <= 100).ok_or_else(|| {
+            ApiError::BadRequest(format!("weight must be an integer in 0..=100, got {v}"))
+        })? as u8),
+    };
+    let mode = match obj.get("mode") {
+        None => None,
+        Some(v) => Some(match v.as_str() {
+            Some("split") => RolloutMode::Split,
+            Some("shadow") => RolloutMode::Shadow,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "mode must be \"split\" or \"shadow\", got {v}"
+                )))
+            }
+        }),
+    };
+    let sticky = match obj.get("sticky_header") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| ApiError::BadRequest("sticky_header must be a string".into()))?
+                .to_ascii_lowercase(),
+        ),
+    };
+    s.server.set_rollout(&model, |entry| {
+        let mut next = entry.rollout.clone();
+        next.stable = stable.unwrap_or(entry.stable);
+        if let Some(c) = canary {
+            next.canary = c;
+        }
+        if let Some(w) = weight {
+            next.weight = w;
+        }
+        if let Some(m) = mode {
+            next.mode = m;
+        }
+        if let Some(h) = sticky {
+            next.sticky_header = h;
+        }
+        Ok(next)
+    })?;
+    current_entry_json(&s, &model)
+}
+
+async fn rollout_promote(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    s.server.set_rollout(&model, |entry| {
+        let canary = entry
+            .canary
+            .ok_or_else(|| format!("model '{model}' has no canary to promote"))?;
+        let mut next = entry.rollout.clone();
+        next.stable = Some(canary);
+        next.canary = None;
+        next.weight = 0;
+        Ok(next)
+    })?;
+    current_entry_json(&s, &model)
+}
+
+async fn rollout_rollback(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    s.server.set_rollout(&model, |entry| {
+        if entry.canary.is_none() && entry.rollout.canary.is_none() {
+            return Err(format!("model '{model}' has no canary to roll back"));
+        }
+        let mut next = entry.rollout.clone();
+        next.stable = entry.stable;
+        next.canary = None;
+        next.weight = 0;
+        Ok(next)
+    })?;
+    current_entry_json(&s, &model)
 }

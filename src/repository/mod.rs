@@ -25,12 +25,39 @@ pub struct VersionSource {
     pub version: u64,
     pub dir: PathBuf,
     pub model_path: PathBuf,
+    /// Names, sizes and modification times of the files in the version directory: a
+    /// version is loaded once this stays the same across two scans.
+    pub fingerprint: Fingerprint,
 }
 
-impl ModelSource {
-    /// The version served (the highest).
-    pub fn latest(&self) -> Option<&VersionSource> {
-        self.versions.last()
+/// What a version directory holds, cheaply compared between scans.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<std::time::SystemTime>)>);
+
+impl Fingerprint {
+    /// Files of `dir` and of its subdirectories (external weights may live there).
+    pub fn of(dir: &Path) -> Fingerprint {
+        fn walk(
+            dir: &Path,
+            depth: usize,
+            out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+        ) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() && depth < 3 {
+                    walk(&e.path(), depth + 1, out);
+                } else if meta.is_file() {
+                    out.push((e.path(), meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(dir, 0, &mut files);
+        files.sort();
+        Fingerprint(files)
     }
 }
 
@@ -72,32 +99,52 @@ fn subdirs(path: &Path) -> Result<Vec<(String, PathBuf)>, RepositoryError> {
     Ok(out)
 }
 
-/// Lists every model in `root`, sorted by name.
+/// Lists every model in `root`, sorted by name. Directories starting with `.` are
+/// ignored, so a version can be written under a hidden name and renamed into place.
 pub fn scan(root: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
-    let mut models = Vec::new();
-    for (name, dir) in subdirs(root)? {
-        let config = ModelConfig::load(&dir).map_err(|e| e.to_string());
-        let mut versions: Vec<VersionSource> = subdirs(&dir)?
-            .into_iter()
-            .filter_map(|(v, vdir)| {
-                let version = parse_version(&v)?;
-                let model_path = vdir.join("model.onnx");
-                model_path.is_file().then_some(VersionSource {
-                    version,
-                    dir: vdir,
-                    model_path,
-                })
-            })
-            .collect();
-        versions.sort_by_key(|v| v.version);
-        models.push(ModelSource {
-            name,
-            dir,
-            config,
-            versions,
-        });
+    subdirs(root)?
+        .into_iter()
+        .map(|(name, dir)| scan_model_dir(name, dir))
+        .collect()
+}
+
+/// Describes one model of the repository; `Ok(None)` if there is no such directory.
+pub fn scan_model(root: &Path, name: &str) -> Result<Option<ModelSource>, RepositoryError> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+        return Ok(None);
     }
-    Ok(models)
+    let dir = root.join(name);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    scan_model_dir(name.to_string(), dir).map(Some)
+}
+
+fn scan_model_dir(name: String, dir: PathBuf) -> Result<ModelSource, RepositoryError> {
+    // (Result kept for symmetry with `scan`; reading a model directory never fails it.)
+    let config = ModelConfig::load(&dir).map_err(|e| e.to_string());
+    // A model directory removed mid-scan simply has no versions.
+    let mut versions: Vec<VersionSource> = subdirs(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(v, vdir)| {
+            let version = parse_version(&v)?;
+            let model_path = vdir.join("model.onnx");
+            model_path.is_file().then(|| VersionSource {
+                version,
+                fingerprint: Fingerprint::of(&vdir),
+                dir: vdir,
+                model_path,
+            })
+        })
+        .collect();
+    versions.sort_by_key(|v| v.version);
+    Ok(ModelSource {
+        name,
+        dir,
+        config,
+        versions,
+    })
 }
 
 #[cfg(test)]
@@ -133,6 +180,5 @@ mod tests {
             iris.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
             [1, 2]
         );
-        assert_eq!(iris.latest().unwrap().version, 2);
     }
 }

@@ -1,24 +1,29 @@
 //! What is served now, and running a request on it.
 //!
-//! The routing table maps model names to their loaded versions. It is immutable and
-//! lives behind one `ArcSwap`: a request does one atomic load and keeps an `Arc` to the
-//! version it resolved, so a table swap never disturbs requests in flight and a removed
-//! version is freed when its last request ends.
+//! The routing table maps model names to their loaded versions and rollout. It is
+//! immutable and lives behind one `ArcSwap`: a request does one atomic load and keeps an
+//! `Arc` to the version it resolved, so a table swap never disturbs requests in flight
+//! and a removed version is freed when its last request ends. Writers (the reload loop,
+//! the rollout endpoints) build a new table off to the side and store it whole, one at
+//! a time under a short lock that is never held across loading or I/O waits.
 
 pub mod pool;
+pub mod reload;
+pub mod rollout;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::backend::{BackendError, Backends, Engine, ModelSignature, Session};
-use crate::config::ModelConfig;
-use crate::metrics::{Metrics, Outcome, VersionMetrics};
-use crate::repository::{self, ModelSource};
+use crate::config::{ModelConfig, RolloutConfig, RolloutMode};
+use crate::metrics::{Metrics, Outcome, Role, VersionMetrics};
+use crate::repository::{Fingerprint, VersionSource};
 use crate::tensor::Tensor;
 
 pub use pool::WorkerPool;
@@ -32,6 +37,8 @@ pub struct ServedVersion {
     pub signature: ModelSignature,
     pub session: Box<dyn Session>,
     pub load_time: Duration,
+    /// The files it was loaded from, to notice when they are replaced.
+    pub fingerprint: Fingerprint,
     pub metrics: VersionMetrics,
     pub stats: VersionStats,
 }
@@ -40,17 +47,33 @@ pub struct ServedVersion {
 pub struct ModelEntry {
     pub name: String,
     pub config: ModelConfig,
-    /// Loaded versions.
+    /// Loaded and served versions.
     pub versions: BTreeMap<u64, Arc<ServedVersion>>,
+    /// The rollout in force (a run-time change, else `config.toml`'s `[rollout]`).
+    pub rollout: RolloutConfig,
     /// The version unpinned requests go to.
-    pub default_version: Option<u64>,
-    /// Versions that failed to load, with the reason; or a model-level problem under 0.
+    pub stable: Option<u64>,
+    /// The canary, when the rollout names one that is loaded.
+    pub canary: Option<u64>,
+    /// Why the model or some version is not served (version 0: the model itself).
     pub failures: BTreeMap<u64, String>,
+    /// Spreads unkeyed split traffic evenly (a Weyl sequence, no RNG on the hot path).
+    split_counter: AtomicU64,
 }
 
 impl ModelEntry {
     pub fn is_ready(&self) -> bool {
-        self.default_version.is_some()
+        self.stable.is_some()
+    }
+
+    fn role(&self, version: u64) -> Role {
+        if Some(version) == self.stable {
+            Role::Stable
+        } else if Some(version) == self.canary {
+            Role::Canary
+        } else {
+            Role::Standby
+        }
     }
 }
 
@@ -58,6 +81,23 @@ impl ModelEntry {
 #[derive(Default)]
 pub struct RoutingTable {
     pub models: BTreeMap<String, Arc<ModelEntry>>,
+}
+
+/// A model's new contents, as the reload loop publishes them.
+#[derive(Default)]
+pub struct ModelUpdate {
+    pub config: ModelConfig,
+    /// The versions to serve.
+    pub versions: BTreeMap<u64, Arc<ServedVersion>>,
+    /// Why versions (or, under 0, the model) are not served.
+    pub failures: BTreeMap<u64, String>,
+}
+
+/// Where a request goes.
+pub struct Route {
+    pub version: Arc<ServedVersion>,
+    /// In shadow mode, the canary that gets a copy after the answer.
+    pub shadow: Option<Arc<ServedVersion>>,
 }
 
 /// Why a request could not be answered.
@@ -86,29 +126,57 @@ impl InferError {
     }
 }
 
-/// What a load of the repository produced, for `vigil check` and the log.
-pub struct LoadReport {
-    pub model: String,
-    pub version: Option<u64>,
-    pub result: Result<Arc<ServedVersion>, String>,
+/// Why a rollout change was refused (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot persist the rollout: {0}")]
+    Persist(String),
+}
+
+/// Everything the serving layer needs to start.
+pub struct ServerOptions {
+    pub repository: PathBuf,
+    pub state_dir: PathBuf,
+    /// Shadow copies allowed in flight at once; beyond that they are skipped.
+    pub max_shadow_in_flight: usize,
 }
 
 pub struct Server {
     table: ArcSwap<RoutingTable>,
+    /// Serialises table writers; held only while a new table is built from loaded parts.
+    write: Mutex<()>,
     backends: Backends,
     pool: WorkerPool,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
+    rollouts: rollout::RolloutStore,
+    shadow_slots: Arc<tokio::sync::Semaphore>,
+    pub options: ServerOptions,
 }
 
 impl Server {
-    pub fn new(backends: Backends, pool: WorkerPool, metrics: Arc<Metrics>) -> Server {
+    pub fn new(
+        backends: Backends,
+        pool: WorkerPool,
+        metrics: Arc<Metrics>,
+        options: ServerOptions,
+    ) -> Server {
         Server {
             table: ArcSwap::from_pointee(RoutingTable::default()),
+            write: Mutex::new(()),
             backends,
             pool,
             metrics,
             ready: AtomicBool::new(false),
+            rollouts: rollout::RolloutStore::open(&options.state_dir),
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(
+                options.max_shadow_in_flight.max(1),
+            )),
+            options,
         }
     }
 
@@ -122,15 +190,22 @@ impl Server {
         self.ready.load(Ordering::Acquire)
     }
 
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
     /// Loads one version on the engine chosen for it, off the request path.
     pub fn load_version(
         &self,
         model: &str,
         config: &ModelConfig,
-        version: &repository::VersionSource,
+        version: &VersionSource,
     ) -> Result<Arc<ServedVersion>, BackendError> {
         let start = Instant::now();
-        let loaded = self.backends.load(&version.model_path, config.backend)?;
+        let result = self.backends.load(&version.model_path, config.backend);
+        self.metrics
+            .count_load(model, result.is_ok(), start.elapsed());
+        let loaded = result?;
         Ok(Arc::new(ServedVersion {
             model: model.to_string(),
             version: version.version,
@@ -138,79 +213,102 @@ impl Server {
             signature: loaded.signature,
             session: loaded.session,
             load_time: start.elapsed(),
+            fingerprint: version.fingerprint.clone(),
             metrics: self.metrics.version(model, version.version),
             stats: VersionStats::default(),
         }))
     }
 
-    /// Loads one model's served version (the highest) into a table entry.
-    fn load_model(&self, source: &ModelSource) -> (ModelEntry, LoadReport) {
-        let mut entry = ModelEntry {
-            name: source.name.clone(),
-            config: ModelConfig::default(),
-            versions: BTreeMap::new(),
-            default_version: None,
-            failures: BTreeMap::new(),
-        };
-        let fail = |mut entry: ModelEntry, version: Option<u64>, reason: String| {
-            entry.failures.insert(version.unwrap_or(0), reason.clone());
-            let report = LoadReport {
-                model: entry.name.clone(),
-                version,
-                result: Err(reason),
-            };
-            (entry, report)
-        };
-        match &source.config {
-            Ok(c) => entry.config = c.clone(),
-            Err(e) => return fail(entry, None, e.clone()),
-        }
-        let Some(version) = source.latest() else {
-            return fail(entry, None, "no version directory with a model.onnx".into());
-        };
-        match self.load_version(&source.name, &entry.config, version) {
-            Ok(v) => {
-                entry.versions.insert(version.version, v.clone());
-                entry.default_version = Some(version.version);
-                let report = LoadReport {
-                    model: source.name.clone(),
-                    version: Some(version.version),
-                    result: Ok(v),
-                };
-                (entry, report)
+    /// Replaces (or, with `None`, removes) one model's entry. Stable and canary are
+    /// worked out here, under the write lock, from the versions and the rollout in force.
+    pub fn publish(&self, name: &str, update: Option<ModelUpdate>) {
+        let _w = self
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = self.table.load_full();
+        let mut models = old.models.clone();
+        let previous = models.get(name).cloned();
+        match update {
+            Some(ModelUpdate {
+                config,
+                versions,
+                failures,
+            }) => {
+                let rollout = self
+                    .rollouts
+                    .get(name)
+                    .unwrap_or_else(|| config.rollout.clone());
+                let entry = build_entry(name, config, versions, failures, rollout);
+                self.metrics.publish_roles(
+                    name,
+                    previous.as_ref().map(|p| roles(p)).unwrap_or_default(),
+                    roles(&entry),
+                    entry.canary.map(|_| entry.rollout.weight),
+                );
+                models.insert(name.to_string(), Arc::new(entry));
             }
-            Err(e) => fail(entry, Some(version.version), e.to_string()),
-        }
-    }
-
-    /// Scans the repository, loads every model and publishes the new table at once.
-    pub fn load_repository(
-        &self,
-        root: &std::path::Path,
-    ) -> Result<Vec<LoadReport>, repository::RepositoryError> {
-        let sources = repository::scan(root)?;
-        let mut models = BTreeMap::new();
-        let mut reports = Vec::new();
-        for source in &sources {
-            let (entry, report) = self.load_model(source);
-            match &report.result {
-                Ok(v) => tracing::info!(
-                    model = %v.model, version = v.version, engine = %v.engine,
-                    load_ms = v.load_time.as_secs_f64() * 1e3, "model loaded"
-                ),
-                Err(reason) => {
-                    tracing::error!(model = %report.model, version = ?report.version, %reason, "model failed to load")
+            None => {
+                if let Some(p) = &previous {
+                    self.metrics.publish_roles(name, roles(p), Vec::new(), None);
                 }
+                models.remove(name);
             }
-            models.insert(entry.name.clone(), Arc::new(entry));
-            reports.push(report);
         }
         self.table.store(Arc::new(RoutingTable { models }));
-        self.ready.store(true, Ordering::Release);
-        Ok(reports)
     }
 
-    /// Finds the version a request goes to: the pinned one, or the model's default.
+    /// Changes a model's rollout at run time: validated against what is loaded now,
+    /// persisted under the state directory, then applied with one table swap.
+    pub fn set_rollout(
+        &self,
+        name: &str,
+        change: impl FnOnce(&ModelEntry) -> Result<RolloutConfig, String>,
+    ) -> Result<RolloutConfig, RolloutError> {
+        let _w = self
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = self.table.load_full();
+        let entry = old
+            .models
+            .get(name)
+            .ok_or_else(|| RolloutError::UnknownModel(name.to_string()))?;
+        let next = change(entry).map_err(RolloutError::Invalid)?;
+        next.validate().map_err(RolloutError::Invalid)?;
+        for (what, v) in [("stable", next.stable), ("canary", next.canary)] {
+            if let Some(v) = v {
+                if !entry.versions.contains_key(&v) {
+                    let loaded: Vec<u64> = entry.versions.keys().copied().collect();
+                    return Err(RolloutError::Invalid(format!(
+                        "{what} version {v} of '{name}' is not loaded (loaded: {loaded:?})"
+                    )));
+                }
+            }
+        }
+        self.rollouts
+            .set(name, &next)
+            .map_err(|e| RolloutError::Persist(e.to_string()))?;
+        let rebuilt = build_entry(
+            name,
+            entry.config.clone(),
+            entry.versions.clone(),
+            entry.failures.clone(),
+            next.clone(),
+        );
+        self.metrics.publish_roles(
+            name,
+            roles(entry),
+            roles(&rebuilt),
+            rebuilt.canary.map(|_| rebuilt.rollout.weight),
+        );
+        let mut models = old.models.clone();
+        models.insert(name.to_string(), Arc::new(rebuilt));
+        self.table.store(Arc::new(RoutingTable { models }));
+        Ok(next)
+    }
+
+    /// The pinned version, or the stable one: what metadata and config describe.
     pub fn resolve(
         &self,
         model: &str,
@@ -223,7 +321,7 @@ impl Server {
             .ok_or_else(|| InferError::NotFound(format!("unknown model '{model}'")))?;
         let v = match version {
             Some(v) => v,
-            None => entry.default_version.ok_or_else(|| InferError::NotReady {
+            None => entry.stable.ok_or_else(|| InferError::NotReady {
                 model: model.to_string(),
                 reason: entry
                     .failures
@@ -236,6 +334,99 @@ impl Server {
         entry.versions.get(&v).cloned().ok_or_else(|| {
             InferError::NotFound(format!("model '{model}' has no version {v} loaded"))
         })
+    }
+
+    /// Finds the version a request goes to: the pinned one; else, when a canary is set,
+    /// by the sticky key's hash or an even spread; else the stable version.
+    pub fn route(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        sticky_key: impl FnOnce(&str) -> Option<Vec<u8>>,
+    ) -> Result<Route, InferError> {
+        let table = self.table.load();
+        let entry = table
+            .models
+            .get(model)
+            .ok_or_else(|| InferError::NotFound(format!("unknown model '{model}'")))?;
+        let lookup = |v: u64| {
+            entry.versions.get(&v).cloned().ok_or_else(|| {
+                InferError::NotFound(format!("model '{model}' has no version {v} loaded"))
+            })
+        };
+        if let Some(v) = version {
+            return Ok(Route {
+                version: lookup(v)?,
+                shadow: None,
+            });
+        }
+        let stable = entry.stable.ok_or_else(|| InferError::NotReady {
+            model: model.to_string(),
+            reason: entry
+                .failures
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| "no version loaded".into()),
+        })?;
+        let Some(canary) = entry.canary else {
+            return Ok(Route {
+                version: lookup(stable)?,
+                shadow: None,
+            });
+        };
+        match entry.rollout.mode {
+            RolloutMode::Shadow => Ok(Route {
+                version: lookup(stable)?,
+                shadow: Some(lookup(canary)?),
+            }),
+            RolloutMode::Split => {
+                let slot = match sticky_key(&entry.rollout.sticky_header) {
+                    Some(key) => rollout::bucket_of_key(&key),
+                    None => rollout::bucket_of_counter(
+                        entry.split_counter.fetch_add(1, Ordering::Relaxed),
+                    ),
+                };
+                let v = if slot < u32::from(entry.rollout.weight) * 100 {
+                    canary
+                } else {
+                    stable
+                };
+                Ok(Route {
+                    version: lookup(v)?,
+                    shadow: None,
+                })
+            }
+        }
+    }
+
+    /// Runs a routed request; in shadow mode the canary gets a copy once the stable
+    /// answer exists, on a bounded number of slots, never delaying or failing the caller.
+    pub async fn infer_routed(
+        self: &Arc<Self>,
+        route: &Route,
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<Tensor>, InferError> {
+        let shadow_copy = route.shadow.as_ref().and_then(|canary| {
+            let permit = self.shadow_slots.clone().try_acquire_owned().ok()?;
+            Some((canary.clone(), inputs.clone(), permit))
+        });
+        let result = self.infer(&route.version, inputs).await;
+        if let Some((canary, copy, permit)) = shadow_copy {
+            let server = self.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                if server.infer(&canary, copy).await.is_ok() {
+                    canary.metrics.count(Outcome::Success);
+                    canary
+                        .metrics
+                        .request
+                        .observe(start.elapsed().as_secs_f64());
+                }
+                drop(permit);
+            });
+        }
+        result
     }
 
     /// Validates `inputs` against the version's signature, puts them in its order, runs
@@ -277,6 +468,43 @@ impl Server {
             .stats
             .record_success(rows as u64, done.queued, done.compute);
         Ok(outputs)
+    }
+}
+
+fn roles(entry: &ModelEntry) -> Vec<(u64, Role)> {
+    entry.versions.keys().map(|&v| (v, entry.role(v))).collect()
+}
+
+fn build_entry(
+    name: &str,
+    config: ModelConfig,
+    versions: BTreeMap<u64, Arc<ServedVersion>>,
+    failures: BTreeMap<u64, String>,
+    rollout: RolloutConfig,
+) -> ModelEntry {
+    let stable = rollout
+        .stable
+        .filter(|v| versions.contains_key(v))
+        .or_else(|| versions.keys().next_back().copied());
+    let canary = rollout
+        .canary
+        .filter(|v| versions.contains_key(v) && Some(*v) != stable);
+    if let (Some(want), false) = (rollout.canary, canary.is_some()) {
+        tracing::warn!(
+            model = name,
+            canary = want,
+            "rollout canary is not loaded; no canary traffic"
+        );
+    }
+    ModelEntry {
+        name: name.to_string(),
+        config,
+        versions,
+        rollout,
+        stable,
+        canary,
+        failures,
+        split_counter: AtomicU64::new(0),
     }
 }
 

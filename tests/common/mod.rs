@@ -71,19 +71,27 @@ pub struct Vigil {
     pub base: String,
     pub addr: String,
     pub client: reqwest::blocking::Client,
-    logs: mpsc::Receiver<String>,
+    logs: std::sync::Mutex<mpsc::Receiver<String>>,
+    _state: Option<TempDir>,
 }
 
 impl Vigil {
-    /// Starts `vigil serve` on the given repository and waits until it is ready.
+    /// Starts `vigil serve` on the given repository and waits until it is ready. Unless
+    /// `extra` names one, the state directory is a fresh temporary one.
     pub fn start(repository: &Path, engine: Engine, extra: &[&str]) -> Vigil {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        let state = (!extra.contains(&"--state-dir")).then(|| TempDir::new("state"));
         cmd.arg("serve")
             .arg("--repository")
             .arg(repository)
             .args(["--http-addr", "127.0.0.1:0"])
             .args(engine.args())
             .args(extra)
+            .args(
+                state
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--state-dir"), d.path().as_os_str()]),
+            )
             .env_remove("ORT_DYLIB_PATH")
             .env("VIGIL_LOG", "info")
             .stdout(Stdio::null())
@@ -124,7 +132,8 @@ impl Vigil {
             base: format!("http://{addr}"),
             addr,
             client,
-            logs: rx,
+            logs: std::sync::Mutex::new(rx),
+            _state: state,
         };
         while Instant::now() < deadline {
             if let Ok(r) = v.client.get(v.url("/v2/health/ready")).send() {
@@ -155,7 +164,7 @@ impl Vigil {
 
     /// Log lines printed so far.
     pub fn drain_logs(&self) -> Vec<String> {
-        self.logs.try_iter().collect()
+        self.logs.lock().unwrap().try_iter().collect()
     }
 
     pub fn pid(&self) -> i32 {
@@ -335,4 +344,51 @@ pub fn infer_binary(v: &Vigil, path: &str, inputs: &[Value]) -> (u16, Value) {
         "binary body length matches the sizes declared"
     );
     (status, doc)
+}
+
+/// A directory under the system temp dir, removed on drop (unless kept).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "vigil-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    /// Leaves the directory in place (its path is returned).
+    pub fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing after `secs` seconds.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

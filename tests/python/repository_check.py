@@ -1,0 +1,45 @@
+"""Triton's model-repository extension through the unmodified tritonclient.http client.
+
+Usage: repository_check.py URL   (vigil in explicit mode with iris loaded, cnn not)
+"""
+
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+client = httpclient.InferenceServerClient(url=sys.argv[1])
+assert "model_repository" in client.get_server_metadata()["extensions"]
+
+index = client.get_model_repository_index()
+rows = {(r["name"], r.get("version")): r for r in index}
+assert rows[("iris", "2")]["state"] == "READY", index
+assert rows[("iris", "1")]["state"] == "UNAVAILABLE", index
+assert rows[("cnn", "1")]["state"] == "UNAVAILABLE" and rows[("cnn", "1")]["reason"] == "unloaded", index
+
+assert client.is_model_ready("iris")
+assert not client.is_model_ready("cnn")
+client.load_model("cnn")
+assert client.is_model_ready("cnn")
+x = httpclient.InferInput("input", [2, 1, 28, 28], "FP32")
+x.set_data_from_numpy(np.zeros((2, 1, 28, 28), np.float32))
+assert client.infer("cnn", [x]).as_numpy("logits").shape == (2, 10)
+ready = client.get_model_repository_index()
+assert any(r["name"] == "cnn" and r["state"] == "READY" for r in ready), ready
+
+client.unload_model("cnn")
+assert not client.is_model_ready("cnn")
+try:
+    client.infer("cnn", [x])
+    raise SystemExit("inference on an unloaded model succeeded")
+except InferenceServerException as e:
+    assert "unknown model" in str(e), e
+
+try:
+    client.load_model("no_such_model")
+    raise SystemExit("loading a missing model succeeded")
+except InferenceServerException as e:
+    assert "no model 'no_such_model'" in str(e), e
+
+print("repository API checks passed")
