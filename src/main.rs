@@ -84,7 +84,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", args.http_addr))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "vigil listening on http://{addr}");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         // Load off the async workers; the server answers live (and ready = false) meanwhile.
         let loader = reloader.clone();
         let (server2, interval) = (server.clone(), args.poll_interval);
@@ -115,7 +115,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin_token: args.admin_token.clone(),
         };
         vigil::http::serve(listener, server, reloader, opts, shutdown_signal()).await?;
-        let _ = stop_tx.send(true);
+        drop(stop_tx);
         tracing::info!("stopped");
         anyhow::Ok(())
     })

@@ -198,6 +198,28 @@ impl Metrics {
             .set(i64::from(canary_weight.unwrap_or(0)));
     }
 
+    /// Drops a version's request series once it is no longer served, so that a long
+    /// run of swaps does not grow the registry. (Requests still in flight on it count
+    /// into detached handles: a handful of increments lost, not a leak.)
+    pub fn remove_version(&self, model: &str, version: u64) {
+        let v = version.to_string();
+        for o in [
+            Outcome::Success,
+            Outcome::BadRequest,
+            Outcome::Overloaded,
+            Outcome::Error,
+        ] {
+            let _ = self.requests.remove_label_values(&[model, &v, o.as_str()]);
+        }
+        for h in [
+            &self.request_duration,
+            &self.queue_duration,
+            &self.compute_duration,
+        ] {
+            let _ = h.remove_label_values(&[model, &v]);
+        }
+    }
+
     /// Resolves the per-version handles once.
     pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
         let v = version.to_string();

@@ -256,6 +256,16 @@ impl Server {
             }
         }
         self.table.store(Arc::new(RoutingTable { models }));
+        // Versions that left the table take their request series with them.
+        if let Some(p) = &previous {
+            let now = self.table.load();
+            let kept = now.models.get(name);
+            for &v in p.versions.keys() {
+                if !kept.is_some_and(|e| e.versions.contains_key(&v)) {
+                    self.metrics.remove_version(name, v);
+                }
+            }
+        }
     }
 
     /// Changes a model's rollout at run time: validated against what is loaded now,

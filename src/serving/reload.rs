@@ -370,29 +370,38 @@ impl Reloader {
         rows
     }
 
-    /// Polls every `interval` until `shutdown` fires; scans run on a blocking thread.
+    /// Polls every `interval` on a thread of its own, at a lower CPU priority than the
+    /// request path (loading a model is heavy work that must not push serving latency
+    /// up), until `stop` is dropped or sent to.
     pub fn spawn(
         self: Arc<Self>,
         interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.changed() => return,
+        stop: crossbeam_channel::Receiver<()>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("vigil-reload".into())
+            .spawn(move || {
+                lower_thread_priority();
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stop.recv_timeout(interval)
+                {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.poll())) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "repository scan failed"),
+                        Err(_) => tracing::error!("repository scan panicked"),
+                    }
                 }
-                let me = self.clone();
-                match tokio::task::spawn_blocking(move || me.poll()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "repository scan failed"),
-                    Err(e) => tracing::error!(error = %e, "repository scan panicked"),
-                }
-            }
-        })
+            })
+            .expect("spawning the reload thread")
+    }
+}
+
+/// Nice 10 for the calling thread only (Linux gives each thread its own nice value).
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; `0` is the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 
