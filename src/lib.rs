@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod monitor;
 pub mod repository;
 pub mod serving;
 pub mod tensor;

@@ -1,0 +1,3 @@
+//! Drift monitoring: reference profiles, streaming window statistics, scores, detector.
+
+pub mod stats;
