@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use vigil::backend::{BackendOptions, Backends, TensorSpec};
-use vigil::config::{Cli, Command, EngineArgs, ModelControl, ServeArgs};
+use vigil::config::{Cli, Command, EngineArgs, ModelControl, ProfileArgs, ServeArgs};
 use vigil::http::HttpOptions;
 use vigil::metrics::Metrics;
 use vigil::serving::reload::Reloader;
@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args.engine),
+        Command::Profile(args) => profile(args),
     }
 }
 
@@ -218,5 +219,54 @@ fn check(engine: EngineArgs) -> anyhow::Result<()> {
         }
         anyhow::bail!("{} model(s) failed to load", failures.len());
     }
+    Ok(())
+}
+
+fn profile(args: ProfileArgs) -> anyhow::Result<()> {
+    use vigil::monitor::profile::{columns_for, Profile, ProfileOptions};
+    anyhow::ensure!(args.bins >= 2, "--bins must be at least 2");
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.sample),
+        "--sample must be in 1..=10000"
+    );
+    let data = vigil::monitor::data::read(&args.data).map_err(anyhow::Error::msg)?;
+    let defs = match &args.model {
+        Some(dir) => {
+            let file = vigil::backend::ModelFile::read(&dir.join("model.onnx"))?;
+            Some(vigil::monitor::plan(&file.signature.inputs))
+        }
+        None => None,
+    };
+    let columns = columns_for(&data, defs.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.data.display()))?;
+    let opts = ProfileOptions {
+        bins: args.bins,
+        sample: args.sample,
+        categorical: args.categorical.clone(),
+        numeric: args.numeric.clone(),
+    };
+    let source = args.data.file_name().map_or_else(
+        || args.data.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let profile = Profile::build(columns, data.rows() as u64, source, &opts);
+    let json = serde_json::to_vec(&profile)?;
+    std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
+    for f in &profile.features {
+        eprintln!(
+            "{:<20} {:<11} bins {:>2}  mean {:>10.4}  std {:>10.4}",
+            f.name,
+            format!("{:?}", f.kind).to_lowercase(),
+            f.proportions.len(),
+            f.mean,
+            f.std
+        );
+    }
+    eprintln!(
+        "wrote {} ({} features, {} rows)",
+        args.out.display(),
+        profile.features.len(),
+        profile.rows
+    );
     Ok(())
 }

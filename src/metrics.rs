@@ -4,11 +4,13 @@
 //! series count. Per-version handles are resolved once at load ([`VersionMetrics`]) so
 //! the request path never looks a label up.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// What a loaded version does, as the `role` label.
@@ -68,7 +70,27 @@ pub struct Metrics {
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
     canary_weight: IntGaugeVec,
+    drift_score: GaugeVec,
+    drift_share: GaugeVec,
+    drift_status: IntGaugeVec,
+    drift_windows: IntCounterVec,
+    drift_window_rows: IntGaugeVec,
+    /// Feature names per (model, version), to remove their series with the version.
+    drift_features: FeatureNames,
 }
+
+type FeatureNames = Arc<Mutex<HashMap<(String, u64), Vec<String>>>>;
+
+/// The drift methods, as the `method` label of `vigil_drift_score`.
+pub const DRIFT_METHODS: [&str; 7] = [
+    "psi",
+    "js",
+    "ks_statistic",
+    "ks_pvalue",
+    "wasserstein",
+    "chi2_statistic",
+    "chi2_pvalue",
+];
 
 fn histogram(name: &str, help: &str) -> HistogramVec {
     HistogramVec::new(
@@ -134,6 +156,56 @@ impl Metrics {
             &["model"],
         )
         .expect("valid gauge definition");
+        let vv = ["model", "version"];
+        let drift_score = GaugeVec::new(
+            Opts::new(
+                "vigil_drift_score",
+                "Drift score of a feature in the last closed window, by method.",
+            ),
+            &["model", "version", "feature", "method"],
+        )
+        .expect("valid gauge definition");
+        let drift_share = GaugeVec::new(
+            Opts::new(
+                "vigil_drift_share",
+                "Share of a version's input features that drifted in the last closed window.",
+            ),
+            &vv,
+        )
+        .expect("valid gauge definition");
+        let drift_status = IntGaugeVec::new(
+            Opts::new(
+                "vigil_drift_status",
+                "1 while a version is drifting (enough drifted windows in a row), else 0.",
+            ),
+            &vv,
+        )
+        .expect("valid gauge definition");
+        let drift_windows = IntCounterVec::new(
+            Opts::new(
+                "vigil_drift_windows_total",
+                "Closed and scored drift windows by result (ok, drift).",
+            ),
+            &["model", "version", "result"],
+        )
+        .expect("valid counter definition");
+        let drift_window_rows = IntGaugeVec::new(
+            Opts::new(
+                "vigil_drift_window_rows",
+                "Rows in a version's current (open) drift window.",
+            ),
+            &vv,
+        )
+        .expect("valid gauge definition");
+        for c in [
+            Box::new(drift_score.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(drift_share.clone()),
+            Box::new(drift_status.clone()),
+            Box::new(drift_windows.clone()),
+            Box::new(drift_window_rows.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -162,6 +234,29 @@ impl Metrics {
             model_loads,
             model_load_duration,
             canary_weight,
+            drift_score,
+            drift_share,
+            drift_status,
+            drift_windows,
+            drift_window_rows,
+            drift_features: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A version's drift metric handles.
+    pub fn drift(&self, model: &str, version: u64) -> DriftMetrics {
+        let v = version.to_string();
+        DriftMetrics {
+            model: model.to_string(),
+            version: v.clone(),
+            version_n: version,
+            score: self.drift_score.clone(),
+            share: self.drift_share.with_label_values(&[model, &v]),
+            status: self.drift_status.with_label_values(&[model, &v]),
+            windows_ok: self.drift_windows.with_label_values(&[model, &v, "ok"]),
+            windows_drift: self.drift_windows.with_label_values(&[model, &v, "drift"]),
+            window_rows: self.drift_window_rows.with_label_values(&[model, &v]),
+            names: self.drift_features.clone(),
         }
     }
 
@@ -272,6 +367,57 @@ impl VersionMetrics {
             Outcome::Error => &self.error,
         }
         .inc()
+    }
+}
+
+/// One version's drift metrics.
+pub struct DriftMetrics {
+    model: String,
+    version: String,
+    version_n: u64,
+    score: GaugeVec,
+    share: Gauge,
+    pub status: IntGauge,
+    windows_ok: IntCounter,
+    windows_drift: IntCounter,
+    pub window_rows: IntGauge,
+    /// Where the feature names are noted, so the series go when the version goes.
+    names: FeatureNames,
+}
+
+impl DriftMetrics {
+    /// Exports a scored window (scorer thread, once per window: label lookups are fine).
+    pub fn observe_window(&self, w: &crate::monitor::WindowReport) {
+        let mut names = Vec::new();
+        for f in w.features.iter().chain(&w.outputs) {
+            let values = [
+                f.psi,
+                f.js,
+                f.ks_statistic,
+                f.ks_pvalue,
+                f.wasserstein,
+                f.chi2_statistic,
+                f.chi2_pvalue,
+            ];
+            for (m, v) in DRIFT_METHODS.iter().zip(values) {
+                if let Some(v) = v {
+                    self.score
+                        .with_label_values(&[self.model.as_str(), &self.version, &f.name, m])
+                        .set(v);
+                }
+            }
+            names.push(f.name.clone());
+        }
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((self.model.clone(), self.version_n), names);
+        self.share.set(w.drift_share);
+        if w.drifted {
+            self.windows_drift.inc();
+        } else {
+            self.windows_ok.inc();
+        }
     }
 }
 

@@ -100,6 +100,7 @@ pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -
             "/v2/models/{model}/rollout/rollback",
             post(rollout_rollback),
         )
+        .route("/v2/models/{model}/drift", get(drift_report))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -693,4 +694,27 @@ async fn rollout_rollback(
         Ok(next)
     })?;
     current_entry_json(&s, &model)
+}
+
+async fn drift_report(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&s.server, &model)?;
+    let versions: Vec<_> = entry
+        .versions
+        .values()
+        .map(|v| {
+            let mut r = serde_json::to_value(v.monitor.report()).expect("report serialises");
+            r["role"] = json!(if Some(v.version) == entry.stable {
+                "stable"
+            } else if Some(v.version) == entry.canary {
+                "canary"
+            } else {
+                "standby"
+            });
+            r
+        })
+        .collect();
+    Ok(Json(json!({ "model": model, "versions": versions })))
 }

@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use crate::backend::{BackendError, Backends, Engine, ModelSignature, Session};
 use crate::config::{ModelConfig, RolloutConfig, RolloutMode};
 use crate::metrics::{Metrics, Outcome, Role, VersionMetrics};
+use crate::monitor::{Monitor, MonitorSetup, Scorer};
 use crate::repository::{Fingerprint, VersionSource};
 use crate::tensor::Tensor;
 
@@ -41,6 +42,8 @@ pub struct ServedVersion {
     pub fingerprint: Fingerprint,
     pub metrics: VersionMetrics,
     pub stats: VersionStats,
+    /// Drift monitoring of what this version serves.
+    pub monitor: Arc<Monitor>,
 }
 
 /// A model as the routing table knows it.
@@ -155,6 +158,7 @@ pub struct Server {
     ready: AtomicBool,
     rollouts: rollout::RolloutStore,
     shadow_slots: Arc<tokio::sync::Semaphore>,
+    scorer: Scorer,
     pub options: ServerOptions,
 }
 
@@ -176,6 +180,7 @@ impl Server {
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(
                 options.max_shadow_in_flight.max(1),
             )),
+            scorer: Scorer::start(),
             options,
         }
     }
@@ -206,7 +211,25 @@ impl Server {
         self.metrics
             .count_load(model, result.is_ok(), start.elapsed());
         let loaded = result?;
+        let reference_path = version.dir.join("reference.json");
+        let reference_json = match std::fs::read(&reference_path) {
+            Ok(bytes) => Some(Ok(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(e.to_string())),
+        };
+        let monitor = Monitor::new(MonitorSetup {
+            model,
+            version: version.version,
+            inputs: &loaded.signature.inputs,
+            outputs: &loaded.signature.outputs,
+            config: config.drift.clone(),
+            reference_json,
+            metrics: self.metrics.drift(model, version.version),
+            scorer: self.scorer.clone(),
+            events: None,
+        });
         Ok(Arc::new(ServedVersion {
+            monitor,
             model: model.to_string(),
             version: version.version,
             engine: loaded.engine,
@@ -235,6 +258,9 @@ impl Server {
                 versions,
                 failures,
             }) => {
+                for v in versions.values() {
+                    v.monitor.set_config(config.drift.clone());
+                }
                 let rollout = self
                     .rollouts
                     .get(name)

@@ -65,6 +65,9 @@ impl WorkerPool {
                                     ))
                                 });
                             let compute = start.elapsed();
+                            if let Ok(outputs) = &outputs {
+                                job.version.monitor.observe(&job.inputs, outputs);
+                            }
                             drop(job.inputs);
                             // The caller may have gone (client disconnected): nothing to do.
                             let _ = job.reply.send(JobDone {
