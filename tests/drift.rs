@@ -392,3 +392,19 @@ print("numpy agrees")
     }
     assert!(!Path::new(&dir.path().join("nothing")).exists());
 }
+
+#[test]
+fn a_window_closes_by_time_once_it_has_min_rows() {
+    let repo = repo_with(
+        "[drift]\nwindow_rows = 100000\nwindow_seconds = 1\nmin_rows = 100\n",
+        Some(&sample_reference()),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let mut rng = Rng::new(3);
+    send(&v, &mut rng, 50, [0.0; 4]);
+    send(&v, &mut rng, 150, [0.0; 4]);
+    // No further request: the drift thread's clock closes the window.
+    let r = wait_windows(&v, 1);
+    assert_eq!(r["last_window"]["rows"], 200, "{r}");
+    assert_eq!(r["window_rows"], 0);
+}

@@ -395,26 +395,53 @@ pub struct DriftEvent {
     pub window: WindowReport,
 }
 
-/// Runs scoring jobs on one background thread, fed by a bounded queue.
+/// Runs scoring jobs on one background thread, fed by a bounded queue. Once a second
+/// it also closes windows whose `window_seconds` have passed, so a window does not wait
+/// for the next request to close.
 #[derive(Clone)]
 pub struct Scorer {
     tx: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+    monitors: Arc<Mutex<Vec<std::sync::Weak<Monitor>>>>,
 }
 
 impl Scorer {
     pub fn start() -> Scorer {
         let (tx, rx) = crossbeam_channel::bounded::<Box<dyn FnOnce() + Send>>(256);
+        let monitors: Arc<Mutex<Vec<std::sync::Weak<Monitor>>>> = Arc::default();
+        let watched = monitors.clone();
         std::thread::Builder::new()
             .name("vigil-drift".into())
-            .spawn(move || {
-                for job in rx {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        tracing::error!("a drift scoring job panicked");
+            .spawn(move || loop {
+                match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(job) => {
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("a drift scoring job panicked");
+                        }
                     }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        let alive: Vec<Arc<Monitor>> = {
+                            let mut list = watched
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            list.retain(|w| w.strong_count() > 0);
+                            list.iter().filter_map(std::sync::Weak::upgrade).collect()
+                        };
+                        for m in alive {
+                            m.close_if_due();
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                 }
             })
             .expect("spawning the drift scorer thread");
-        Scorer { tx }
+        Scorer { tx, monitors }
+    }
+
+    fn watch(&self, m: &Arc<Monitor>) {
+        self.monitors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(m));
     }
 
     fn submit(&self, job: Box<dyn FnOnce() + Send>) -> bool {
@@ -542,7 +569,8 @@ impl Monitor {
             opened: Instant::now(),
             rng: Rng::new(0x9e37_79b9 ^ setup.version),
         };
-        Arc::new(Monitor {
+        let scorer = setup.scorer.clone();
+        let monitor = Arc::new(Monitor {
             model: setup.model.to_string(),
             version: setup.version,
             config: ArcSwap::from_pointee(cfg),
@@ -557,7 +585,27 @@ impl Monitor {
             metrics: setup.metrics,
             scorer: setup.scorer,
             events: setup.events,
-        })
+        });
+        scorer.watch(&monitor);
+        monitor
+    }
+
+    /// Closes the open window if `window_seconds` have passed and it has `min_rows`.
+    fn close_if_due(self: &Arc<Self>) {
+        let cfg = self.config.load();
+        if !self.is_active() || cfg.window_seconds <= 0.0 {
+            return;
+        }
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if st.reference.is_some()
+            && st.rows >= cfg.min_rows
+            && st.opened.elapsed().as_secs_f64() >= cfg.window_seconds
+        {
+            self.close(&mut st, &cfg);
+        }
     }
 
     /// New `[drift]` settings, without reloading the model.
