@@ -122,9 +122,45 @@ pub struct ServeArgs {
     pub state_dir: PathBuf,
 
     /// Bearer token required by endpoints that change state (repository load/unload,
-    /// rollout). Without one, those endpoints accept only loopback clients.
+    /// rollout, retrain). Without one, those endpoints accept only loopback clients.
     #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Default retrain webhook URL for models without `[retrain] url`.
+    #[arg(long, env = "VIGIL_RETRAIN_URL")]
+    pub retrain_url: Option<String>,
+
+    /// Default Standard Webhooks secret (`whsec_...`) for retrain webhooks.
+    #[arg(long, env = "VIGIL_RETRAIN_SECRET", hide_env_values = true)]
+    pub retrain_secret: Option<String>,
+
+    /// Default cooldown between drift events of one model ("24h", "90s").
+    #[arg(long, env = "VIGIL_RETRAIN_COOLDOWN", default_value = "24h")]
+    pub retrain_cooldown: String,
+
+    /// Default timeout of one delivery attempt.
+    #[arg(long, env = "VIGIL_RETRAIN_TIMEOUT", default_value = "15s")]
+    pub retrain_timeout: String,
+
+    /// Default delivery attempts before an event is dead-lettered.
+    #[arg(long, env = "VIGIL_RETRAIN_MAX_ATTEMPTS", default_value_t = 10)]
+    pub retrain_max_attempts: u32,
+}
+
+impl ServeArgs {
+    /// The server-wide `[retrain]` defaults.
+    pub fn retrain_defaults(&self) -> Result<RetrainConfig, String> {
+        let c = RetrainConfig {
+            url: self.retrain_url.clone(),
+            secret: self.retrain_secret.clone(),
+            cooldown: Some(self.retrain_cooldown.clone()),
+            timeout: Some(self.retrain_timeout.clone()),
+            max_attempts: Some(self.retrain_max_attempts),
+            ..RetrainConfig::default()
+        };
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 /// How the set of served models is decided (Triton's model control modes).
@@ -155,6 +191,128 @@ pub struct ModelConfig {
     /// Drift monitoring of inputs and outputs.
     #[serde(default)]
     pub drift: DriftConfig,
+    /// Where drift events go (the retraining pipeline's webhook).
+    #[serde(default)]
+    pub retrain: RetrainConfig,
+}
+
+/// `[retrain]` (and the server-wide `--retrain-*` defaults): every field optional.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainConfig {
+    pub url: Option<String>,
+    /// Standard Webhooks key (`whsec_` + base64), or...
+    pub secret: Option<String>,
+    /// ...the environment variable that holds it.
+    pub secret_env: Option<String>,
+    /// No new drift event for a model within this long of the last one ("24h").
+    pub cooldown: Option<String>,
+    /// Per delivery attempt ("15s").
+    pub timeout: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub format: Option<crate::retrain::Format>,
+    /// Airflow: the DAG to trigger, and the API token (or the variable holding it).
+    pub dag_id: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+}
+
+impl std::fmt::Debug for RetrainConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RetrainConfig")
+            .field("url", &self.url)
+            .field("secret", &redact(&self.secret))
+            .field("secret_env", &self.secret_env)
+            .field("cooldown", &self.cooldown)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("format", &self.format)
+            .field("dag_id", &self.dag_id)
+            .field("token", &redact(&self.token))
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+impl RetrainConfig {
+    /// This config with `defaults` filling the gaps.
+    pub fn or(&self, defaults: &RetrainConfig) -> RetrainConfig {
+        RetrainConfig {
+            url: self.url.clone().or_else(|| defaults.url.clone()),
+            secret: self.secret.clone().or_else(|| defaults.secret.clone()),
+            secret_env: self
+                .secret_env
+                .clone()
+                .or_else(|| defaults.secret_env.clone()),
+            cooldown: self.cooldown.clone().or_else(|| defaults.cooldown.clone()),
+            timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
+            max_attempts: self.max_attempts.or(defaults.max_attempts),
+            format: self.format.or(defaults.format),
+            dag_id: self.dag_id.clone().or_else(|| defaults.dag_id.clone()),
+            token: self.token.clone().or_else(|| defaults.token.clone()),
+            token_env: self
+                .token_env
+                .clone()
+                .or_else(|| defaults.token_env.clone()),
+        }
+    }
+
+    pub fn cooldown(&self) -> std::time::Duration {
+        self.cooldown
+            .as_deref()
+            .and_then(|c| crate::retrain::parse_duration(c).ok())
+            .unwrap_or(std::time::Duration::from_secs(86_400))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, v) in [("cooldown", &self.cooldown), ("timeout", &self.timeout)] {
+            if let Some(v) = v {
+                crate::retrain::parse_duration(v).map_err(|e| format!("retrain.{k}: {e}"))?;
+            }
+        }
+        if let Some(s) = &self.secret {
+            crate::retrain::sign::key_of(s).map_err(|e| format!("retrain.secret: {e}"))?;
+        }
+        if self.max_attempts == Some(0) {
+            return Err("retrain.max_attempts must be at least 1".into());
+        }
+        if let Some(u) = &self.url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!(
+                    "retrain.url '{u}' must start with http:// or https://"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The delivery target, with secrets read now (from the config or the environment).
+    pub fn target(&self) -> Option<crate::retrain::Target> {
+        let url = self.url.clone()?;
+        let secret = self
+            .secret
+            .clone()
+            .or_else(|| self.secret_env.as_ref().and_then(|v| std::env::var(v).ok()))
+            .and_then(|s| crate::retrain::sign::key_of(&s).ok());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| self.token_env.as_ref().and_then(|v| std::env::var(v).ok()));
+        Some(crate::retrain::Target {
+            url,
+            secret,
+            timeout: self
+                .timeout
+                .as_deref()
+                .and_then(|t| crate::retrain::parse_duration(t).ok())
+                .unwrap_or(std::time::Duration::from_secs(15)),
+            max_attempts: self.max_attempts.unwrap_or(10),
+            format: self.format.unwrap_or_default(),
+            dag_id: self.dag_id.clone(),
+            token,
+        })
+    }
 }
 
 /// Which test decides that a numeric feature drifted.
@@ -397,6 +555,7 @@ impl ModelConfig {
         config.version_policy.policy().map_err(invalid)?;
         config.rollout.validate().map_err(invalid)?;
         config.drift.validate().map_err(invalid)?;
+        config.retrain.validate().map_err(invalid)?;
         Ok(config)
     }
 }

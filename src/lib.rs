@@ -9,5 +9,6 @@ pub mod http;
 pub mod metrics;
 pub mod monitor;
 pub mod repository;
+pub mod retrain;
 pub mod serving;
 pub mod tensor;

@@ -34,6 +34,7 @@ fn build_server(
     engine: &EngineArgs,
     queue_size: usize,
     state_dir: std::path::PathBuf,
+    retrain_defaults: vigil::config::RetrainConfig,
 ) -> anyhow::Result<Arc<Server>> {
     let workers = engine.worker_count();
     let backends = Backends::new(BackendOptions {
@@ -47,13 +48,14 @@ fn build_server(
         repository: engine.repository.clone(),
         state_dir,
         max_shadow_in_flight: workers * 4,
+        retrain_defaults,
     };
     Ok(Arc::new(Server::new(
         backends,
         pool,
         Arc::new(Metrics::new()),
         options,
-    )))
+    )?))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -67,7 +69,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.poll_interval.is_finite() && args.poll_interval >= 0.0,
         "--poll-interval must be a number of seconds >= 0"
     );
-    let server = build_server(&args.engine, args.queue_size, args.state_dir.clone())?;
+    let retrain_defaults = args
+        .retrain_defaults()
+        .map_err(|e| anyhow::anyhow!("--retrain-*: {e}"))?;
+    let server = build_server(
+        &args.engine,
+        args.queue_size,
+        args.state_dir.clone(),
+        retrain_defaults,
+    )?;
     let reloader = Arc::new(Reloader::new(
         server.clone(),
         repository,
@@ -86,6 +96,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "vigil listening on http://{addr}");
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (retrain_stop_tx, retrain_stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.retrainer.clone().run(retrain_stop_rx));
         // Load off the async workers; the server answers live (and ready = false) meanwhile.
         let loader = reloader.clone();
         let (server2, interval) = (server.clone(), args.poll_interval);
@@ -117,6 +129,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         vigil::http::serve(listener, server, reloader, opts, shutdown_signal()).await?;
         drop(stop_tx);
+        let _ = retrain_stop_tx.send(true);
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -154,7 +167,8 @@ fn io_summary(specs: &[TensorSpec]) -> String {
 
 fn check(engine: EngineArgs) -> anyhow::Result<()> {
     let state_dir = std::env::temp_dir().join(format!("vigil-check-{}", std::process::id()));
-    let server = build_server(&engine, 16, state_dir)?;
+    let server = build_server(&engine, 16, state_dir.clone(), Default::default())?;
+    let _cleanup = RemoveOnDrop(state_dir);
     let reloader = Reloader::new(
         server.clone(),
         engine.repository.clone(),
@@ -269,4 +283,13 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         profile.rows
     );
     Ok(())
+}
+
+/// Removes a temporary directory when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -77,6 +77,33 @@ pub struct Metrics {
     drift_window_rows: IntGaugeVec,
     /// Feature names per (model, version), to remove their series with the version.
     drift_features: FeatureNames,
+    retrain: RetrainCounters,
+}
+
+/// The retrain hook's families.
+#[derive(Clone)]
+pub struct RetrainCounters {
+    events: IntCounterVec,
+    deliveries: IntCounterVec,
+    pending: IntGaugeVec,
+    dead: IntGaugeVec,
+}
+
+impl crate::retrain::RetrainMetrics for RetrainCounters {
+    fn event(&self, model: &str, reason: &str) {
+        self.events.with_label_values(&[model, reason]).inc();
+    }
+    fn delivery(&self, model: &str, outcome: &str) {
+        self.deliveries.with_label_values(&[model, outcome]).inc();
+    }
+    fn gauges(&self, pending: &HashMap<String, i64>, dead: &HashMap<String, i64>) {
+        for (m, n) in pending {
+            self.pending.with_label_values(&[m]).set(*n);
+        }
+        for (m, n) in dead {
+            self.dead.with_label_values(&[m]).set(*n);
+        }
+    }
 }
 
 type FeatureNames = Arc<Mutex<HashMap<(String, u64), Vec<String>>>>;
@@ -197,6 +224,48 @@ impl Metrics {
             &vv,
         )
         .expect("valid gauge definition");
+        let retrain = RetrainCounters {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "vigil_retrain_events_total",
+                    "Retrain events created, by reason (drift, manual).",
+                ),
+                &["model", "reason"],
+            )
+            .expect("valid counter definition"),
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    "vigil_retrain_deliveries_total",
+                    "Retrain webhook delivery attempts by outcome (delivered, retry, rejected).",
+                ),
+                &["model", "outcome"],
+            )
+            .expect("valid counter definition"),
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_retrain_pending",
+                    "Retrain events waiting for delivery.",
+                ),
+                &["model"],
+            )
+            .expect("valid gauge definition"),
+            dead: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_retrain_dead_letters",
+                    "Retrain events that exhausted their attempts (dead letters).",
+                ),
+                &["model"],
+            )
+            .expect("valid gauge definition"),
+        };
+        for c in [
+            Box::new(retrain.events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(retrain.deliveries.clone()),
+            Box::new(retrain.pending.clone()),
+            Box::new(retrain.dead.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
         for c in [
             Box::new(drift_score.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(drift_share.clone()),
@@ -240,7 +309,13 @@ impl Metrics {
             drift_windows,
             drift_window_rows,
             drift_features: Arc::new(Mutex::new(HashMap::new())),
+            retrain,
         }
+    }
+
+    /// The retrain hook's counters.
+    pub fn retrain(&self) -> RetrainCounters {
+        self.retrain.clone()
     }
 
     /// A version's drift metric handles.

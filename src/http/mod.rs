@@ -101,6 +101,9 @@ pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -
             post(rollout_rollback),
         )
         .route("/v2/models/{model}/drift", get(drift_report))
+        .route("/v2/models/{model}/retrain", post(retrain_trigger))
+        .route("/v2/retrain/events", get(retrain_events))
+        .route("/v2/retrain/dead-letters/{id}/replay", post(retrain_replay))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -717,4 +720,78 @@ async fn drift_report(
         })
         .collect();
     Ok(Json(json!({ "model": model, "versions": versions })))
+}
+
+async fn retrain_trigger(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let entry = entry(&s.server, &model)?;
+    let reason = if body.is_empty() {
+        String::new()
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid retrain request JSON: {e}")))?;
+        match v.get("reason") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(r)) if r.len() <= 1000 => r.clone(),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "reason must be a string of at most 1000 bytes".into(),
+                ))
+            }
+        }
+    };
+    let retrainer = s.server.retrainer.clone();
+    let version = entry.stable;
+    let id = blocking(move || retrainer.manual(&model, version, &reason))
+        .await?
+        .map_err(|e| match e {
+            crate::retrain::RetrainError::NoTarget(_) => ApiError::BadRequest(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": id }))).into_response())
+}
+
+async fn retrain_events(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let records = s.server.retrainer.list();
+    let by_state = |st: crate::retrain::EventState| -> Vec<Value> {
+        records
+            .iter()
+            .filter(|r| r.state == st)
+            .map(|r| serde_json::to_value(r).expect("records serialise"))
+            .collect()
+    };
+    Ok(Json(json!({
+        "pending": by_state(crate::retrain::EventState::Pending),
+        "delivered": by_state(crate::retrain::EventState::Delivered),
+        "dead_letters": by_state(crate::retrain::EventState::Dead),
+    })))
+}
+
+async fn retrain_replay(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let retrainer = s.server.retrainer.clone();
+    let id2 = id.clone();
+    blocking(move || retrainer.replay(&id2))
+        .await?
+        .map_err(|e| match e {
+            crate::retrain::RetrainError::NoSuchEvent(_) => ApiError::NotFound(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    Ok(Json(json!({ "event_id": id, "state": "pending" })))
 }

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::backend::{BackendError, Backends, Engine, ModelSignature, Session};
-use crate::config::{ModelConfig, RolloutConfig, RolloutMode};
+use crate::config::{ModelConfig, RetrainConfig, RolloutConfig, RolloutMode};
 use crate::metrics::{Metrics, Outcome, Role, VersionMetrics};
-use crate::monitor::{Monitor, MonitorSetup, Scorer};
+use crate::monitor::{DriftEvent, Monitor, MonitorSetup, Scorer};
 use crate::repository::{Fingerprint, VersionSource};
+use crate::retrain::Retrainer;
 use crate::tensor::Tensor;
 
 pub use pool::WorkerPool;
@@ -146,10 +147,12 @@ pub struct ServerOptions {
     pub state_dir: PathBuf,
     /// Shadow copies allowed in flight at once; beyond that they are skipped.
     pub max_shadow_in_flight: usize,
+    /// `[retrain]` defaults for models that do not set them.
+    pub retrain_defaults: RetrainConfig,
 }
 
 pub struct Server {
-    table: ArcSwap<RoutingTable>,
+    table: Arc<ArcSwap<RoutingTable>>,
     /// Serialises table writers; held only while a new table is built from loaded parts.
     write: Mutex<()>,
     backends: Backends,
@@ -159,7 +162,64 @@ pub struct Server {
     rollouts: rollout::RolloutStore,
     shadow_slots: Arc<tokio::sync::Semaphore>,
     scorer: Scorer,
+    drift_events: crossbeam_channel::Sender<DriftEvent>,
+    pub retrainer: Arc<Retrainer>,
     pub options: ServerOptions,
+}
+
+/// A model's effective `[retrain]` settings: its own over the server's defaults.
+fn retrain_config(table: &RoutingTable, defaults: &RetrainConfig, model: &str) -> RetrainConfig {
+    match table.models.get(model) {
+        Some(e) => e.config.retrain.or(defaults),
+        None => defaults.clone(),
+    }
+}
+
+/// Turns drift trips into retrain events (a thread of its own: the outbox fsyncs).
+fn forward_drift_events(
+    rx: crossbeam_channel::Receiver<DriftEvent>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    defaults: RetrainConfig,
+    retrainer: Arc<Retrainer>,
+) {
+    for ev in rx {
+        let cfg = retrain_config(&table.load(), &defaults, &ev.model);
+        let data = crate::retrain::EventData {
+            event_id: crate::retrain::drift_event_id(
+                &ev.model,
+                ev.version,
+                ev.window.closed_at,
+                ev.window.rows,
+            ),
+            model: ev.model.clone(),
+            model_version: ev.version.to_string(),
+            reason: format!(
+                "drift: {:.0}% of features drifted in a window of {} rows",
+                ev.window.drift_share * 100.0,
+                ev.window.rows
+            ),
+            window: Some(crate::retrain::WindowInfo {
+                closed_at: crate::retrain::rfc3339(ev.window.closed_at),
+                rows: ev.window.rows,
+            }),
+            drift_share: Some(ev.window.drift_share),
+            features: ev
+                .window
+                .features
+                .iter()
+                .map(|f| crate::retrain::FeatureInfo {
+                    name: f.name.clone(),
+                    psi: f.psi,
+                    ks_pvalue: f.ks_pvalue,
+                    drifted: f.drifted,
+                })
+                .collect(),
+            server: String::new(),
+        };
+        if let Err(e) = retrainer.drift_detected(data, cfg.cooldown()) {
+            tracing::error!(model = %ev.model, error = %e, "cannot create the retrain event");
+        }
+    }
 }
 
 impl Server {
@@ -168,9 +228,38 @@ impl Server {
         pool: WorkerPool,
         metrics: Arc<Metrics>,
         options: ServerOptions,
-    ) -> Server {
-        Server {
-            table: ArcSwap::from_pointee(RoutingTable::default()),
+    ) -> Result<Server, crate::retrain::RetrainError> {
+        let table: Arc<ArcSwap<RoutingTable>> =
+            Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let resolver: crate::retrain::Resolver = {
+            let (table, defaults) = (table.clone(), options.retrain_defaults.clone());
+            Arc::new(move |model: &str| retrain_config(&table.load(), &defaults, model).target())
+        };
+        let server_name = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "vigil".into());
+        let retrainer = Retrainer::open(
+            &options.state_dir,
+            resolver,
+            Arc::new(metrics.retrain()),
+            server_name,
+        )?;
+        let (drift_events, rx) = crossbeam_channel::bounded(256);
+        {
+            let (table, defaults, retrainer) = (
+                table.clone(),
+                options.retrain_defaults.clone(),
+                retrainer.clone(),
+            );
+            std::thread::Builder::new()
+                .name("vigil-retrain-events".into())
+                .spawn(move || forward_drift_events(rx, table, defaults, retrainer))
+                .expect("spawning the drift event thread");
+        }
+        Ok(Server {
+            table,
             write: Mutex::new(()),
             backends,
             pool,
@@ -181,8 +270,15 @@ impl Server {
                 options.max_shadow_in_flight.max(1),
             )),
             scorer: Scorer::start(),
+            drift_events,
+            retrainer,
             options,
-        }
+        })
+    }
+
+    /// A model's effective `[retrain]` settings.
+    pub fn retrain_config(&self, model: &str) -> RetrainConfig {
+        retrain_config(&self.table.load(), &self.options.retrain_defaults, model)
     }
 
     /// The current routing table (one atomic load).
@@ -226,7 +322,7 @@ impl Server {
             reference_json,
             metrics: self.metrics.drift(model, version.version),
             scorer: self.scorer.clone(),
-            events: None,
+            events: Some(self.drift_events.clone()),
         });
         Ok(Arc::new(ServedVersion {
             monitor,

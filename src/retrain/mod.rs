@@ -1,0 +1,553 @@
+//! The retrain hook: a durable outbox of events and their signed delivery.
+//!
+//! An event counts as created once it is appended to `<state-dir>/retrain/outbox.jsonl`
+//! and fsynced. A delivery task POSTs pending events (Standard Webhooks signatures, or an
+//! Airflow DAG run), retrying with exponential backoff and jitter until a 2xx; after
+//! `max_attempts` the event is dead-lettered and can be replayed. The event id is stable
+//! across retries and restarts, so receivers can deduplicate. The outbox is a log of
+//! small JSON records, replayed on start and compacted when delivered entries pile up.
+//!
+//! This module knows nothing of models or HTTP routes: the serving layer hands it
+//! events and a resolver that says, at send time, where and how a model's events go.
+
+mod outbox;
+pub mod sign;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use outbox::{EventRecord, EventState};
+
+/// Where and how one model's events are delivered (secrets resolved at send time).
+#[derive(Clone)]
+pub struct Target {
+    pub url: String,
+    /// Standard Webhooks key bytes.
+    pub secret: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub format: Format,
+    pub dag_id: Option<String>,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("format", &self.format)
+            .field("dag_id", &self.dag_id)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Standard,
+    Airflow,
+}
+
+/// Resolves a model's delivery target now; `None`: no hook configured.
+pub type Resolver = Arc<dyn Fn(&str) -> Option<Target> + Send + Sync>;
+
+/// The event body's `data`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventData {
+    pub event_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift_share: Option<f64>,
+    pub features: Vec<FeatureInfo>,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WindowInfo {
+    pub closed_at: String,
+    pub rows: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FeatureInfo {
+    pub name: String,
+    pub psi: Option<f64>,
+    pub ks_pvalue: Option<f64>,
+    pub drifted: bool,
+}
+
+/// The whole event as POSTed (Standard Webhooks payload shape).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: String,
+    pub data: EventData,
+}
+
+/// Why an event could not be created or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrainError {
+    #[error("no retrain hook is configured for model '{0}' (set [retrain] url in its config.toml or --retrain-url)")]
+    NoTarget(String),
+    #[error("no dead-lettered event '{0}'")]
+    NoSuchEvent(String),
+    #[error("cannot write the retrain outbox: {0}")]
+    Io(String),
+}
+
+/// Counters the hook reports (exported by the metrics module through these callbacks).
+pub trait RetrainMetrics: Send + Sync {
+    fn event(&self, model: &str, reason: &str);
+    fn delivery(&self, model: &str, outcome: &str);
+    fn gauges(&self, pending: &HashMap<String, i64>, dead: &HashMap<String, i64>);
+}
+
+pub struct Retrainer {
+    outbox: Mutex<outbox::Outbox>,
+    resolver: Resolver,
+    metrics: Arc<dyn RetrainMetrics>,
+    server: String,
+    wake: tokio::sync::Notify,
+    client: reqwest::Client,
+}
+
+/// RFC 3339 in UTC with milliseconds, from a Unix time in seconds.
+pub fn rfc3339(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let ms = ((unix - secs as f64) * 1000.0).round().min(999.0) as i64;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Parses "90s", "15m", "1h30m", "24h", "2d" (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in t.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86_400.0,
+            _ => {
+                return Err(format!(
+                    "'{s}' is not a duration (use e.g. 90s, 15m, 1h30m, 24h, 2d)"
+                ))
+            }
+        };
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration (use e.g. 90s, 15m, 1h30m, 24h, 2d)"))?;
+        total += n * unit;
+        num.clear();
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return Err(format!(
+            "'{s}' is not a duration (use e.g. 90s, 15m, 1h30m, 24h, 2d)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// The stable id of a drift event: the same model, version and window give the same id
+/// on every replica and after every restart.
+pub fn drift_event_id(model: &str, version: u64, closed_at: f64, rows: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{model}\n{version}\n{:.3}\n{rows}", closed_at).as_bytes());
+    let d = h.finalize();
+    format!(
+        "evt_{}",
+        d[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// Backoff before attempt `n + 1` after `n` failures: 1 s doubling, capped at 5 min,
+/// with jitter in [0.5, 1] of that.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let base = 2f64
+        .powi(failures.saturating_sub(1).min(16) as i32)
+        .min(300.0);
+    Duration::from_secs_f64(base * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+}
+
+impl Retrainer {
+    /// Opens (and replays) the outbox under `state_dir`.
+    pub fn open(
+        state_dir: &Path,
+        resolver: Resolver,
+        metrics: Arc<dyn RetrainMetrics>,
+        server: String,
+    ) -> Result<Arc<Retrainer>, RetrainError> {
+        let outbox = outbox::Outbox::open(&state_dir.join("retrain"))
+            .map_err(|e| RetrainError::Io(e.to_string()))?;
+        let r = Arc::new(Retrainer {
+            outbox: Mutex::new(outbox),
+            resolver,
+            metrics,
+            server,
+            wake: tokio::sync::Notify::new(),
+            client: reqwest::Client::builder()
+                .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("an HTTP client with default settings"),
+        });
+        r.export_gauges();
+        Ok(r)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, outbox::Outbox> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn export_gauges(&self) {
+        let (pending, dead) = self.lock().counts_by_model();
+        self.metrics.gauges(&pending, &dead);
+    }
+
+    /// A drift trip: creates an event unless the model is in its cooldown or has no hook.
+    /// Returns the event id when one was created.
+    pub fn drift_detected(
+        &self,
+        data: EventData,
+        cooldown: Duration,
+    ) -> Result<Option<String>, RetrainError> {
+        if (self.resolver)(&data.model).is_none() {
+            tracing::info!(model = %data.model, "drift detected; no retrain hook configured");
+            return Ok(None);
+        }
+        let now = now_unix();
+        {
+            let ob = self.lock();
+            if let Some(last) = ob.last_drift_event(&data.model) {
+                if now - last < cooldown.as_secs_f64() {
+                    tracing::info!(model = %data.model, cooldown_s = cooldown.as_secs(), "drift detected during the retrain cooldown; no new event");
+                    return Ok(None);
+                }
+            }
+            if ob.knows(&data.event_id) {
+                return Ok(None);
+            }
+        }
+        self.create("vigil.drift.detected", data, now).map(Some)
+    }
+
+    /// An operator's request: always accepted when a hook is configured.
+    pub fn manual(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        reason: &str,
+    ) -> Result<String, RetrainError> {
+        if (self.resolver)(model).is_none() {
+            return Err(RetrainError::NoTarget(model.to_string()));
+        }
+        let now = now_unix();
+        let id = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(format!("manual\n{model}\n{now}\n{}", std::process::id()).as_bytes());
+            let d = h.finalize();
+            format!(
+                "evt_{}",
+                d[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        };
+        let data = EventData {
+            event_id: id.clone(),
+            model: model.to_string(),
+            model_version: version.map(|v| v.to_string()).unwrap_or_default(),
+            reason: if reason.is_empty() {
+                "manual".into()
+            } else {
+                reason.to_string()
+            },
+            window: None,
+            drift_share: None,
+            features: Vec::new(),
+            server: self.server.clone(),
+        };
+        self.create("vigil.retrain.requested", data, now)
+    }
+
+    fn create(&self, kind: &str, mut data: EventData, now: f64) -> Result<String, RetrainError> {
+        data.server = self.server.clone();
+        let reason_label = if kind == "vigil.drift.detected" {
+            "drift"
+        } else {
+            "manual"
+        };
+        let event = Event {
+            kind: kind.to_string(),
+            timestamp: rfc3339(now),
+            data,
+        };
+        let id = event.data.event_id.clone();
+        let model = event.data.model.clone();
+        self.lock()
+            .create(event, now)
+            .map_err(|e| RetrainError::Io(e.to_string()))?;
+        tracing::info!(model = %model, event_id = %id, kind, "retrain event created");
+        self.metrics.event(&model, reason_label);
+        self.export_gauges();
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Pending, recently delivered and dead-lettered events.
+    pub fn list(&self) -> Vec<EventRecord> {
+        self.lock().list()
+    }
+
+    /// Queues a dead-lettered event again (attempts start over).
+    pub fn replay(&self, id: &str) -> Result<(), RetrainError> {
+        let ok = self
+            .lock()
+            .replay(id)
+            .map_err(|e| RetrainError::Io(e.to_string()))?;
+        if !ok {
+            return Err(RetrainError::NoSuchEvent(id.to_string()));
+        }
+        self.export_gauges();
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Delivers pending events until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut rng = crate::monitor::profile::Rng::new(now_unix().to_bits());
+        loop {
+            let now = now_unix();
+            let next = self.lock().next_due();
+            let wait = match next {
+                Some((_, due)) if due <= now => None,
+                Some((_, due)) => Some(Duration::from_secs_f64((due - now).min(300.0))),
+                None => Some(Duration::from_secs(300)),
+            };
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            let Some((id, _)) = next else { continue };
+            let Some(record) = self.lock().get(&id) else {
+                continue;
+            };
+            let model = record.event.data.model.clone();
+            let outcome = match (self.resolver)(&model) {
+                None => Attempt::Retry("no retrain hook configured now".into(), None),
+                Some(target) => self.attempt(&record.event, &target).await,
+            };
+            let jitter = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let max_attempts = (self.resolver)(&model).map_or(10, |t| t.max_attempts.max(1));
+            let result = {
+                let mut ob = self.lock();
+                match &outcome {
+                    Attempt::Delivered => ob.delivered(&id),
+                    Attempt::Retry(err, retry_after) => {
+                        let failures = record.attempts + 1;
+                        if failures >= max_attempts {
+                            ob.dead(&id, failures, err)
+                        } else {
+                            let delay = retry_after
+                                .unwrap_or_else(|| backoff(failures, jitter))
+                                .min(Duration::from_secs(300));
+                            ob.failed(&id, failures, err, now_unix() + delay.as_secs_f64())
+                        }
+                    }
+                    Attempt::GiveUp(err) => ob.dead(&id, record.attempts + 1, err),
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot write the retrain outbox");
+            }
+            let label = match &outcome {
+                Attempt::Delivered => "delivered",
+                Attempt::Retry(..) => "retry",
+                Attempt::GiveUp(_) => "rejected",
+            };
+            self.metrics.delivery(&model, label);
+            match &outcome {
+                Attempt::Delivered => {
+                    tracing::info!(model = %model, event_id = %id, "retrain event delivered")
+                }
+                Attempt::Retry(e, _) | Attempt::GiveUp(e) => {
+                    tracing::warn!(model = %model, event_id = %id, attempts = record.attempts + 1, error = %e, "retrain delivery failed")
+                }
+            }
+            self.export_gauges();
+        }
+    }
+
+    async fn attempt(&self, event: &Event, target: &Target) -> Attempt {
+        let (url, body, headers) = match target.format {
+            Format::Standard => {
+                let body = serde_json::to_vec(event).expect("events serialise");
+                let ts = (now_unix() as u64).to_string();
+                let mut headers = vec![
+                    ("webhook-id".to_string(), event.data.event_id.clone()),
+                    ("webhook-timestamp".to_string(), ts.clone()),
+                ];
+                if let Some(key) = &target.secret {
+                    headers.push((
+                        "webhook-signature".into(),
+                        sign::signature(key, &event.data.event_id, &ts, &body),
+                    ));
+                }
+                (target.url.clone(), body, headers)
+            }
+            Format::Airflow => {
+                let dag = target.dag_id.clone().unwrap_or_else(|| "retrain".into());
+                let url = format!(
+                    "{}/api/v2/dags/{dag}/dagRuns",
+                    target.url.trim_end_matches('/')
+                );
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "dag_run_id": event.data.event_id,
+                    "logical_date": null,
+                    "conf": event.data,
+                }))
+                .expect("events serialise");
+                let mut headers = Vec::new();
+                if let Some(t) = &target.token {
+                    headers.push(("authorization".to_string(), format!("Bearer {t}")));
+                }
+                (url, body, headers)
+            }
+        };
+        let mut req = self
+            .client
+            .post(&url)
+            .timeout(target.timeout)
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64);
+                match status {
+                    200..=299 => Attempt::Delivered,
+                    409 if target.format == Format::Airflow => Attempt::Delivered,
+                    408 | 409 | 429 => Attempt::Retry(format!("HTTP {status}"), retry_after),
+                    400..=499 => Attempt::GiveUp(format!("HTTP {status} (not retried)")),
+                    _ => Attempt::Retry(format!("HTTP {status}"), retry_after),
+                }
+            }
+            Err(e) if e.is_timeout() => {
+                Attempt::Retry(format!("timed out after {:?}", target.timeout), None)
+            }
+            Err(e) => Attempt::Retry(format!("cannot reach the receiver: {e}"), None),
+        }
+    }
+}
+
+enum Attempt {
+    Delivered,
+    Retry(String, Option<Duration>),
+    GiveUp(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(2, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(3, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(30, 1.0), Duration::from_secs(300));
+        assert_eq!(backoff(3, 0.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn timestamps_and_ids() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_292_000.25), "2026-12-03T10:00:00.250Z");
+        let a = drift_event_id("iris", 2, 1.5, 1000);
+        assert_eq!(a, drift_event_id("iris", 2, 1.5, 1000));
+        assert_ne!(a, drift_event_id("iris", 3, 1.5, 1000));
+        assert!(a.starts_with("evt_") && a.len() == 36);
+    }
+}
