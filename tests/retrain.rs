@@ -1,0 +1,461 @@
+//! The retrain hook against real HTTP receivers (a small HTTP/1.1 server in this test),
+//! signatures checked by an independent implementation (Python's hmac).
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{python, root, wait_for, Engine, TempDir, Vigil};
+use serde_json::{json, Value};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+/// A receiver that answers each request with the next scripted (status, delay), then
+/// `then` forever, and records what it saw.
+#[derive(Clone)]
+struct Receiver {
+    port: u16,
+    script: Arc<Mutex<VecDeque<(u16, Duration)>>>,
+    then: Arc<Mutex<u16>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Receiver {
+    fn start(script: &[(u16, u64)], then: u16) -> Receiver {
+        Self::on(TcpListener::bind("127.0.0.1:0").unwrap(), script, then)
+    }
+
+    fn on(listener: TcpListener, script: &[(u16, u64)], then: u16) -> Receiver {
+        let r = Receiver {
+            port: listener.local_addr().unwrap().port(),
+            script: Arc::new(Mutex::new(
+                script
+                    .iter()
+                    .map(|&(s, ms)| (s, Duration::from_millis(ms)))
+                    .collect(),
+            )),
+            then: Arc::new(Mutex::new(then)),
+            seen: Arc::default(),
+        };
+        let me = r.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let me = me.clone();
+                std::thread::spawn(move || me.serve(stream));
+            }
+        });
+        r
+    }
+
+    fn serve(&self, mut stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let (status, delay) = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or((*self.then.lock().unwrap(), Duration::ZERO));
+        std::thread::sleep(delay);
+        self.seen.lock().unwrap().push(Seen {
+            path,
+            headers,
+            body,
+            answered: status,
+        });
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn wait_answered(&self, status: u16, n: usize) -> Vec<Seen> {
+        wait_for(60, &format!("{n} requests answered {status}"), || {
+            let s = self.seen();
+            (s.iter().filter(|x| x.answered == status).count() >= n).then_some(s)
+        })
+    }
+}
+
+/// Checks the Standard Webhooks signature with Python's hmac (independent of vigil).
+fn verify_signature(s: &Seen) {
+    let check = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts, sig = sys.argv[1:5]
+body = sys.stdin.buffer.read()
+key = base64.b64decode(secret.removeprefix("whsec_"))
+mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+expected = "v1," + base64.b64encode(mac).decode()
+assert sig.split(" ") .count(expected) == 1, (sig, expected)
+print("signature ok")
+"#;
+    let mut child = std::process::Command::new(python())
+        .args([
+            "-c",
+            check,
+            SECRET,
+            &s.headers["webhook-id"],
+            &s.headers["webhook-timestamp"],
+            &s.headers["webhook-signature"],
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&s.body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "signature check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn repo(retrain: &str) -> TempDir {
+    let dir = TempDir::new("retrain");
+    let v = dir.path().join("iris/1");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::copy(
+        root().join("models/iris/1/model.onnx"),
+        v.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("models/iris/1/reference.json"),
+        v.join("reference.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("iris/config.toml"),
+        format!("[drift]\ndrift_share = 0.25\n\n[retrain]\n{retrain}"),
+    )
+    .unwrap();
+    dir
+}
+
+fn trigger(v: &Vigil, reason: &str) -> String {
+    let (status, body) = v.post_json("/v2/models/iris/retrain", &json!({"reason": reason}));
+    assert_eq!(status, 202, "{body}");
+    body["event_id"].as_str().unwrap().to_string()
+}
+
+fn events(v: &Vigil) -> Value {
+    let (status, body) = v.get("/v2/retrain/events");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn metric(v: &Vigil, line_start: &str) -> Option<f64> {
+    let text = v.client.get(v.url("/metrics")).send().ok()?.text().ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn signed_delivery_retries_until_acknowledged() {
+    let rx = Receiver::start(&[(500, 0), (503, 0)], 200);
+    let repo = repo(&format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url()));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let id = trigger(&v, "new labels arrived");
+    let seen = rx.wait_answered(200, 1);
+    assert_eq!(seen.len(), 3, "two failures, then the acknowledged attempt");
+    for s in &seen {
+        assert_eq!(
+            s.headers["webhook-id"], id,
+            "the id is stable across retries"
+        );
+        assert_eq!(s.headers["content-type"], "application/json");
+        verify_signature(s);
+    }
+    let body: Value = serde_json::from_slice(&seen[2].body).unwrap();
+    assert_eq!(body["type"], "vigil.retrain.requested");
+    assert_eq!(body["data"]["event_id"], id);
+    assert_eq!(body["data"]["model"], "iris");
+    assert_eq!(body["data"]["model_version"], "1");
+    assert_eq!(body["data"]["reason"], "new labels arrived");
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(seen[2].body.len() < 20_000);
+    let delivered = wait_for(10, "the event to show as delivered", || {
+        let e = events(&v);
+        (e["delivered"].as_array()?.len() == 1).then_some(e)
+    });
+    assert_eq!(delivered["delivered"][0]["attempts"], 3);
+    assert_eq!(delivered["pending"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        metric(
+            &v,
+            r#"vigil_retrain_deliveries_total{model="iris",outcome="delivered"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &v,
+            r#"vigil_retrain_deliveries_total{model="iris",outcome="retry"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &v,
+            r#"vigil_retrain_events_total{model="iris",reason="manual"}"#
+        ),
+        Some(1.0)
+    );
+    // Secrets never leak into the API, the metrics or the log.
+    let text = v
+        .client
+        .get(v.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!text.contains("MfKQ9r8"));
+    assert!(!events(&v).to_string().contains("MfKQ9r8"));
+    assert!(!v.drain_logs().join("\n").contains("MfKQ9r8"));
+}
+
+#[test]
+fn drift_trip_creates_one_event_and_the_cooldown_holds_the_next() {
+    let rx = Receiver::start(&[], 200);
+    let repo = repo(&format!(
+        "url = \"{}\"\nsecret = \"{SECRET}\"\ncooldown = \"1h\"\n",
+        rx.url()
+    ));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let train = vigil::monitor::data::read(&root().join("models/iris/1/train.npy")).unwrap();
+    let shifted: Vec<f64> = (0..1000)
+        .flat_map(|i| {
+            let r = &train.values[(i % 150) * 4..(i % 150) * 4 + 4];
+            r.iter().map(|x| x + 1.0).collect::<Vec<_>>()
+        })
+        .collect();
+    let body =
+        json!({"inputs": [{"name": "X", "shape": [1000, 4], "datatype": "FP32", "data": shifted}]});
+    assert_eq!(v.post_json("/v2/models/iris/infer", &body).0, 200);
+    let seen = rx.wait_answered(200, 1);
+    let ev: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(ev["type"], "vigil.drift.detected");
+    assert_eq!(ev["data"]["window"]["rows"], 1000);
+    assert!(ev["data"]["drift_share"].as_f64().unwrap() >= 0.25);
+    assert_eq!(ev["data"]["features"].as_array().unwrap().len(), 4);
+    verify_signature(&seen[0]);
+    // Back to ok, then drifting again within the cooldown: no second event.
+    let normal: Vec<f64> = train.values.iter().cycle().take(4000).copied().collect();
+    let ok =
+        json!({"inputs": [{"name": "X", "shape": [1000, 4], "datatype": "FP32", "data": normal}]});
+    assert_eq!(v.post_json("/v2/models/iris/infer", &ok).0, 200);
+    assert_eq!(v.post_json("/v2/models/iris/infer", &body).0, 200);
+    wait_for(20, "three scored windows", || {
+        (v.get("/v2/models/iris/drift").1["versions"][0]["windows"].as_u64()? >= 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rx.seen().len(),
+        1,
+        "the cooldown suppressed the second trip"
+    );
+    assert_eq!(
+        metric(
+            &v,
+            r#"vigil_retrain_events_total{model="iris",reason="drift"}"#
+        ),
+        Some(1.0)
+    );
+    // A manual trigger is always accepted.
+    trigger(&v, "");
+    rx.wait_answered(200, 2);
+}
+
+#[test]
+fn receiver_down_then_back_and_slow_receiver() {
+    // Down: nothing listens on the port yet.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let repo = repo(&format!(
+        "url = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"1s\"\n"
+    ));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let id = trigger(&v, "down");
+    let failed = wait_for(20, "a failed attempt", || {
+        let e = events(&v);
+        let p = e["pending"].as_array()?.first()?.clone();
+        (p["attempts"].as_u64()? >= 1).then_some(p)
+    });
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{failed}"
+    );
+    // Back up, but slow on the first request (past the 1 s timeout).
+    let rx = Receiver::on(
+        TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        &[(200, 2500)],
+        200,
+    );
+    let seen = rx.wait_answered(200, 2);
+    assert!(seen.iter().all(|s| s.headers["webhook-id"] == id));
+    let e = wait_for(20, "delivery", || {
+        let e = events(&v);
+        (e["delivered"].as_array()?.len() == 1).then_some(e)
+    });
+    assert!(e["delivered"][0]["attempts"].as_u64().unwrap() >= 3, "{e}");
+}
+
+#[test]
+fn sigkill_before_delivery_loses_nothing_and_delivers_once() {
+    let rx = Receiver::start(&[], 503);
+    let repo = repo(&format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url()));
+    let state = TempDir::new("retrain-state");
+    let args = ["--state-dir", state.path().to_str().unwrap()];
+    let mut v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let id = trigger(&v, "crash test");
+    rx.wait_answered(503, 1);
+    v.child.kill().unwrap(); // SIGKILL
+    v.child.wait().unwrap();
+    *rx.then.lock().unwrap() = 200;
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let seen = rx.wait_answered(200, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen_after = rx.seen();
+    assert_eq!(
+        seen_after.iter().filter(|s| s.answered == 200).count(),
+        1,
+        "acknowledged exactly once"
+    );
+    assert!(
+        seen.iter().all(|s| s.headers["webhook-id"] == id),
+        "the same id after the restart"
+    );
+    wait_for(10, "delivered after restart", || {
+        (events(&v)["delivered"].as_array()?.len() == 1).then_some(())
+    });
+}
+
+#[test]
+fn dead_letter_and_replay() {
+    let rx = Receiver::start(&[(400, 0)], 200);
+    let repo = repo(&format!(
+        "url = \"{}\"\nsecret = \"{SECRET}\"\nmax_attempts = 3\n",
+        rx.url()
+    ));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let id = trigger(&v, "");
+    let e = wait_for(20, "a dead letter", || {
+        let e = events(&v);
+        (e["dead_letters"].as_array()?.len() == 1).then_some(e)
+    });
+    assert_eq!(rx.seen().len(), 1, "a 400 is not retried");
+    assert!(e["dead_letters"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("400"));
+    assert_eq!(
+        metric(&v, r#"vigil_retrain_dead_letters{model="iris"}"#),
+        Some(1.0)
+    );
+    // Unknown id: 404. Replay: delivered.
+    assert_eq!(
+        v.post_json("/v2/retrain/dead-letters/evt_nope/replay", &json!({}))
+            .0,
+        404
+    );
+    let (status, body) = v.post_json(&format!("/v2/retrain/dead-letters/{id}/replay"), &json!({}));
+    assert_eq!(status, 200, "{body}");
+    rx.wait_answered(200, 1);
+    wait_for(10, "the replayed event delivered", || {
+        (events(&v)["delivered"].as_array()?.len() == 1).then_some(())
+    });
+    assert_eq!(
+        metric(&v, r#"vigil_retrain_dead_letters{model="iris"}"#),
+        Some(0.0)
+    );
+    // Retrain needs a hook: a model without one is a 400.
+    let bare = TempDir::new("bare");
+    std::fs::create_dir_all(bare.path().join("iris/1")).unwrap();
+    std::fs::copy(
+        root().join("models/iris/1/model.onnx"),
+        bare.path().join("iris/1/model.onnx"),
+    )
+    .unwrap();
+    let v = Vigil::start(bare.path(), Engine::Tract, &[]);
+    let (status, body) = v.post_json("/v2/models/iris/retrain", &json!({}));
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("no retrain hook"),
+        "{body}"
+    );
+}
+
+#[test]
+fn airflow_format_triggers_a_dag_run() {
+    let rx = Receiver::start(&[(409, 0)], 200);
+    let base = format!("http://127.0.0.1:{}", rx.port);
+    let repo = repo(&format!("url = \"{base}\"\nformat = \"airflow\"\ndag_id = \"retrain_iris\"\ntoken = \"airflow-token\"\n"));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let id = trigger(&v, "airflow");
+    let seen = rx.wait_answered(409, 1);
+    let s = &seen[0];
+    assert_eq!(s.path, "/api/v2/dags/retrain_iris/dagRuns");
+    assert_eq!(s.headers["authorization"], "Bearer airflow-token");
+    let body: Value = serde_json::from_slice(&s.body).unwrap();
+    assert_eq!(body["dag_run_id"], id);
+    assert_eq!(body["logical_date"], Value::Null);
+    assert_eq!(body["conf"]["model"], "iris");
+    // 409 (the run exists) counts as delivered.
+    wait_for(10, "delivered", || {
+        (events(&v)["delivered"].as_array()?.len() == 1).then_some(())
+    });
+    assert_eq!(rx.seen().len(), 1);
+}
