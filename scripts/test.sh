@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The test command: installs test dependencies, then runs the whole suite.
+# The test command: installs test dependencies, runs the whole suite, then proves the
+# dashboards and alert rules against a real Prometheus (tests/observability.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-deps.sh
 cargo test --release --all-targets "$@"
+cargo build --release
+tests/observability.sh

@@ -67,6 +67,11 @@ pub struct Metrics {
     queue_duration: HistogramVec,
     compute_duration: HistogramVec,
     model_loaded: IntGaugeVec,
+    batch_size: HistogramVec,
+    /// Inference requests between validation and answer.
+    pub in_flight: IntGauge,
+    /// Jobs waiting for a worker (set at scrape time).
+    pub queue_depth: IntGauge,
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
     canary_weight: IntGaugeVec,
@@ -156,6 +161,25 @@ impl Metrics {
                 "1 for each model version loaded, by role (stable, canary, standby).",
             ),
             &["model", "version", "role"],
+        )
+        .expect("valid gauge definition");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("vigil_inference_batch_size", "Rows per model execution.").buckets(
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            &["model", "version"],
+        )
+        .expect("valid histogram definition");
+        let in_flight = IntGauge::new(
+            "vigil_inference_in_flight",
+            "Inference requests being validated, queued or run.",
+        )
+        .expect("valid gauge definition");
+        let queue_depth = IntGauge::new(
+            "vigil_inference_queue_depth",
+            "Inference jobs waiting for a worker.",
         )
         .expect("valid gauge definition");
         let model_loads = IntCounterVec::new(
@@ -281,6 +305,9 @@ impl Metrics {
             Box::new(queue_duration.clone()),
             Box::new(compute_duration.clone()),
             Box::new(model_loaded.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(queue_depth.clone()),
             Box::new(model_loads.clone()),
             Box::new(model_load_duration.clone()),
             Box::new(canary_weight.clone()),
@@ -300,6 +327,9 @@ impl Metrics {
             queue_duration,
             compute_duration,
             model_loaded,
+            batch_size,
+            in_flight,
+            queue_depth,
             model_loads,
             model_load_duration,
             canary_weight,
@@ -403,6 +433,7 @@ impl Metrics {
             request: self.request_duration.with_label_values(&labels),
             queue: self.queue_duration.with_label_values(&labels),
             compute: self.compute_duration.with_label_values(&labels),
+            batch: self.batch_size.with_label_values(&labels),
         }
     }
 
@@ -431,6 +462,7 @@ pub struct VersionMetrics {
     pub request: Histogram,
     pub queue: Histogram,
     pub compute: Histogram,
+    pub batch: Histogram,
 }
 
 impl VersionMetrics {

@@ -311,6 +311,10 @@ async fn model_stats(
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    s.server
+        .metrics
+        .queue_depth
+        .set(s.server.queue_depth() as i64);
     (
         [(
             header::CONTENT_TYPE,

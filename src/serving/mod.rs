@@ -281,6 +281,11 @@ impl Server {
         retrain_config(&self.table.load(), &self.options.retrain_defaults, model)
     }
 
+    /// Jobs waiting for a worker now.
+    pub fn queue_depth(&self) -> usize {
+        self.pool.queue_len()
+    }
+
     /// The current routing table (one atomic load).
     pub fn table(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
         self.table.load()
@@ -568,7 +573,9 @@ impl Server {
         version: &Arc<ServedVersion>,
         inputs: Vec<Tensor>,
     ) -> Result<Vec<Tensor>, InferError> {
+        self.metrics.in_flight.inc();
         let result = self.infer_inner(version, inputs).await;
+        self.metrics.in_flight.dec();
         if let Err(e) = &result {
             version.metrics.count(e.outcome());
             version.stats.record_failure();
@@ -595,6 +602,7 @@ impl Server {
         })?;
         version.metrics.queue.observe(done.queued.as_secs_f64());
         version.metrics.compute.observe(done.compute.as_secs_f64());
+        version.metrics.batch.observe(rows as f64);
         let outputs = done.outputs?;
         version
             .stats

@@ -86,6 +86,11 @@ impl WorkerPool {
         }
     }
 
+    /// Jobs waiting in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.sender.as_ref().map_or(0, |s| s.len())
+    }
+
     /// Queues a job; the answer arrives on the returned channel.
     pub fn submit(
         &self,
