@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve every model in the repository over HTTP (KServe V2 / Open Inference Protocol).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load every model in the repository, print what was loaded, exit non-zero on any failure.
     Check(CheckArgs),
     /// Build a drift reference profile (reference.json) from training data.
@@ -96,6 +96,15 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most tensor elements (all inputs together) one request may carry; more is a 400
+    /// before anything is allocated for them.
+    #[arg(long, env = "VIGIL_MAX_TENSOR_ELEMENTS", default_value_t = 64 * 1024 * 1024)]
+    pub max_tensor_elements: usize,
+
+    /// Seconds a client may take to send a request body (408 after that).
+    #[arg(long, env = "VIGIL_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub body_timeout: f64,
+
     /// Requests waiting for a worker before new ones are refused with 503.
     #[arg(long, env = "VIGIL_QUEUE_SIZE", default_value_t = 1024)]
     pub queue_size: usize,
@@ -125,6 +134,18 @@ pub struct ServeArgs {
     /// rollout, retrain). Without one, those endpoints accept only loopback clients.
     #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// File holding the admin token (first line), instead of --admin-token.
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Bearer token required by inference and metadata endpoints (default: open).
+    #[arg(long, env = "VIGIL_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Bearer token required by /metrics (default: open). Health endpoints stay open.
+    #[arg(long, env = "VIGIL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 
     /// Default retrain webhook URL for models without `[retrain] url`.
     #[arg(long, env = "VIGIL_RETRAIN_URL")]

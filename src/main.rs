@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => check(args.engine),
         Command::Profile(args) => profile(args),
     }
@@ -69,6 +69,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.poll_interval.is_finite() && args.poll_interval >= 0.0,
         "--poll-interval must be a number of seconds >= 0"
     );
+    anyhow::ensure!(
+        args.body_timeout.is_finite() && args.body_timeout > 0.0,
+        "--body-timeout must be a number of seconds > 0"
+    );
+    let admin_token = match (&args.admin_token, &args.admin_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --admin-token-file {}", path.display()))?;
+            let t = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "--admin-token-file {} is empty",
+                path.display()
+            );
+            Some(t)
+        }
+        (None, None) => None,
+    };
+    if admin_token.is_none() {
+        tracing::warn!("no --admin-token: state-changing endpoints accept loopback clients only");
+    }
     let retrain_defaults = args
         .retrain_defaults()
         .map_err(|e| anyhow::anyhow!("--retrain-*: {e}"))?;
@@ -124,8 +146,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
         let opts = HttpOptions {
             max_body_bytes: args.max_body_bytes,
+            max_tensor_elements: args.max_tensor_elements,
+            body_timeout: Duration::from_secs_f64(args.body_timeout.max(0.001)),
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-            admin_token: args.admin_token.clone(),
+            admin_token: admin_token.clone(),
+            api_token: args.api_token.clone(),
+            metrics_token: args.metrics_token.clone(),
         };
         vigil::http::serve(listener, server, reloader, opts, shutdown_signal()).await?;
         drop(stop_tx);

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Jobs waiting for a worker (set at scrape time).
     pub queue_depth: IntGauge,
+    auth_failures: IntCounterVec,
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
     canary_weight: IntGaugeVec,
@@ -182,6 +183,14 @@ impl Metrics {
             "Inference jobs waiting for a worker.",
         )
         .expect("valid gauge definition");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "vigil_auth_failures_total",
+                "Requests refused for a missing or wrong token (401) or a non-loopback peer (403), by endpoint class.",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid counter definition");
         let model_loads = IntCounterVec::new(
             Opts::new(
                 "vigil_model_load_total",
@@ -308,6 +317,7 @@ impl Metrics {
             Box::new(batch_size.clone()),
             Box::new(in_flight.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(auth_failures.clone()),
             Box::new(model_loads.clone()),
             Box::new(model_load_duration.clone()),
             Box::new(canary_weight.clone()),
@@ -330,6 +340,7 @@ impl Metrics {
             batch_size,
             in_flight,
             queue_depth,
+            auth_failures,
             model_loads,
             model_load_duration,
             canary_weight,
@@ -363,6 +374,13 @@ impl Metrics {
             window_rows: self.drift_window_rows.with_label_values(&[model, &v]),
             names: self.drift_features.clone(),
         }
+    }
+
+    /// Counts a refused request (`endpoint`: admin, api, metrics; `status`: 401, 403).
+    pub fn auth_failure(&self, endpoint: &str, status: u16) {
+        self.auth_failures
+            .with_label_values(&[endpoint, &status.to_string()])
+            .inc();
     }
 
     /// Counts one load attempt of `model`.

@@ -16,6 +16,7 @@ pub enum ApiError {
     Unauthorized,
     Forbidden(String),
     PayloadTooLarge(usize),
+    RequestTimeout(String),
     Unavailable(String),
     Internal(String),
 }
@@ -78,13 +79,14 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "this endpoint needs Authorization: Bearer <admin token>".to_string(),
+                "missing or wrong bearer token (Authorization: Bearer <token>)".to_string(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
             ),
+            ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

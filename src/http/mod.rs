@@ -34,10 +34,18 @@ pub const HEADER_LEN: &str = "inference-header-content-length";
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
     pub max_body_bytes: usize,
+    /// Elements of all input tensors of one request together.
+    pub max_tensor_elements: usize,
+    /// Longest time a client may take to send a request body.
+    pub body_timeout: Duration,
     /// How long in-flight requests may take to finish after shutdown is asked for.
     pub shutdown_timeout: Duration,
     /// Bearer token for endpoints that change state; `None`: loopback clients only.
     pub admin_token: Option<String>,
+    /// Bearer token for inference and metadata endpoints; `None`: open.
+    pub api_token: Option<String>,
+    /// Bearer token for `/metrics`; `None`: open.
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -107,6 +115,10 @@ pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            token_gate,
+        ))
         .with_state(state)
 }
 
@@ -122,6 +134,7 @@ pub async fn serve(
     use axum::serve::ListenerExt;
     let drain = opts.shutdown_timeout;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping_server = server.clone();
     let app = router(server, reloader, opts);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -129,6 +142,8 @@ pub async fn serve(
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
+        // Load balancers stop sending new requests as soon as readiness fails.
+        stopping_server.set_not_ready();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = stopping_tx.send(());
     });
@@ -417,10 +432,20 @@ async fn infer_on(
     let served = &route.version;
     let api = InferOnError::Api;
     let header_len = header_len(headers).map_err(api)?;
-    let body = read_body(headers, body, s.opts.max_body_bytes)
-        .await
-        .map_err(api)?;
-    let req = v2::decode_request(&body, header_len).map_err(|e| api(e.into()))?;
+    let body = tokio::time::timeout(
+        s.opts.body_timeout,
+        read_body(headers, body, s.opts.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        api(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {:?}",
+            s.opts.body_timeout
+        )))
+    })?
+    .map_err(api)?;
+    let req = v2::decode_request_limited(&body, header_len, s.opts.max_tensor_elements)
+        .map_err(|e| api(e.into()))?;
     drop(body);
     // Which outputs, in which order, and how: checked before running anything.
     let sig = &served.signature;
@@ -473,6 +498,14 @@ async fn infer_on(
     Ok(resp)
 }
 
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// Endpoints that change state: with `--admin-token`, the bearer token; without one,
 /// loopback clients only.
 fn authorize(
@@ -480,25 +513,56 @@ fn authorize(
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    match &s.opts.admin_token {
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-                Ok(())
-            } else {
-                Err(ApiError::Unauthorized)
-            }
-        }
+    let result = match &s.opts.admin_token {
+        Some(token) if constant_time_eq(bearer(headers).as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized),
         None if peer.ip().is_loopback() => Ok(()),
         None => Err(ApiError::Forbidden(
             "state-changing endpoints accept only loopback clients unless --admin-token is set"
                 .into(),
         )),
+    };
+    if let Err(e) = &result {
+        let status = if matches!(e, ApiError::Unauthorized) {
+            401
+        } else {
+            403
+        };
+        s.server.metrics.auth_failure("admin", status);
     }
+    result
+}
+
+/// The optional tokens of the data plane: `--metrics-token` for `/metrics`,
+/// `--api-token` for everything else except health. (Admin endpoints also check their
+/// own token in the handler.)
+async fn token_gate(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let (class, token) = if path.starts_with("/v2/health/") {
+        ("health", None)
+    } else if path == "/metrics" {
+        ("metrics", s.opts.metrics_token.as_deref())
+    } else {
+        ("api", s.opts.api_token.as_deref())
+    };
+    if let Some(token) = token {
+        let given = bearer(req.headers()).as_bytes();
+        // Admin endpoints take the admin token instead when one is configured.
+        let admin_ok = s
+            .opts
+            .admin_token
+            .as_deref()
+            .is_some_and(|a| constant_time_eq(given, a.as_bytes()));
+        if !admin_ok && !constant_time_eq(given, token.as_bytes()) {
+            s.server.metrics.auth_failure(class, 401);
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

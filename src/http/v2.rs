@@ -101,6 +101,16 @@ fn param_usize(
 /// Decodes a request body. `header_len` is `Inference-Header-Content-Length` when present:
 /// the JSON is the first `header_len` bytes and binary tensor data follows.
 pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeError> {
+    decode_request_limited(body, header_len, usize::MAX)
+}
+
+/// [`decode_request`] with a cap on the elements of all inputs together.
+pub fn decode_request_limited(
+    body: &[u8],
+    header_len: Option<usize>,
+    max_elements: usize,
+) -> Result<InferRequest, DecodeError> {
+    let mut total_elements = 0usize;
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(bad(format!(
@@ -146,6 +156,12 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
             .collect::<Result<_, _>>()?;
         let expected = Tensor::shape_elements(&shape)
             .ok_or_else(|| bad(format!("{whose}: shape {shape:?} is too large")))?;
+        total_elements = total_elements.saturating_add(expected);
+        if total_elements > max_elements {
+            return Err(bad(format!(
+                "{whose}: shape {shape:?} brings the request to {total_elements} elements, more than the limit of {max_elements} (--max-tensor-elements)"
+            )));
+        }
         let data = match param_usize(&input.parameters, "binary_data_size", &whose)? {
             Some(size) => {
                 if input.data.is_some() {
@@ -268,7 +284,8 @@ fn json_data(
     value: &Value,
     expected: usize,
 ) -> Result<TensorData, DecodeError> {
-    let mut flat = Vec::with_capacity(expected.min(1 << 20));
+    // Never reserve what the shape claims: the data may be far shorter (checked below).
+    let mut flat = Vec::new();
     flatten(value, &mut flat, expected)?;
     let wrong =
         |i: usize, v: &Value| bad(format!("element {i} ({v}) is not a valid {datatype} value"));
@@ -518,6 +535,16 @@ mod tests {
                 assert!(err.contains("input 'x'"), "{err}");
             }
         }
+    }
+
+    #[test]
+    fn element_limit_is_checked_before_decoding() {
+        let body = br#"{"inputs":[{"name":"x","shape":[10000000],"datatype":"FP32","data":[1]}]}"#;
+        let err = decode_request_limited(body, None, 1000).unwrap_err().0;
+        assert!(err.contains("limit of 1000"), "{err}");
+        // Without the limit, a tiny body claiming a huge shape is a clean mismatch.
+        let err = decode_request(body, None).unwrap_err().0;
+        assert!(err.contains("needs 10000000 elements, got 1"), "{err}");
     }
 
     #[test]

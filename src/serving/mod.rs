@@ -300,6 +300,11 @@ impl Server {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Readiness off (shutdown has begun).
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
     /// Loads one version on the engine chosen for it, off the request path.
     pub fn load_version(
         &self,

@@ -51,6 +51,11 @@ impl WorkerPool {
                     .name(format!("vigil-infer-{i}"))
                     .spawn(move || {
                         for job in receiver {
+                            // The client went away while the job waited: do not run it.
+                            if job.reply.is_closed() {
+                                tracing::debug!(model = %job.version.model, "request cancelled before it ran");
+                                continue;
+                            }
                             let queued = job.enqueued.elapsed();
                             let start = Instant::now();
                             // An engine that panics on some input must not take the worker
