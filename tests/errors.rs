@@ -156,7 +156,6 @@ fn bad_requests_get_clear_errors() {
             .unwrap();
         assert_eq!(r.status(), 400, "header length {hlen}");
     }
-    // Fixed-size model: a batch the model does not take.
     // Unknown endpoint and wrong method are JSON errors too.
     let (status, body) = v.get("/v2/nothing/here");
     assert_eq!(status, 404);
