@@ -556,8 +556,7 @@ fn admin_endpoints_need_the_token() {
     assert_eq!(v.get("/v2/models/iris/rollout").0, 200);
 }
 
-#[test]
-fn repository_api_with_tritonclient() {
+fn repository_api_through_tritonclient(token: Option<&str>) {
     let repo = iris_repo(&[1, 2]);
     publish_atomic(
         repo.path(),
@@ -565,23 +564,25 @@ fn repository_api_with_tritonclient() {
         1,
         &std::fs::read(model_file("cnn/1/model.onnx")).unwrap(),
     );
-    let v = Vigil::start(
-        repo.path(),
-        Engine::Tract,
-        &[
-            "--model-control",
-            "explicit",
-            "--load-model",
-            "iris",
-            "--poll-interval",
-            "0",
-        ],
-    );
-    let out = std::process::Command::new(common::python())
-        .arg(root().join("tests/python/repository_check.py"))
-        .arg(&v.addr)
-        .output()
-        .unwrap();
+    let mut args = vec![
+        "--model-control",
+        "explicit",
+        "--load-model",
+        "iris",
+        "--poll-interval",
+        "0",
+    ];
+    if let Some(t) = token {
+        args.extend(["--admin-token", t]);
+    }
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let mut cmd = std::process::Command::new(common::python());
+    cmd.arg(root().join("tests/python/repository_check.py"))
+        .arg(&v.addr);
+    if let Some(t) = token {
+        cmd.arg(t);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -589,4 +590,14 @@ fn repository_api_with_tritonclient() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("repository API checks passed"), "{stdout}");
+}
+
+#[test]
+fn repository_api_with_tritonclient() {
+    repository_api_through_tritonclient(None);
+}
+
+#[test]
+fn repository_api_with_tritonclient_and_admin_token() {
+    repository_api_through_tritonclient(Some("t0ken"));
 }

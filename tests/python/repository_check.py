@@ -1,6 +1,8 @@
 """Triton's model-repository extension through the unmodified tritonclient.http client.
 
-Usage: repository_check.py URL   (vigil in explicit mode with iris loaded, cnn not)
+Usage: repository_check.py URL [ADMIN_TOKEN]
+(vigil in explicit mode with iris loaded, cnn not; with a token, vigil runs with
+--admin-token and load/unload must carry it)
 """
 
 import sys
@@ -10,6 +12,14 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 client = httpclient.InferenceServerClient(url=sys.argv[1])
+token = sys.argv[2] if len(sys.argv) > 2 else None
+admin = {"Authorization": f"Bearer {token}"} if token else None
+if token:
+    try:
+        client.load_model("cnn")
+        raise SystemExit("load without the admin token succeeded")
+    except InferenceServerException as e:
+        assert "bearer token" in str(e), e
 assert "model_repository" in client.get_server_metadata()["extensions"]
 
 index = client.get_model_repository_index()
@@ -20,7 +30,7 @@ assert rows[("cnn", "1")]["state"] == "UNAVAILABLE" and rows[("cnn", "1")]["reas
 
 assert client.is_model_ready("iris")
 assert not client.is_model_ready("cnn")
-client.load_model("cnn")
+client.load_model("cnn", headers=admin)
 assert client.is_model_ready("cnn")
 x = httpclient.InferInput("input", [2, 1, 28, 28], "FP32")
 x.set_data_from_numpy(np.zeros((2, 1, 28, 28), np.float32))
@@ -28,7 +38,7 @@ assert client.infer("cnn", [x]).as_numpy("logits").shape == (2, 10)
 ready = client.get_model_repository_index()
 assert any(r["name"] == "cnn" and r["state"] == "READY" for r in ready), ready
 
-client.unload_model("cnn")
+client.unload_model("cnn", headers=admin)
 assert not client.is_model_ready("cnn")
 try:
     client.infer("cnn", [x])
@@ -37,7 +47,7 @@ except InferenceServerException as e:
     assert "unknown model" in str(e), e
 
 try:
-    client.load_model("no_such_model")
+    client.load_model("no_such_model", headers=admin)
     raise SystemExit("loading a missing model succeeded")
 except InferenceServerException as e:
     assert "no model 'no_such_model'" in str(e), e
