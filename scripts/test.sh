@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-deps.sh
 cargo test --release --all-targets "$@"
-cargo build --release
+# `cargo test` built target/release/vigil for the integration tests; the proof uses it.
 tests/observability.sh
