@@ -149,7 +149,9 @@ pub struct FeatureAcc {
 }
 
 impl FeatureAcc {
-    fn new(bins: usize, cap: usize) -> FeatureAcc {
+    /// `hint`: the values a window is expected to hold (its rows), reserved up front so
+    /// that the request path does not allocate; `cap`: the most ever kept.
+    fn new(bins: usize, cap: usize, hint: usize) -> FeatureAcc {
         FeatureAcc {
             bins: vec![0; bins.max(1)],
             n: 0,
@@ -158,7 +160,7 @@ impl FeatureAcc {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             nonfinite: 0,
-            sample: Vec::with_capacity(cap.min(1 << 16)),
+            sample: Vec::with_capacity(cap.min(hint)),
             cap,
         }
     }
@@ -237,7 +239,12 @@ struct Side {
 }
 
 impl Side {
-    fn new(defs: Vec<FeatureDef>, reference: Option<&[FeatureProfile]>, cap: usize) -> Side {
+    fn new(
+        defs: Vec<FeatureDef>,
+        reference: Option<&[FeatureProfile]>,
+        cap: usize,
+        hint: usize,
+    ) -> Side {
         let binning: Vec<Binning> = defs
             .iter()
             .enumerate()
@@ -245,7 +252,7 @@ impl Side {
             .collect();
         let accs = binning
             .iter()
-            .map(|b| FeatureAcc::new(b.bins(), cap))
+            .map(|b| FeatureAcc::new(b.bins(), cap, hint))
             .collect();
         Side {
             defs,
@@ -254,14 +261,14 @@ impl Side {
         }
     }
 
-    fn fresh(&self, cap: usize) -> Side {
+    fn fresh(&self, cap: usize, hint: usize) -> Side {
         Side {
             defs: self.defs.clone(),
             binning: self.binning.clone(),
             accs: self
                 .binning
                 .iter()
-                .map(|b| FeatureAcc::new(b.bins(), cap))
+                .map(|b| FeatureAcc::new(b.bins(), cap, hint))
                 .collect(),
         }
     }
@@ -548,6 +555,12 @@ impl Monitor {
             }
         }
         let cap = cfg.max_window_sample;
+        let rows_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let hint = rows_of(if reference.is_some() {
+            cfg.window_rows
+        } else {
+            cfg.reference_rows
+        });
         let output_reference = reference
             .as_ref()
             .filter(|p| p.outputs.len() == defs_out.len() && !p.outputs.is_empty())
@@ -557,11 +570,13 @@ impl Monitor {
                 defs_in,
                 reference.as_ref().map(|p| p.features.as_slice()),
                 cap,
+                hint,
             ),
             outputs: Side::new(
                 defs_out,
                 output_reference.as_ref().map(|o| o.as_slice()),
                 cap,
+                hint,
             ),
             reference,
             output_reference,
@@ -661,9 +676,11 @@ impl Monitor {
 
     fn close(self: &Arc<Self>, st: &mut State, cfg: &DriftConfig) {
         let cap = cfg.max_window_sample;
+        // The next window is a scored one (a reference exists or is built from this one).
+        let hint = usize::try_from(cfg.window_rows).unwrap_or(usize::MAX);
         let rows = st.rows;
-        let fresh_in = st.inputs.fresh(cap);
-        let fresh_out = st.outputs.fresh(cap);
+        let fresh_in = st.inputs.fresh(cap, hint);
+        let fresh_out = st.outputs.fresh(cap, hint);
         let closed_in = std::mem::replace(&mut st.inputs, fresh_in);
         let closed_out = std::mem::replace(&mut st.outputs, fresh_out);
         st.rows = 0;
@@ -685,7 +702,7 @@ impl Monitor {
             );
             tracing::info!(model = %self.model, version = self.version, rows, "drift reference built from served rows");
             let profile = Arc::new(profile);
-            st.inputs = Side::new(st.inputs.defs.clone(), Some(&profile.features), cap);
+            st.inputs = Side::new(st.inputs.defs.clone(), Some(&profile.features), cap, hint);
             st.reference = Some(profile);
             return;
         };
@@ -693,7 +710,7 @@ impl Monitor {
             // Outputs: the first scored window is their reference.
             let outs: Vec<FeatureProfile> =
                 Profile::build(columns_of(&closed_out), rows, String::new(), &opts).features;
-            st.outputs = Side::new(st.outputs.defs.clone(), Some(&outs), cap);
+            st.outputs = Side::new(st.outputs.defs.clone(), Some(&outs), cap, hint);
             st.output_reference = Some(Arc::new(outs));
             self.submit_scoring(reference, None, closed_in, None, rows);
             return;
