@@ -457,24 +457,10 @@ impl Server {
         version: Option<u64>,
     ) -> Result<Arc<ServedVersion>, InferError> {
         let table = self.table.load();
-        let entry = table
-            .models
-            .get(model)
-            .ok_or_else(|| InferError::NotFound(format!("unknown model '{model}'")))?;
-        let v = match version {
+        let entry = lookup_entry(&table, model)?;
+        entry.version(match version {
             Some(v) => v,
-            None => entry.stable.ok_or_else(|| InferError::NotReady {
-                model: model.to_string(),
-                reason: entry
-                    .failures
-                    .values()
-                    .next()
-                    .cloned()
-                    .unwrap_or_else(|| "no version loaded".into()),
-            })?,
-        };
-        entry.versions.get(&v).cloned().ok_or_else(|| {
-            InferError::NotFound(format!("model '{model}' has no version {v} loaded"))
+            None => entry.stable_version()?,
         })
     }
 
@@ -487,40 +473,24 @@ impl Server {
         sticky_key: impl FnOnce(&str) -> Option<Vec<u8>>,
     ) -> Result<Route, InferError> {
         let table = self.table.load();
-        let entry = table
-            .models
-            .get(model)
-            .ok_or_else(|| InferError::NotFound(format!("unknown model '{model}'")))?;
-        let lookup = |v: u64| {
-            entry.versions.get(&v).cloned().ok_or_else(|| {
-                InferError::NotFound(format!("model '{model}' has no version {v} loaded"))
+        let entry = lookup_entry(&table, model)?;
+        let only = |v: u64| {
+            Ok(Route {
+                version: entry.version(v)?,
+                shadow: None,
             })
         };
         if let Some(v) = version {
-            return Ok(Route {
-                version: lookup(v)?,
-                shadow: None,
-            });
+            return only(v);
         }
-        let stable = entry.stable.ok_or_else(|| InferError::NotReady {
-            model: model.to_string(),
-            reason: entry
-                .failures
-                .values()
-                .next()
-                .cloned()
-                .unwrap_or_else(|| "no version loaded".into()),
-        })?;
+        let stable = entry.stable_version()?;
         let Some(canary) = entry.canary else {
-            return Ok(Route {
-                version: lookup(stable)?,
-                shadow: None,
-            });
+            return only(stable);
         };
         match entry.rollout.mode {
             RolloutMode::Shadow => Ok(Route {
-                version: lookup(stable)?,
-                shadow: Some(lookup(canary)?),
+                version: entry.version(stable)?,
+                shadow: Some(entry.version(canary)?),
             }),
             RolloutMode::Split => {
                 let slot = match sticky_key(&entry.rollout.sticky_header) {
@@ -529,14 +499,10 @@ impl Server {
                         entry.split_counter.fetch_add(1, Ordering::Relaxed),
                     ),
                 };
-                let v = if slot < u32::from(entry.rollout.weight) * 100 {
+                only(if slot < u32::from(entry.rollout.weight) * 100 {
                     canary
                 } else {
                     stable
-                };
-                Ok(Route {
-                    version: lookup(v)?,
-                    shadow: None,
                 })
             }
         }
@@ -613,6 +579,38 @@ impl Server {
             .stats
             .record_success(rows as u64, done.queued, done.compute);
         Ok(outputs)
+    }
+}
+
+fn lookup_entry<'t>(
+    table: &'t RoutingTable,
+    model: &str,
+) -> Result<&'t Arc<ModelEntry>, InferError> {
+    table
+        .models
+        .get(model)
+        .ok_or_else(|| InferError::NotFound(format!("unknown model '{model}'")))
+}
+
+impl ModelEntry {
+    /// A loaded version, or 404.
+    fn version(&self, v: u64) -> Result<Arc<ServedVersion>, InferError> {
+        self.versions.get(&v).cloned().ok_or_else(|| {
+            InferError::NotFound(format!("model '{}' has no version {v} loaded", self.name))
+        })
+    }
+
+    /// The stable version, or 503 with why nothing is loaded.
+    fn stable_version(&self) -> Result<u64, InferError> {
+        self.stable.ok_or_else(|| InferError::NotReady {
+            model: self.name.clone(),
+            reason: self
+                .failures
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| "no version loaded".into()),
+        })
     }
 }
 
