@@ -176,12 +176,7 @@ fn target(params: &HashMap<String, String>) -> Result<(&str, Option<u64>), ApiEr
 }
 
 fn entry(server: &Server, model: &str) -> Result<Arc<ModelEntry>, ApiError> {
-    server
-        .table()
-        .models
-        .get(model)
-        .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("unknown model '{model}'")))
+    Ok(crate::serving::lookup_entry(&server.table(), model)?.clone())
 }
 
 async fn server_metadata() -> Json<Value> {

@@ -201,17 +201,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The stable id of a drift event: the same model, version and window give the same id
 /// on every replica and after every restart.
 pub fn drift_event_id(model: &str, version: u64, closed_at: f64, rows: u64) -> String {
+    event_id(&format!("{model}\n{version}\n{closed_at:.3}\n{rows}"))
+}
+
+/// `evt_` and the first 128 bits of the SHA-256 of `seed`, in hex.
+fn event_id(seed: &str) -> String {
     use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(format!("{model}\n{version}\n{:.3}\n{rows}", closed_at).as_bytes());
-    let d = h.finalize();
-    format!(
-        "evt_{}",
-        d[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
+    let d = sha2::Sha256::digest(seed.as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("evt_{hex}")
 }
 
 /// Backoff before attempt `n + 1` after `n` failures: 1 s doubling, capped at 5 min,
@@ -297,19 +295,7 @@ impl Retrainer {
             return Err(RetrainError::NoTarget(model.to_string()));
         }
         let now = now_unix();
-        let id = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            h.update(format!("manual\n{model}\n{now}\n{}", std::process::id()).as_bytes());
-            let d = h.finalize();
-            format!(
-                "evt_{}",
-                d[..16]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
-        };
+        let id = event_id(&format!("manual\n{model}\n{now}\n{}", std::process::id()));
         let data = EventData {
             event_id: id.clone(),
             model: model.to_string(),

@@ -582,7 +582,8 @@ impl Server {
     }
 }
 
-fn lookup_entry<'t>(
+/// A model's entry in the table, or 404.
+pub fn lookup_entry<'t>(
     table: &'t RoutingTable,
     model: &str,
 ) -> Result<&'t Arc<ModelEntry>, InferError> {
