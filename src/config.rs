@@ -110,8 +110,29 @@ pub struct ServeArgs {
     pub queue_size: usize,
 
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish, in seconds.
-    #[arg(long, env = "VIGIL_SHUTDOWN_TIMEOUT", default_value_t = 30)]
-    pub shutdown_timeout: u64,
+    #[arg(
+        long,
+        alias = "shutdown-timeout",
+        env = "VIGIL_SHUTDOWN_GRACE",
+        default_value_t = 30.0
+    )]
+    pub shutdown_grace: f64,
+
+    /// Seconds a client may take to send a request's headers (the connection is closed
+    /// after that: slowloris); also how long an idle keep-alive connection stays open.
+    #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// HTTP connections served at once, both listeners together. At the limit vigil stops
+    /// accepting until one closes (new clients wait in the kernel's accept queue).
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// A second listener for the control plane (repository, rollout and retrain changes,
+    /// the retrain outbox) and `/metrics`, e.g. on an internal interface. When set, the
+    /// main listener serves inference, metadata and health only.
+    #[arg(long, env = "VIGIL_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
 
     /// Seconds between repository scans (0: scan only when asked through the repository API).
     #[arg(long, env = "VIGIL_POLL_INTERVAL", default_value_t = 5.0)]

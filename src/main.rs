@@ -69,10 +69,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.poll_interval.is_finite() && args.poll_interval >= 0.0,
         "--poll-interval must be a number of seconds >= 0"
     );
+    for (flag, v) in [
+        ("--body-timeout", args.body_timeout),
+        ("--header-timeout", args.header_timeout),
+    ] {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v < 1e9,
+            "{flag} must be a number of seconds > 0"
+        );
+    }
     anyhow::ensure!(
-        args.body_timeout.is_finite() && args.body_timeout > 0.0,
-        "--body-timeout must be a number of seconds > 0"
+        args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0 && args.shutdown_grace < 1e9,
+        "--shutdown-grace must be a number of seconds >= 0"
     );
+    anyhow::ensure!(args.max_connections > 0, "--max-connections must be > 0");
+    raise_open_files_limit(args.max_connections);
     let admin_token = match (&args.admin_token, &args.admin_token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(path)) => {
@@ -116,6 +127,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.http_addr))?;
         let addr = listener.local_addr()?;
+        let admin = match args.admin_addr {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding --admin-addr {a}"))?;
+                tracing::info!(admin_addr = %l.local_addr()?, "admin listener on http://{}", l.local_addr()?);
+                Some(l)
+            }
+            None => None,
+        };
         tracing::info!(%addr, "vigil listening on http://{addr}");
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (retrain_stop_tx, retrain_stop_rx) = tokio::sync::watch::channel(false);
@@ -148,17 +169,57 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_tensor_elements: args.max_tensor_elements,
             body_timeout: Duration::from_secs_f64(args.body_timeout.max(0.001)),
-            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
             admin_token: admin_token.clone(),
             api_token: args.api_token.clone(),
             metrics_token: args.metrics_token.clone(),
         };
-        vigil::http::serve(listener, server, reloader, opts, shutdown_signal()).await?;
+        let listeners = vigil::http::Listeners {
+            main: listener,
+            admin,
+            header_timeout: Duration::from_secs_f64(args.header_timeout),
+            max_connections: args.max_connections,
+        };
+        vigil::http::serve(listeners, server, reloader, opts, shutdown_signal()).await?;
         drop(stop_tx);
         let _ = retrain_stop_tx.send(true);
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Each connection is a file descriptor: lift the soft limit towards the hard one so that
+/// `--max-connections` can be reached (as Go's runtime does at start).
+fn raise_open_files_limit(max_connections: usize) {
+    #[cfg(unix)]
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = (max_connections as libc::rlim_t).saturating_add(256);
+        if lim.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: want.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::debug!(open_files = raised.rlim_cur, "raised the open-files limit");
+            }
+            if raised.rlim_cur < want {
+                tracing::warn!(
+                    open_files = raised.rlim_cur,
+                    max_connections,
+                    "the open-files limit is below --max-connections; accepts will fail before the limit"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

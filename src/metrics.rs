@@ -73,6 +73,10 @@ pub struct Metrics {
     /// Jobs waiting for a worker (set at scrape time).
     pub queue_depth: IntGauge,
     auth_failures: IntCounterVec,
+    /// Open HTTP connections by listener (`main`, `admin`).
+    pub http_connections: IntGaugeVec,
+    /// Times a listener stopped accepting because `--max-connections` were open.
+    pub http_connection_limit_waits: IntCounterVec,
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
     canary_weight: IntGaugeVec,
@@ -189,6 +193,22 @@ impl Metrics {
                 "Requests refused for a missing or wrong token (401) or a non-loopback peer (403), by endpoint class.",
             ),
             &["endpoint", "status"],
+        )
+        .expect("valid counter definition");
+        let http_connections = IntGaugeVec::new(
+            Opts::new(
+                "vigil_http_connections",
+                "Open HTTP connections by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid gauge definition");
+        let http_connection_limit_waits = IntCounterVec::new(
+            Opts::new(
+                "vigil_http_connection_limit_waits_total",
+                "Times a listener stopped accepting because --max-connections connections were open.",
+            ),
+            &["listener"],
         )
         .expect("valid counter definition");
         let model_loads = IntCounterVec::new(
@@ -318,6 +338,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(queue_depth.clone()),
             Box::new(auth_failures.clone()),
+            Box::new(http_connections.clone()),
+            Box::new(http_connection_limit_waits.clone()),
             Box::new(model_loads.clone()),
             Box::new(model_load_duration.clone()),
             Box::new(canary_weight.clone()),
@@ -341,6 +363,8 @@ impl Metrics {
             in_flight,
             queue_depth,
             auth_failures,
+            http_connections,
+            http_connection_limit_waits,
             model_loads,
             model_load_duration,
             canary_weight,

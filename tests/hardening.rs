@@ -223,9 +223,21 @@ fn broken_models_are_reported_and_disturb_nothing() {
 
 /// Seeded, bounded fuzzing of everything that parses client or operator input: random
 /// byte flips, truncations and splices of valid inputs. Must never panic.
+///
+/// CI runs 20 000 rounds with the fixed seed. Run it long with, e.g.,
+/// `VIGIL_FUZZ_ROUNDS=5000000 VIGIL_FUZZ_SEED=$RANDOM cargo test --release --test hardening
+/// decoders_and_parsers_never_panic -- --nocapture`.
 #[test]
 fn decoders_and_parsers_never_panic() {
-    let state = std::cell::Cell::new(0x2545_f491_4f6c_dd1du64);
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let rounds = env("VIGIL_FUZZ_ROUNDS", 20_000);
+    let seed = env("VIGIL_FUZZ_SEED", 0x2545_f491_4f6c_dd1d).max(1);
+    let state = std::cell::Cell::new(seed);
     let next = || {
         let mut seed = state.get();
         seed ^= seed << 13;
@@ -268,7 +280,7 @@ fn decoders_and_parsers_never_panic() {
     };
     let started = Instant::now();
     let mut cases = 0;
-    for _ in 0..20_000 {
+    for _ in 0..rounds {
         let j = mutate(&valid_json);
         let _ = vigil::http::v2::decode_request_limited(&j, None, 1 << 20);
         let b = mutate(&valid_bin);
@@ -277,7 +289,7 @@ fn decoders_and_parsers_never_panic() {
         let _ = vigil::http::v2::decode_request_limited(&b, Some(header.len()), 1 << 20);
         cases += 3;
     }
-    for _ in 0..2_000 {
+    for _ in 0..rounds / 10 {
         let p = mutate(&profile);
         let _ = vigil::monitor::profile::Profile::from_json(&p);
         let c = mutate(&config);
@@ -291,5 +303,276 @@ fn decoders_and_parsers_never_panic() {
         }
         cases += 2;
     }
-    println!("{cases} fuzz cases in {:?}, no panic", started.elapsed());
+    println!(
+        "seed {seed}: {cases} fuzz cases in {:?}, no panic",
+        started.elapsed()
+    );
+}
+
+/// Reads from `s` until the peer closes the connection or `limit` passes; true if closed.
+fn closed_by_peer(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends one request on `s` and returns the status line, or `None` if no answer came in `limit`.
+fn request_on(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    s.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => Some(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--header-timeout", "1"],
+    );
+    // Slowloris: a request line and one header, then nothing.
+    let mut slow = TcpStream::connect(&v.addr).unwrap();
+    slow.write_all(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A client trickling one header byte at a time is cut off the same way.
+    let mut trickle = TcpStream::connect(&v.addr).unwrap();
+    trickle
+        .write_all(b"GET /v2/health/live HTTP/1.1\r\n")
+        .unwrap();
+    let t = std::thread::spawn(move || {
+        for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if trickle.write_all(&[*b]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        closed_by_peer(&mut trickle, Duration::from_secs(20))
+    });
+    assert!(
+        closed_by_peer(&mut slow, Duration::from_secs(20)),
+        "a connection that never finished its headers stayed open"
+    );
+    assert!(t.join().unwrap(), "a trickling client was not cut off");
+    // Idle keep-alive connections are closed too; working clients are not disturbed.
+    let mut idle = TcpStream::connect(&v.addr).unwrap();
+    assert!(request_on(&mut idle, Duration::from_secs(10))
+        .unwrap()
+        .contains("200"));
+    assert!(closed_by_peer(&mut idle, Duration::from_secs(20)));
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+}
+
+#[test]
+fn connection_limit_holds_new_clients_until_one_closes() {
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--max-connections", "2", "--header-timeout", "3"],
+    );
+    // The harness's own pooled connection closes after the header timeout.
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut a = TcpStream::connect(&v.addr).unwrap();
+    let mut b = TcpStream::connect(&v.addr).unwrap();
+    assert!(request_on(&mut a, Duration::from_secs(10))
+        .unwrap()
+        .contains("200"));
+    assert!(request_on(&mut b, Duration::from_secs(10))
+        .unwrap()
+        .contains("200"));
+    // A third client connects (the kernel queues it) but is not served while a and b are open.
+    let mut c = TcpStream::connect(&v.addr).unwrap();
+    assert_eq!(request_on(&mut c, Duration::from_millis(800)), None);
+    drop(a);
+    let mut buf = [0u8; 256];
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop((b, c));
+    let metrics = wait_metrics(&v, "vigil_http_connection_limit_waits_total");
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("vigil_http_connection_limit_waits_total{listener=\"main\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+/// `/metrics` text once it mentions `name` (the harness may need a fresh connection slot).
+fn wait_metrics(v: &Vigil, name: &str) -> String {
+    common::wait_for(20, name, || {
+        let text = reqwest::blocking::Client::new()
+            .get(v.url("/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        text.contains(name).then_some(text)
+    })
+}
+
+#[test]
+fn admin_listener_separates_the_control_plane() {
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &[
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--admin-token",
+            "s3cret",
+            "--model-control",
+            "explicit",
+            "--load-model",
+            "*",
+        ],
+    );
+    let admin = format!("http://{}", v.admin.clone().expect("admin address logged"));
+    let c = &v.client;
+    // Data plane on the main listener; the control plane is not there.
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    assert_eq!(v.get("/v2/models/iris/rollout").0, 200);
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("POST", "/v2/repository/index"),
+        ("POST", "/v2/repository/models/iris/unload"),
+        ("PUT", "/v2/models/iris/rollout"),
+        ("POST", "/v2/models/iris/rollout/promote"),
+        ("POST", "/v2/models/iris/retrain"),
+        ("GET", "/v2/retrain/events"),
+    ] {
+        let r = c
+            .request(method.parse().unwrap(), v.url(path))
+            .bearer_auth("s3cret")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+        assert!(
+            r.text().unwrap().contains("admin listener"),
+            "{method} {path}"
+        );
+    }
+    // The admin listener: control plane and metrics, with the token; health for probes.
+    let r = c.get(format!("{admin}/metrics")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("vigil_http_connections{listener=\"admin\"}"));
+    assert_eq!(
+        c.get(format!("{admin}/v2/health/ready"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c
+        .post(format!("{admin}/v2/repository/models/iris/unload"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{admin}/v2/repository/models/iris/unload"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 404);
+    let r = c
+        .post(format!("{admin}/v2/repository/models/iris/load"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    // Inference is not served on the admin listener.
+    let r = c
+        .post(format!("{admin}/v2/models/iris/infer"))
+        .json(&iris_body())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("main listener"));
+}
+
+/// Sustained overload: many clients against one worker and a short queue. Every answer
+/// is 200 or 503 with Retry-After, the server keeps serving throughout, and once the load
+/// stops the next requests are served at once (no backlog left behind).
+#[test]
+fn sustained_overload_sheds_and_recovers() {
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--workers", "1", "--queue-size", "2"],
+    );
+    let batch = 64;
+    let body = json!({"inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32", "data": vec![0.5f32; batch * 784]}]}).to_string();
+    let body = std::sync::Arc::new(body);
+    let url = v.url("/v2/models/cnn/infer");
+    let stop = Instant::now() + Duration::from_secs(3);
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let (body, url) = (body.clone(), url.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let mut seen = Vec::new();
+                while Instant::now() < stop {
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body((*body).clone())
+                        .send()
+                        .unwrap();
+                    let retry = r.headers().get("retry-after").is_some();
+                    seen.push((r.status().as_u16(), retry));
+                    let _ = r.bytes();
+                }
+                seen
+            })
+        })
+        .collect();
+    let seen: Vec<(u16, bool)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let ok = seen.iter().filter(|s| s.0 == 200).count();
+    let shed = seen.iter().filter(|s| s.0 == 503 && s.1).count();
+    assert_eq!(
+        ok + shed,
+        seen.len(),
+        "only 200 and 503+Retry-After expected"
+    );
+    assert!(ok > 0 && shed > 0, "{ok} served, {shed} shed");
+    // Health and metadata stay answered during and after; the first requests after the
+    // load are all served.
+    assert_eq!(v.get("/v2/health/ready").0, 200);
+    for _ in 0..20 {
+        let r = v
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body((*body).clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    println!("overload: {ok} served, {shed} shed with 503");
 }

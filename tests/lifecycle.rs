@@ -79,6 +79,42 @@ fn sigterm_finishes_the_request_in_flight() {
     assert!(status.success(), "vigil exited with {status}");
 }
 
+#[test]
+fn shutdown_grace_bounds_a_request_that_never_finishes() {
+    let mut v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--shutdown-grace", "1", "--body-timeout", "120"],
+    );
+    // A request whose body never completes holds its connection open.
+    let mut s = TcpStream::connect(&v.addr).unwrap();
+    write!(
+        s,
+        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{{\"inputs\""
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    assert_eq!(unsafe { libc_kill(v.pid(), 15) }, 0);
+    // Exits (with success) once the grace is over, not after the 120 s body timeout.
+    let status = loop {
+        if let Some(status) = v.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(60),
+            "vigil still running long after --shutdown-grace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "vigil exited with {status}");
+    assert!(v
+        .drain_logs()
+        .iter()
+        .any(|l| l.contains("end of the shutdown grace")));
+    drop(s);
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;

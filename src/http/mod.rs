@@ -39,7 +39,7 @@ pub struct HttpOptions {
     /// Longest time a client may take to send a request body.
     pub body_timeout: Duration,
     /// How long in-flight requests may take to finish after shutdown is asked for.
-    pub shutdown_timeout: Duration,
+    pub shutdown_grace: Duration,
     /// Bearer token for endpoints that change state; `None`: loopback clients only.
     pub admin_token: Option<String>,
     /// Bearer token for inference and metadata endpoints; `None`: open.
@@ -63,16 +63,20 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 
-pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -> Router {
-    let state = AppState {
-        server,
-        reloader,
-        opts: Arc::new(opts),
-    };
+/// Which endpoints a listener serves. With `--admin-addr`, the main listener serves the
+/// data plane ([`Surface::Public`]) and the admin listener the control plane and `/metrics`
+/// ([`Surface::Admin`]); without it one listener serves everything ([`Surface::All`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    All,
+    Public,
+    Admin,
+}
+
+/// Health, metadata, inference, statistics, drift reports and the rollout state.
+fn data_routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(model_stats))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
@@ -93,28 +97,73 @@ pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{model}/drift", get(drift_report))
+}
+
+/// The control plane: everything that changes state, the retrain outbox, and `/metrics`.
+fn admin_routes() -> Router<AppState> {
+    Router::new()
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
-        .route(
-            "/v2/models/{model}/rollout",
-            get(rollout_get).put(rollout_put),
-        )
         .route("/v2/models/{model}/rollout/promote", post(rollout_promote))
         .route(
             "/v2/models/{model}/rollout/rollback",
             post(rollout_rollback),
         )
-        .route("/v2/models/{model}/drift", get(drift_report))
         .route("/v2/models/{model}/retrain", post(retrain_trigger))
         .route("/v2/retrain/events", get(retrain_events))
         .route("/v2/retrain/dead-letters/{id}/replay", post(retrain_replay))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// Whether a request is for the control plane (served on the admin listener when there is one).
+fn is_admin_request(method: &axum::http::Method, path: &str) -> bool {
+    path == "/metrics"
+        || path.starts_with("/v2/repository/")
+        || path.starts_with("/v2/retrain/")
+        || path.ends_with("/retrain")
+        || path.contains("/rollout/")
+        || (path.ends_with("/rollout") && method != axum::http::Method::GET)
+}
+
+pub fn router(
+    server: Arc<Server>,
+    reloader: Arc<Reloader>,
+    opts: HttpOptions,
+    surface: Surface,
+) -> Router {
+    let state = AppState {
+        server,
+        reloader,
+        opts: Arc::new(opts),
+    };
+    let health = Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready));
+    let routes = match surface {
+        Surface::All => health.merge(data_routes()).merge(admin_routes()).route(
+            "/v2/models/{model}/rollout",
+            get(rollout_get).put(rollout_put),
+        ),
+        Surface::Public => health
+            .merge(data_routes())
+            .route("/v2/models/{model}/rollout", get(rollout_get)),
+        Surface::Admin => health.merge(admin_routes()).route(
+            "/v2/models/{model}/rollout",
+            get(rollout_get).put(rollout_put),
+        ),
+    };
+    routes
+        .fallback(move |req: axum::extract::Request| async move {
+            unrouted(surface, req.method(), req.uri().path(), false)
+        })
+        .method_not_allowed_fallback(move |req: axum::extract::Request| async move {
+            unrouted(surface, req.method(), req.uri().path(), true)
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             token_gate,
@@ -122,44 +171,187 @@ pub fn router(server: Arc<Server>, reloader: Arc<Reloader>, opts: HttpOptions) -
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish, for at most `opts.shutdown_timeout`.
+/// The answer to a request no route took: 404 naming the listener that serves it when it
+/// is on the other one, else 404 or 405.
+fn unrouted(
+    surface: Surface,
+    method: &axum::http::Method,
+    path: &str,
+    path_exists: bool,
+) -> ApiError {
+    match surface {
+        Surface::Public if is_admin_request(method, path) => ApiError::NotFound(
+            "this endpoint is served on the admin listener (--admin-addr)".into(),
+        ),
+        Surface::Admin if !is_admin_request(method, path) && !path.starts_with("/v2/health/") => {
+            ApiError::NotFound(
+                "the admin listener serves the control plane and /metrics only; \
+                 inference and metadata are on the main listener"
+                    .into(),
+            )
+        }
+        _ if path_exists => ApiError::MethodNotAllowed,
+        _ => ApiError::NotFound("no such endpoint".into()),
+    }
+}
+
+/// Listening sockets and connection settings of [`serve`].
+pub struct Listeners {
+    pub main: TcpListener,
+    /// `--admin-addr`: the control plane and `/metrics` on their own socket.
+    pub admin: Option<TcpListener>,
+    /// Longest time a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Connections served at once (both listeners together); beyond it new connections
+    /// wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+}
+
+/// Serves HTTP until `shutdown` resolves, then stops accepting, turns readiness off,
+/// lets in-flight requests finish (idle keep-alive connections close at once) for at most
+/// `opts.shutdown_grace`, and returns.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     server: Arc<Server>,
     reloader: Arc<Reloader>,
     opts: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let drain = opts.shutdown_timeout;
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let stopping_server = server.clone();
-    let app = router(server, reloader, opts);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        // Load balancers stop sending new requests as soon as readiness fails.
-        stopping_server.set_not_ready();
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
-        let _ = stopping_tx.send(());
-    });
-    let deadline = async move {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(drain).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
+    let grace = opts.shutdown_grace;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        listeners.max_connections.max(1),
+    ));
+    let conn = ConnSettings {
+        header_timeout: listeners.header_timeout,
+        permits,
+        graceful: graceful.clone(),
+        server: server.clone(),
     };
-    tokio::select! {
-        r = serving => r,
-        _ = deadline => {
-            tracing::warn!(timeout_s = drain.as_secs_f64(), "requests still in flight at the shutdown deadline; stopping anyway");
-            Ok(())
-        }
+    let mut loops = Vec::new();
+    let main_surface = if listeners.admin.is_some() {
+        Surface::Public
+    } else {
+        Surface::All
+    };
+    let app = router(server.clone(), reloader.clone(), opts.clone(), main_surface);
+    loops.push(tokio::spawn(accept_loop(
+        listeners.main,
+        app,
+        "main",
+        conn.clone(),
+        stop_rx.clone(),
+    )));
+    if let Some(admin) = listeners.admin {
+        let app = router(server.clone(), reloader, opts, Surface::Admin);
+        loops.push(tokio::spawn(accept_loop(
+            admin,
+            app,
+            "admin",
+            conn.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    drop(conn);
+    shutdown.await;
+    // Load balancers stop sending new requests as soon as readiness fails.
+    server.set_not_ready();
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let graceful = Arc::try_unwrap(graceful)
+        .unwrap_or_else(|_| unreachable!("the accept loops have ended and hold no other handle"));
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs_f64(),
+            "requests still in flight at the end of the shutdown grace; stopping anyway"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct ConnSettings {
+    header_timeout: Duration,
+    permits: Arc<tokio::sync::Semaphore>,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    server: Arc<Server>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    name: &'static str,
+    conn: ConnSettings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let open = conn
+        .server
+        .metrics
+        .http_connections
+        .with_label_values(&[name]);
+    let waits = conn
+        .server
+        .metrics
+        .http_connection_limit_waits
+        .with_label_values(&[name]);
+    loop {
+        let permit = match conn.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                waits.inc();
+                tracing::debug!(listener = name, "connection limit reached; not accepting");
+                tokio::select! {
+                    p = conn.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(conn.header_timeout)
+            .serve_connection(TokioIo::new(tcp), service);
+        let watched = conn.graceful.watch(connection);
+        let open = open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            open.dec();
+            drop(permit);
+        });
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Vigil {
     pub child: Child,
     pub base: String,
     pub addr: String,
+    /// `--admin-addr`'s bound address, when the server was started with one.
+    pub admin: Option<String>,
     pub client: reqwest::blocking::Client,
     logs: std::sync::Mutex<mpsc::Receiver<String>>,
     _state: Option<TempDir>,
@@ -108,6 +110,7 @@ impl Vigil {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = Vec::new();
+        let mut admin = None;
         let addr = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -117,6 +120,10 @@ impl Vigil {
                         seen.join("\n")
                     )
                 });
+            if let Some(i) = line.find("admin listener on http://") {
+                let rest = &line[i + "admin listener on http://".len()..];
+                admin = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
             if let Some(i) = line.find("listening on http://") {
                 let rest = &line[i + "listening on http://".len()..];
                 break rest.split_whitespace().next().unwrap().to_string();
@@ -131,6 +138,7 @@ impl Vigil {
             child,
             base: format!("http://{addr}"),
             addr,
+            admin,
             client,
             logs: std::sync::Mutex::new(rx),
             _state: state,
