@@ -155,6 +155,83 @@ fn limits_and_malformed_requests() {
         started.elapsed() < Duration::from_secs(10),
         "nothing allocated the claimed sizes"
     );
+    // Binary-tensor bodies that lie: each a 400 with a message, nothing allocated for
+    // the claimed sizes.
+    let binary = |header: serde_json::Value, payload: &[u8], hlen: Option<usize>| {
+        let h = header.to_string();
+        let mut body = h.clone().into_bytes();
+        body.extend_from_slice(payload);
+        let r = v
+            .client
+            .post(v.url("/v2/models/iris/infer"))
+            .header(
+                "Inference-Header-Content-Length",
+                hlen.unwrap_or(h.len()).to_string(),
+            )
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let fp32 = |shape: serde_json::Value, size: usize| json!({"inputs": [{"name": "X", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": size}}]});
+    let four = [0u8; 16];
+    let bin_cases: Vec<(serde_json::Value, &[u8], Option<usize>, &str)> = vec![
+        // truncated body: 16 bytes promised, 8 sent
+        (fp32(json!([1, 4]), 16), &four[..8], None, "binary"),
+        // header length beyond the body
+        (fp32(json!([1, 4]), 16), &four, Some(10_000), "header"),
+        // header length cutting the JSON header short
+        (fp32(json!([1, 4]), 16), &four, Some(20), "json"),
+        // size ≠ shape product × 4
+        (
+            fp32(json!([1, 4]), 12),
+            &four[..12],
+            None,
+            "needs 4 elements",
+        ),
+        // 10⁷ elements claimed, 16 bytes sent
+        (
+            fp32(json!([10_000_000, 4]), 16),
+            &four,
+            None,
+            "limit of 1000",
+        ),
+        // negative and overflowing shapes
+        (fp32(json!([-1, 4]), 16), &four, None, "shape"),
+        (
+            fp32(json!([4294967296u64, 4294967296u64]), 16),
+            &four,
+            None,
+            "large",
+        ),
+        // a BYTES length prefix past the end
+        (
+            json!({"inputs": [{"name": "X", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}),
+            &[200, 0, 0, 0, b'a', b'b', b'c', b'd'],
+            None,
+            "truncated",
+        ),
+    ];
+    for (header, payload, hlen, want) in bin_cases {
+        let (status, text) = binary(header.clone(), payload, hlen);
+        assert_eq!(status, 400, "{header} ({hlen:?}): {text}");
+        let msg = serde_json::from_str::<serde_json::Value>(&text).unwrap()["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            !msg.is_empty() && msg.to_lowercase().contains(want),
+            "{header}: {msg:?} should contain {want:?}"
+        );
+        println!("{header} ({hlen:?}) -> {msg}");
+    }
+    // Non-finite floats are data, not errors: JSON "NaN"/"Infinity" strings and binary
+    // NaN/inf reach the model (the model's answer is its own business).
+    let mut nan = Vec::new();
+    for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0] {
+        nan.extend(x.to_le_bytes());
+    }
+    assert_eq!(binary(fp32(json!([1, 4]), 16), &nan, None).0, 200);
     // A body that never arrives in full: 408 after the body timeout.
     let mut s = TcpStream::connect(&v.addr).unwrap();
     write!(
