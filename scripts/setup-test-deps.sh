@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh machine, idempotently:
 #  - promtool (Debian package `prometheus`), to lint /metrics;
 #  - a Python venv in .venv with onnxruntime (whose libonnxruntime.so the ort backend
-#    loads) and the tritonclient test client.
+#    loads) and the tritonclient test client;
+#  - a second venv, .venv-mlflow, with MLflow (server and client) for tests/mlflow.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +21,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null
+
+# A real MLflow server and client for tests/mlflow.rs, in a venv of its own.
+if [ ! -x .venv-mlflow/bin/python ]; then
+  echo "setup: creating .venv-mlflow"
+  python3 -m venv .venv-mlflow
+fi
+.venv-mlflow/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-mlflow.txt
+.venv-mlflow/bin/mlflow --version >/dev/null
 echo "setup: test dependencies ready"

@@ -128,6 +128,28 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Where models come from: `local` (the repository directory as it is) or `mlflow`
+    /// (the MLflow Model Registry's aliases, cached in the repository directory).
+    #[arg(long, env = "VIGIL_REGISTRY", value_enum, default_value = "local")]
+    pub registry: RegistryKind,
+
+    /// MLflow tracking server (with --registry mlflow); default: `MLFLOW_TRACKING_URI`.
+    #[arg(long, env = "VIGIL_MLFLOW_URI")]
+    pub mlflow_uri: Option<String>,
+
+    /// Registered models to serve (comma-separated); default: every registered model
+    /// carrying the stable or canary alias.
+    #[arg(long, env = "VIGIL_MLFLOW_MODELS", value_delimiter = ',')]
+    pub mlflow_models: Vec<String>,
+
+    /// The MLflow alias whose version serves as stable.
+    #[arg(long, env = "VIGIL_MLFLOW_STABLE_ALIAS", default_value = "champion")]
+    pub mlflow_stable_alias: String,
+
+    /// The MLflow alias whose version serves as canary.
+    #[arg(long, env = "VIGIL_MLFLOW_CANARY_ALIAS", default_value = "challenger")]
+    pub mlflow_canary_alias: String,
+
     /// A second listener for the control plane (repository, rollout and retrain changes,
     /// the retrain outbox) and `/metrics`, e.g. on an internal interface. When set, the
     /// main listener serves inference, metadata and health only.
@@ -203,6 +225,13 @@ impl ServeArgs {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// Where models come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistryKind {
+    Local,
+    Mlflow,
 }
 
 /// How the set of served models is decided (Triton's model control modes).

@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod registry;
 pub mod repository;
 pub mod retrain;
 pub mod serving;

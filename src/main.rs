@@ -60,6 +60,12 @@ fn build_server(
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let repository = args.engine.repository.clone();
+    let mlflow = mlflow_options(&args)?;
+    if mlflow.is_some() {
+        // The repository is MLflow's local cache: create it on first use.
+        std::fs::create_dir_all(&repository)
+            .with_context(|| format!("creating the model cache {}", repository.display()))?;
+    }
     anyhow::ensure!(
         repository.is_dir(),
         "model repository {} is not a directory",
@@ -117,6 +123,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.model_control,
         &args.load_models,
     ));
+    if mlflow.is_some() {
+        let store = vigil::registry::AssignmentStore::new(&args.state_dir);
+        vigil::registry::restore(&store, &server, &args.engine.repository);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vigil-http")
@@ -140,7 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, "vigil listening on http://{addr}");
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (retrain_stop_tx, retrain_stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(server.retrainer.clone().run(retrain_stop_rx));
+        tokio::spawn(server.retrainer.clone().run(retrain_stop_rx.clone()));
         // Load off the async workers; the server answers live (and ready = false) meanwhile.
         let loader = reloader.clone();
         let (server2, interval) = (server.clone(), args.poll_interval);
@@ -159,6 +169,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot read the model repository"),
                 Err(e) => tracing::error!(error = %e, "initial load panicked"),
+            }
+            if let Some(opts) = mlflow {
+                tracing::info!(uri = %opts.uri, models = ?opts.models, stable = %opts.stable_alias, canary = %opts.canary_alias, "following the MLflow Model Registry");
+                let source = std::sync::Arc::new(vigil::registry::mlflow::Mlflow::new(
+                    opts,
+                    server2.clone(),
+                    loader.clone(),
+                ));
+                // Ready once the registry has been asked (or found unreachable: the
+                // cached versions serve meanwhile).
+                source.sync().await;
+                tokio::spawn(source.run(retrain_stop_rx));
             }
             server2.set_ready();
             if poll_mode && interval > 0.0 {
@@ -186,6 +208,53 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// The MLflow source's settings, when `--registry mlflow`.
+fn mlflow_options(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<vigil::registry::mlflow::MlflowOptions>> {
+    if args.registry != vigil::config::RegistryKind::Mlflow {
+        return Ok(None);
+    }
+    let uri = args
+        .mlflow_uri
+        .clone()
+        .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok())
+        .filter(|u| !u.is_empty())
+        .context("--registry mlflow needs --mlflow-uri (or MLFLOW_TRACKING_URI)")?;
+    anyhow::ensure!(
+        uri.starts_with("http://") || uri.starts_with("https://"),
+        "--mlflow-uri must be an http(s) URL of the MLflow tracking server, got '{uri}'"
+    );
+    anyhow::ensure!(
+        args.mlflow_stable_alias != args.mlflow_canary_alias,
+        "--mlflow-stable-alias and --mlflow-canary-alias must differ"
+    );
+    let interval = if args.poll_interval > 0.0 {
+        args.poll_interval
+    } else {
+        5.0
+    };
+    Ok(Some(
+        vigil::registry::mlflow::MlflowOptions {
+            uri,
+            models: args
+                .mlflow_models
+                .iter()
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .collect(),
+            stable_alias: args.mlflow_stable_alias.clone(),
+            canary_alias: args.mlflow_canary_alias.clone(),
+            interval: Duration::from_secs_f64(interval),
+            repository: args.engine.repository.clone(),
+            state_dir: args.state_dir.clone(),
+            token: None,
+            basic: None,
+        }
+        .with_env_credentials(),
+    ))
 }
 
 /// Each connection is a file descriptor: lift the soft limit towards the hard one so that

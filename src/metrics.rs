@@ -77,6 +77,10 @@ pub struct Metrics {
     pub http_connections: IntGaugeVec,
     /// Times a listener stopped accepting because `--max-connections` were open.
     pub http_connection_limit_waits: IntCounterVec,
+    /// Failed syncs with a model registry, by source.
+    pub registry_errors: IntCounterVec,
+    /// 1 while the last sync with a model registry succeeded.
+    pub registry_up: IntGaugeVec,
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
     canary_weight: IntGaugeVec,
@@ -211,6 +215,22 @@ impl Metrics {
             &["listener"],
         )
         .expect("valid counter definition");
+        let registry_errors = IntCounterVec::new(
+            Opts::new(
+                "vigil_registry_errors_total",
+                "Failed syncs with a model registry (unreachable, error answers, refused versions), by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid counter definition");
+        let registry_up = IntGaugeVec::new(
+            Opts::new(
+                "vigil_registry_up",
+                "1 while the last sync with the model registry succeeded, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid gauge definition");
         let model_loads = IntCounterVec::new(
             Opts::new(
                 "vigil_model_load_total",
@@ -340,6 +360,8 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(http_connections.clone()),
             Box::new(http_connection_limit_waits.clone()),
+            Box::new(registry_errors.clone()),
+            Box::new(registry_up.clone()),
             Box::new(model_loads.clone()),
             Box::new(model_load_duration.clone()),
             Box::new(canary_weight.clone()),
@@ -365,6 +387,8 @@ impl Metrics {
             auth_failures,
             http_connections,
             http_connection_limit_waits,
+            registry_errors,
+            registry_up,
             model_loads,
             model_load_duration,
             canary_weight,

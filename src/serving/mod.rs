@@ -151,6 +151,15 @@ pub struct ServerOptions {
     pub retrain_defaults: RetrainConfig,
 }
 
+/// The versions a model registry says should serve (e.g. MLflow's `champion` and
+/// `challenger` aliases). While a model has one, its version policy is not used: exactly
+/// these versions are loaded, and the rollout's stable and canary are these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Assignment {
+    pub stable: Option<u64>,
+    pub canary: Option<u64>,
+}
+
 pub struct Server {
     table: Arc<ArcSwap<RoutingTable>>,
     /// Serialises table writers; held only while a new table is built from loaded parts.
@@ -160,6 +169,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     rollouts: rollout::RolloutStore,
+    /// Roles a model registry assigns (MLflow aliases), over any rollout setting.
+    assignments: Mutex<HashMap<String, Assignment>>,
     shadow_slots: Arc<tokio::sync::Semaphore>,
     scorer: Scorer,
     drift_events: crossbeam_channel::Sender<DriftEvent>,
@@ -266,6 +277,7 @@ impl Server {
             metrics,
             ready: AtomicBool::new(false),
             rollouts: rollout::RolloutStore::open(&options.state_dir),
+            assignments: Mutex::new(HashMap::new()),
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(
                 options.max_shadow_in_flight.max(1),
             )),
@@ -367,10 +379,7 @@ impl Server {
                 for v in versions.values() {
                     v.monitor.set_config(config.drift.clone());
                 }
-                let rollout = self
-                    .rollouts
-                    .get(name)
-                    .unwrap_or_else(|| config.rollout.clone());
+                let rollout = self.effective_rollout(name, &config);
                 let entry = build_entry(name, config, versions, failures, rollout);
                 self.metrics.publish_roles(
                     name,
@@ -418,6 +427,18 @@ impl Server {
             .ok_or_else(|| RolloutError::UnknownModel(name.to_string()))?;
         let next = change(entry).map_err(RolloutError::Invalid)?;
         next.validate().map_err(RolloutError::Invalid)?;
+        if let Some(a) = self.assignment(name) {
+            if (next.stable, next.canary) != (a.stable, a.canary) {
+                let show = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+                return Err(RolloutError::Invalid(format!(
+                    "the stable and canary versions of '{name}' follow its model registry \
+                     aliases (now stable {}, canary {}); move the aliases in the registry \
+                     (weight, mode and sticky_header can be set here)",
+                    show(a.stable),
+                    show(a.canary)
+                )));
+            }
+        }
         for (what, v) in [("stable", next.stable), ("canary", next.canary)] {
             if let Some(v) = v {
                 if !entry.versions.contains_key(&v) {
@@ -448,6 +469,42 @@ impl Server {
         models.insert(name.to_string(), Arc::new(rebuilt));
         self.table.store(Arc::new(RoutingTable { models }));
         Ok(next)
+    }
+
+    /// The rollout a model is served with: the run-time one if set, else `config.toml`'s,
+    /// with stable and canary taken from the registry's assignment when there is one.
+    pub fn effective_rollout(&self, name: &str, config: &ModelConfig) -> RolloutConfig {
+        let mut rollout = self
+            .rollouts
+            .get(name)
+            .unwrap_or_else(|| config.rollout.clone());
+        if let Some(a) = self.assignment(name) {
+            rollout.stable = a.stable;
+            rollout.canary = a.canary;
+        }
+        rollout
+    }
+
+    /// The registry's assignment for a model, if a registry manages it.
+    pub fn assignment(&self, name: &str) -> Option<Assignment> {
+        self.assignments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .copied()
+    }
+
+    /// Sets (or, with `None`, removes) a model's registry assignment. It takes effect
+    /// at the model's next reconcile (the registry asks for one right after).
+    pub fn set_assignment(&self, name: &str, assignment: Option<Assignment>) {
+        let mut all = self
+            .assignments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match assignment {
+            Some(a) => all.insert(name.to_string(), a),
+            None => all.remove(name),
+        };
     }
 
     /// The pinned version, or the stable one: what metadata and config describe.

@@ -175,17 +175,22 @@ impl Reloader {
             .copied()
             .filter(|v| !failed.contains_key(v))
             .collect();
-        let rollout = self
-            .server
-            .rollouts
-            .get(name)
-            .unwrap_or_else(|| config.rollout.clone());
+        let rollout = self.server.effective_rollout(name, &config);
         let pins: BTreeSet<u64> = [rollout.stable, rollout.canary]
             .into_iter()
             .flatten()
             .filter(|v| loadable.contains(v))
             .collect();
-        let desired: BTreeSet<u64> = select(&policy, &loadable).union(&pins).copied().collect();
+        // A registry-managed model serves exactly its assigned versions.
+        let registry = self.server.assignment(name).is_some();
+        let by_policy = |versions: &[u64]| {
+            if registry {
+                BTreeSet::new()
+            } else {
+                select(&policy, versions)
+            }
+        };
+        let desired: BTreeSet<u64> = by_policy(&loadable).union(&pins).copied().collect();
 
         // A change of engine means the loaded sessions are the wrong ones.
         let same_backend = current
@@ -240,7 +245,7 @@ impl Reloader {
         state.pending.insert(name.to_string(), pending);
 
         let keys: Vec<u64> = available.keys().copied().collect();
-        let chosen: BTreeSet<u64> = select(&policy, &keys)
+        let chosen: BTreeSet<u64> = by_policy(&keys)
             .into_iter()
             .chain(pins.iter().copied().filter(|v| available.contains_key(v)))
             .collect();

@@ -1,0 +1,102 @@
+//! Model registries as a model source: vigil follows a registry's aliases instead of (or
+//! beside) a hand-filled repository.
+//!
+//! A registry source downloads the versions its aliases name into the local repository
+//! (`<repository>/<model>/<version>/model.onnx`, published by an atomic rename so a
+//! half-downloaded version is never loaded), then tells serving which versions are stable
+//! and canary ([`Assignment`]) and asks the reloader to reconcile the model: one table
+//! swap, as for any other change. The assignments are kept in
+//! `<state-dir>/registry.json`, so a restart with the registry down serves the cached
+//! versions in their last roles.
+
+pub mod mlflow;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::serving::reload::Reloader;
+use crate::serving::{Assignment, Server};
+
+/// The persisted roles of every registry-managed model.
+pub struct AssignmentStore {
+    path: PathBuf,
+}
+
+impl AssignmentStore {
+    pub fn new(state_dir: &Path) -> AssignmentStore {
+        AssignmentStore {
+            path: state_dir.join("registry.json"),
+        }
+    }
+
+    /// What was saved; an unreadable file is logged and treated as empty.
+    pub fn load(&self) -> BTreeMap<String, Assignment> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %self.path.display(), error = %e, "ignoring unreadable registry state");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Writes the whole map (temp file, fsync, rename).
+    pub fn save(&self, all: &BTreeMap<String, Assignment>) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(all).expect("assignments serialise"))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+/// At start, before the first load: restores the saved roles of models whose assigned
+/// versions are in the cache, so they serve even when the registry is unreachable.
+pub fn restore(store: &AssignmentStore, server: &Server, repository: &Path) {
+    for (model, a) in store.load() {
+        let cached = |v: Option<u64>| {
+            v.is_none_or(|v| {
+                repository
+                    .join(&model)
+                    .join(v.to_string())
+                    .join("model.onnx")
+                    .is_file()
+            })
+        };
+        let a = Assignment {
+            stable: a.stable.filter(|_| cached(a.stable)),
+            canary: a.canary.filter(|_| cached(a.canary)),
+        };
+        if a.stable.is_some() {
+            tracing::info!(model = %model, stable = ?a.stable, canary = ?a.canary, "restored registry roles from the cache");
+            server.set_assignment(&model, Some(a));
+        }
+    }
+}
+
+/// Applies a new assignment: saves it, hands it to serving and reconciles the model
+/// (loading newly downloaded versions at once, unloading ones no longer assigned).
+pub async fn apply(
+    server: &Arc<Server>,
+    reloader: &Arc<Reloader>,
+    store: &AssignmentStore,
+    all: &mut BTreeMap<String, Assignment>,
+    model: &str,
+    assignment: Assignment,
+) -> Result<(), String> {
+    all.insert(model.to_string(), assignment);
+    store
+        .save(all)
+        .map_err(|e| format!("saving {}: {e}", store.path.display()))?;
+    server.set_assignment(model, Some(assignment));
+    let (reloader, name) = (reloader.clone(), model.to_string());
+    tokio::task::spawn_blocking(move || reloader.load(&name))
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}

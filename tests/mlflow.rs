@@ -1,0 +1,310 @@
+//! vigil following a real MLflow Model Registry: a real `mlflow server` (from
+//! .venv-mlflow, installed by scripts/setup-test-deps.sh) on loopback with a temporary
+//! SQLite store and artifact root; models logged and registered by MLflow's own Python
+//! client; aliases moved through MLflow's REST API, as a pipeline or a person would.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{reference, root, wait_for, Engine, TempDir, Vigil};
+use serde_json::{json, Value};
+
+struct Mlflow {
+    child: Child,
+    uri: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Mlflow {
+    fn start(dir: &std::path::Path, port: u16) -> Mlflow {
+        let bin = root().join(".venv-mlflow/bin/mlflow");
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/setup-test-deps.sh",
+            bin.display()
+        );
+        let log = std::fs::File::create(dir.join("mlflow.log")).unwrap();
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(bin)
+            .process_group(0)
+            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("artifacts"))
+            .args(["--workers", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mlflow server");
+        let m = Mlflow {
+            child,
+            uri: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        wait_for(180, "mlflow server to answer /health", || {
+            let r = m.http.get(format!("{}/health", m.uri)).send().ok()?;
+            r.status().is_success().then_some(())
+        });
+        m
+    }
+
+    fn alias(&self, model: &str, alias: &str, version: Option<u64>) {
+        let url = format!("{}/api/2.0/mlflow/registered-models/alias", self.uri);
+        let r = match version {
+            Some(v) => self
+                .http
+                .post(url)
+                .json(&json!({"name": model, "alias": alias, "version": v.to_string()})),
+            None => self
+                .http
+                .delete(url)
+                .json(&json!({"name": model, "alias": alias})),
+        }
+        .send()
+        .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text());
+    }
+
+    /// Kills the server and its workers (children of the CLI process, in its group).
+    fn kill(&mut self) {
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        self.kill();
+        let addr = self.uri.trim_start_matches("http://").to_string();
+        wait_for(30, "mlflow to stop listening", || {
+            std::net::TcpStream::connect(&addr).is_err().then_some(())
+        });
+    }
+}
+
+impl Drop for Mlflow {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn iris_body() -> Value {
+    json!({"inputs": reference("iris_v2")["inputs"]})
+}
+
+/// The served version of one inference request.
+fn served(v: &Vigil) -> String {
+    let (status, body) = v.post_json("/v2/models/iris/infer", &iris_body());
+    assert_eq!(status, 200, "{body}");
+    body["model_version"].as_str().unwrap().to_string()
+}
+
+fn rollout(v: &Vigil) -> Value {
+    v.get("/v2/models/iris/rollout").1
+}
+
+fn metric(v: &Vigil, line_start: &str) -> Option<f64> {
+    let text = v.client.get(v.url("/metrics")).send().ok()?.text().ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn serves_from_the_mlflow_registry_by_alias() {
+    let dir = TempDir::new("mlflow");
+    let mut mlflow = Mlflow::start(dir.path(), free_port());
+
+    // A training pipeline logs and registers two ONNX versions (and a non-ONNX model).
+    let out = Command::new(root().join(".venv-mlflow/bin/python"))
+        .arg(root().join("tests/python/mlflow_log.py"))
+        .arg(&mlflow.uri)
+        .arg(root().join("models"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "logging models failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logged: Value = serde_json::from_slice(
+        out.stdout
+            .split(|&b| b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(logged["iris"], json!([1, 2]));
+    mlflow.alias("iris", "champion", Some(1));
+    mlflow.alias("notonnx", "champion", Some(1));
+
+    // The cache directory may carry vigil's own settings for a model: the canary weight.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(cache.join("iris")).unwrap();
+    std::fs::write(
+        cache.join("iris/config.toml"),
+        "backend = \"tract\"\n[rollout]\nweight = 30\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let args = |uri: &str| -> Vec<String> {
+        vec![
+            "--registry".into(),
+            "mlflow".into(),
+            "--mlflow-uri".into(),
+            uri.into(),
+            "--mlflow-models".into(),
+            "iris,notonnx".into(),
+            "--poll-interval".into(),
+            "0.5".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ]
+    };
+    let a = args(&mlflow.uri);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let v = Vigil::start(&cache, Engine::Tract, &a);
+
+    // champion → stable: version 1 serves, downloaded with its run's reference.json.
+    assert_eq!(served(&v), "1");
+    assert!(cache.join("iris/1/model.onnx").is_file());
+    assert!(cache.join("iris/1/reference.json").is_file());
+    assert!(
+        !cache.join("iris/2").exists(),
+        "only aliased versions are fetched"
+    );
+    // The reference came along: drift is measured against the training profile.
+    let (_, drift) = v.get("/v2/models/iris/drift");
+    assert_eq!(
+        drift["versions"][0]["reference"]["rows"],
+        json!(150),
+        "{drift}"
+    );
+    // A non-ONNX model is refused with a clear message; iris is not disturbed.
+    let logs = wait_for(20, "the non-ONNX refusal in the log", || {
+        let l = v.drain_logs().join("\n");
+        l.contains("not an ONNX model").then_some(l)
+    });
+    assert!(logs.contains("notonnx"), "{logs}");
+    assert_eq!(v.get("/v2/models/notonnx").0, 404);
+    assert!(metric(&v, "vigil_registry_errors_total{source=\"mlflow\"}").unwrap() >= 1.0);
+
+    // challenger → canary at config.toml's weight.
+    mlflow.alias("iris", "challenger", Some(2));
+    wait_for(30, "the challenger to become the canary", || {
+        (rollout(&v)["canary"] == json!(2)).then_some(())
+    });
+    let n = 1000;
+    let on_canary = (0..n).filter(|_| served(&v) == "2").count();
+    let share = on_canary as f64 / n as f64;
+    assert!((share - 0.30).abs() <= 0.05, "canary share {share}");
+    // The roles follow MLflow: the rollout API may not override them.
+    let r = v
+        .client
+        .post(v.url("/v2/models/iris/rollout/promote"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("registry"));
+
+    // Moving champion to version 2 under load: the swap loses no request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+            let url = v.url("/v2/models/iris/infer");
+            let body = iris_body().to_string();
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send();
+                    match r {
+                        Ok(r) if r.status() == 200 => {}
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    mlflow.alias("iris", "champion", Some(2));
+    wait_for(30, "champion 2 to become stable", || {
+        (rollout(&v)["stable"] == json!(2)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(done.load(Ordering::Relaxed) > 100);
+    // champion and challenger now name the same version: no canary.
+    assert_eq!(rollout(&v)["canary"], Value::Null);
+    assert!((0..50).all(|_| served(&v) == "2"));
+
+    // A new challenger, then deleting the alias: the canary is rolled back.
+    mlflow.alias("iris", "challenger", Some(1));
+    wait_for(30, "challenger 1 as canary", || {
+        (rollout(&v)["canary"] == json!(1)).then_some(())
+    });
+    mlflow.alias("iris", "challenger", None);
+    wait_for(30, "the canary to be rolled back", || {
+        (rollout(&v)["canary"] == Value::Null).then_some(())
+    });
+    assert!((0..50).all(|_| served(&v) == "2"));
+
+    // MLflow goes away: vigil keeps serving, reports the registry down, logs it once.
+    mlflow.stop();
+    wait_for(30, "vigil_registry_up to drop", || {
+        (metric(&v, "vigil_registry_up{source=\"mlflow\"}") == Some(0.0)).then_some(())
+    });
+    let errors_before = metric(&v, "vigil_registry_errors_total{source=\"mlflow\"}").unwrap();
+    // It keeps retrying (with a growing delay), counting each failure.
+    wait_for(30, "another failed retry", || {
+        (metric(&v, "vigil_registry_errors_total{source=\"mlflow\"}")? > errors_before)
+            .then_some(())
+    });
+    assert!((0..20).all(|_| served(&v) == "2"));
+    let unreachable = v
+        .drain_logs()
+        .iter()
+        .filter(|l| l.contains("iris") && l.contains("unreachable"))
+        .count();
+    assert_eq!(unreachable, 1, "one log line per change of state");
+
+    // A restart with MLflow still down serves the cached champion.
+    drop(v);
+    let started = Instant::now();
+    let v = Vigil::start(&cache, Engine::Tract, &a);
+    assert_eq!(served(&v), "2");
+    assert_eq!(rollout(&v)["stable"], json!(2));
+    println!(
+        "restart with MLflow down served the cached version after {:?}",
+        started.elapsed()
+    );
+}
