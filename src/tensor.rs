@@ -240,6 +240,42 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// The parts one after the other; `None` if their datatypes differ (or no parts).
+    pub fn concat(parts: &[&TensorData]) -> Option<TensorData> {
+        let total = parts.iter().map(|p| p.len()).sum();
+        macro_rules! cat {
+            ($($var:ident),*) => {
+                match parts.first()? {
+                    $(TensorData::$var(_) => {
+                        let mut out = Vec::with_capacity(total);
+                        for p in parts {
+                            match p {
+                                TensorData::$var(v) => out.extend_from_slice(v),
+                                _ => return None,
+                            }
+                        }
+                        TensorData::$var(out)
+                    })*
+                }
+            };
+        }
+        Some(cat!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes
+        ))
+    }
+
+    /// Elements `range` as a tensor of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TensorData {
+        macro_rules! cut {
+            ($($var:ident),*) => {
+                match self {
+                    $(TensorData::$var(v) => TensorData::$var(v[range].to_vec()),)*
+                }
+            };
+        }
+        cut!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes)
+    }
+
     /// `n` zero elements (empty strings for BYTES): the warm-up input.
     pub fn zeros(datatype: DataType, n: usize) -> TensorData {
         match datatype {
@@ -385,6 +421,19 @@ mod tests {
             let back = TensorData::from_le_bytes(data.datatype(), &raw).unwrap();
             assert_eq!(back, data);
         }
+    }
+
+    #[test]
+    fn concat_and_slice_round_trip() {
+        let a = TensorData::Fp32(vec![1.0, 2.0]);
+        let b = TensorData::Fp32(vec![3.0]);
+        let ab = TensorData::concat(&[&a, &b]).unwrap();
+        assert_eq!(ab, TensorData::Fp32(vec![1.0, 2.0, 3.0]));
+        assert_eq!(ab.slice(0..2), a);
+        assert_eq!(ab.slice(2..3), b);
+        let s = TensorData::Bytes(vec![b"x".to_vec()]);
+        assert_eq!(TensorData::concat(&[&a, &s]), None);
+        assert_eq!(TensorData::concat(&[]), None);
     }
 
     #[test]

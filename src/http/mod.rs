@@ -451,7 +451,7 @@ async fn model_config(
 ) -> Result<Json<Value>, ApiError> {
     let (model, version) = target(&p)?;
     let v = s.server.resolve(model, version)?;
-    Ok(Json(json!({
+    let mut config = json!({
         "name": model,
         "platform": "onnxruntime_onnx",
         "backend": v.engine.as_str(),
@@ -461,7 +461,19 @@ async fn model_config(
         "input": config_io(&v.signature.inputs),
         "output": config_io(&v.signature.outputs),
         "version_policy": { "latest": { "num_versions": 1 } },
-    })))
+    });
+    let b = v.batcher.settings();
+    if b.max_batch > 1 {
+        // Triton's field names; the batch size lives here because the shapes above keep
+        // their batch dimension.
+        config["dynamic_batching"] = json!({
+            "max_batch_size": b.max_batch,
+            "max_queue_delay_microseconds": b.delay.as_micros() as u64,
+            "preferred_batch_size": b.preferred,
+            "max_queue_size": b.max_queue,
+        });
+    }
+    Ok(Json(config))
 }
 
 fn duration_stat(count: u64, ns: u64) -> Value {

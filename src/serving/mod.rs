@@ -45,6 +45,8 @@ pub struct ServedVersion {
     pub stats: VersionStats,
     /// Drift monitoring of what this version serves.
     pub monitor: Arc<Monitor>,
+    /// Dynamic batching queue and settings (`[batching]`).
+    pub batcher: pool::Batcher,
 }
 
 /// A model as the routing table knows it.
@@ -346,6 +348,8 @@ impl Server {
             scorer: self.scorer.clone(),
             events: Some(self.drift_events.clone()),
         });
+        let batching =
+            pool::BatchSettings::resolve(&config.batching, &loaded.signature, self.pool.capacity());
         Ok(Arc::new(ServedVersion {
             monitor,
             model: model.to_string(),
@@ -357,6 +361,7 @@ impl Server {
             fingerprint: version.fingerprint.clone(),
             metrics: self.metrics.version(model, version.version),
             stats: VersionStats::default(),
+            batcher: pool::Batcher::new(batching),
         }))
     }
 
@@ -378,6 +383,11 @@ impl Server {
             }) => {
                 for v in versions.values() {
                     v.monitor.set_config(config.drift.clone());
+                    v.batcher.configure(pool::BatchSettings::resolve(
+                        &config.batching,
+                        &v.signature,
+                        self.pool.capacity(),
+                    ));
                 }
                 let rollout = self.effective_rollout(name, &config);
                 let entry = build_entry(name, config, versions, failures, rollout);
@@ -630,7 +640,6 @@ impl Server {
         })?;
         version.metrics.queue.observe(done.queued.as_secs_f64());
         version.metrics.compute.observe(done.compute.as_secs_f64());
-        version.metrics.batch.observe(rows as f64);
         let outputs = done.outputs?;
         version
             .stats
