@@ -136,7 +136,7 @@ fn limits_and_malformed_requests() {
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (br#"{"inputs":[{"name":"X","shape":[10000000,4],"datatype":"FP32","data":[1]}]}"#.to_vec(), 400, "limit of 1000"),
         (br#"{"inputs":[{"name":"X","shape":[18446744073709551615,4],"datatype":"FP32","data":[1]}]}"#.to_vec(), 400, "too large"),
-        (format!(r#"{{"inputs":[{{"name":"X","shape":[1,4],"datatype":"FP32","data":{}1{}}}]}}"#, "[".repeat(300), "]".repeat(300)).into_bytes(), 400, "invalid inference request JSON"),
+        (format!(r#"{{"inputs":[{{"name":"X","shape":[1,4],"datatype":"FP32","data":{}1{}}}]}}"#, "[".repeat(300), "]".repeat(300)).into_bytes(), 400, "recursion limit"),
         (b"{\"inputs\":[{\"name\":\"X\xff\xfe\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}".to_vec(), 400, "invalid inference request JSON"),
         (br#"{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[1,2,3,"NaN"]}]}"#.to_vec(), 200, ""),
         (br#"{"inputs":[{"name":"X","shape":[1,4],"datatype":"float32","data":[1,2,3,4]}]}"#.to_vec(), 400, "unknown datatype"),

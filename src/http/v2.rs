@@ -28,25 +28,28 @@ pub struct OutputRequest {
 }
 
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
-    inputs: Vec<RawInput>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
     #[serde(default)]
     outputs: Option<Vec<RawOutput>>,
 }
 
 #[derive(Deserialize)]
-struct RawInput {
+struct RawInput<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<Value>,
+    /// Kept as text and parsed once the datatype and shape are known, straight into a
+    /// typed vector (no `Value` per element).
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -186,11 +189,10 @@ pub fn decode_request_limited(
                     .map_err(|e| bad(format!("{whose}: {e}")))?
             }
             None => {
-                let value = input
+                let raw = input
                     .data
-                    .as_ref()
                     .ok_or_else(|| bad(format!("{whose}: no 'data' and no binary_data_size")))?;
-                json_data(datatype, value, expected)
+                json_data(datatype, raw.get(), expected)
                     .map_err(|e| bad(format!("{whose}: {}", e.0)))?
             }
         };
@@ -243,115 +245,186 @@ pub fn decode_request_limited(
     })
 }
 
-/// Flattens nested (or flat) JSON arrays in row-major order, checking each element.
-fn flatten<'a>(
-    value: &'a Value,
-    out: &mut Vec<&'a Value>,
-    limit: usize,
-) -> Result<(), DecodeError> {
-    match value {
-        Value::Array(items) => {
-            for v in items {
-                flatten(v, out, limit)?;
-            }
-            Ok(())
-        }
-        scalar => {
-            if out.len() >= limit {
-                return Err(bad(format!("more data elements than the shape's {limit}")));
-            }
-            out.push(scalar);
-            Ok(())
-        }
+/// Parses an input's `data` (nested or flat JSON arrays, row-major, or one scalar)
+/// straight into a typed vector, checking each element against the datatype and never
+/// taking more than the shape's `expected` elements.
+fn json_data(datatype: DataType, text: &str, expected: usize) -> Result<TensorData, DecodeError> {
+    let mut builder = DataBuilder {
+        data: TensorData::zeros(datatype, 0),
+        datatype,
+        count: 0,
+        limit: expected,
+        error: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = serde::de::DeserializeSeed::deserialize(&mut builder, &mut de);
+    if let Some(e) = builder.error {
+        return Err(e);
     }
+    parsed
+        .and_then(|()| de.end())
+        .map_err(|e| bad(format!("invalid data: {e}")))?;
+    Ok(builder.data)
 }
 
-fn float_of(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => match s.as_str() {
-            "NaN" | "nan" => Some(f64::NAN),
-            "Infinity" | "inf" | "+inf" => Some(f64::INFINITY),
-            "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn json_data(
+/// Receives the elements of `data` as serde_json parses them.
+struct DataBuilder {
+    data: TensorData,
     datatype: DataType,
-    value: &Value,
-    expected: usize,
-) -> Result<TensorData, DecodeError> {
-    // Never reserve what the shape claims: the data may be far shorter (checked below).
-    let mut flat = Vec::new();
-    flatten(value, &mut flat, expected)?;
-    let wrong =
-        |i: usize, v: &Value| bad(format!("element {i} ({v}) is not a valid {datatype} value"));
-    macro_rules! ints {
-        ($variant:ident, $t:ty) => {
-            TensorData::$variant(
-                flat.iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let n = match v {
-                            Value::Number(n) => n
-                                .as_i64()
-                                .and_then(|x| <$t>::try_from(x).ok())
-                                .or_else(|| n.as_u64().and_then(|x| <$t>::try_from(x).ok())),
-                            _ => None,
-                        };
-                        n.ok_or_else(|| wrong(i, v))
-                    })
-                    .collect::<Result<_, _>>()?,
-            )
-        };
+    count: usize,
+    limit: usize,
+    /// The first problem found (a JSON syntax error is reported by serde_json instead).
+    error: Option<DecodeError>,
+}
+
+/// How an element looked, for error messages.
+enum Seen<'a> {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(&'a str),
+    Other(&'static str),
+}
+
+impl std::fmt::Display for Seen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Bool(b) => write!(f, "{b}"),
+            Seen::I64(x) => write!(f, "{x}"),
+            Seen::U64(x) => write!(f, "{x}"),
+            Seen::F64(x) => write!(f, "{x}"),
+            Seen::Str(s) => write!(f, "{}", Value::String((*s).to_string())),
+            Seen::Other(what) => write!(f, "{what}"),
+        }
     }
-    Ok(match datatype {
-        DataType::Bool => TensorData::Bool(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| v.as_bool().ok_or_else(|| wrong(i, v)))
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Uint8 => ints!(Uint8, u8),
-        DataType::Uint16 => ints!(Uint16, u16),
-        DataType::Uint32 => ints!(Uint32, u32),
-        DataType::Uint64 => ints!(Uint64, u64),
-        DataType::Int8 => ints!(Int8, i8),
-        DataType::Int16 => ints!(Int16, i16),
-        DataType::Int32 => ints!(Int32, i32),
-        DataType::Int64 => ints!(Int64, i64),
-        DataType::Fp32 => TensorData::Fp32(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let x = float_of(v).ok_or_else(|| wrong(i, v))?;
-                    if x.is_finite() && x.abs() > f32::MAX as f64 {
-                        return Err(bad(format!("element {i} ({v}) is out of range for FP32")));
-                    }
-                    Ok(x as f32)
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Fp64 => TensorData::Fp64(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| float_of(v).ok_or_else(|| wrong(i, v)))
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Bytes => TensorData::Bytes(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_str()
-                        .map(|s| s.as_bytes().to_vec())
-                        .ok_or_else(|| wrong(i, v))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-    })
+}
+
+impl DataBuilder {
+    fn fail<E: serde::de::Error>(&mut self, e: DecodeError) -> Result<(), E> {
+        self.error = Some(e);
+        Err(E::custom("invalid tensor data"))
+    }
+
+    fn push<E: serde::de::Error>(&mut self, seen: Seen<'_>) -> Result<(), E> {
+        let i = self.count;
+        if i >= self.limit {
+            return self.fail(bad(format!(
+                "more data elements than the shape's {}",
+                self.limit
+            )));
+        }
+        let datatype = self.datatype;
+        let wrong = |seen: &Seen<'_>| {
+            bad(format!(
+                "element {i} ({seen}) is not a valid {datatype} value"
+            ))
+        };
+        macro_rules! int {
+            ($v:ident, $t:ty) => {{
+                let x = match seen {
+                    Seen::I64(x) => <$t>::try_from(x).ok(),
+                    Seen::U64(x) => <$t>::try_from(x).ok(),
+                    _ => None,
+                };
+                match x {
+                    Some(x) => $v.push(x),
+                    None => return self.fail(wrong(&seen)),
+                }
+            }};
+        }
+        let float = match seen {
+            Seen::I64(x) => Some(x as f64),
+            Seen::U64(x) => Some(x as f64),
+            Seen::F64(x) => Some(x),
+            Seen::Str("NaN" | "nan") => Some(f64::NAN),
+            Seen::Str("Infinity" | "inf" | "+inf") => Some(f64::INFINITY),
+            Seen::Str("-Infinity" | "-inf") => Some(f64::NEG_INFINITY),
+            _ => None,
+        };
+        match &mut self.data {
+            TensorData::Bool(v) => match seen {
+                Seen::Bool(b) => v.push(b),
+                _ => return self.fail(wrong(&seen)),
+            },
+            TensorData::Uint8(v) => int!(v, u8),
+            TensorData::Uint16(v) => int!(v, u16),
+            TensorData::Uint32(v) => int!(v, u32),
+            TensorData::Uint64(v) => int!(v, u64),
+            TensorData::Int8(v) => int!(v, i8),
+            TensorData::Int16(v) => int!(v, i16),
+            TensorData::Int32(v) => int!(v, i32),
+            TensorData::Int64(v) => int!(v, i64),
+            TensorData::Fp32(v) => match float {
+                Some(x) if x.is_finite() && x.abs() > f32::MAX as f64 => {
+                    return self.fail(bad(format!(
+                        "element {i} ({seen}) is out of range for FP32"
+                    )))
+                }
+                Some(x) => v.push(x as f32),
+                None => return self.fail(wrong(&seen)),
+            },
+            TensorData::Fp64(v) => match float {
+                Some(x) => v.push(x),
+                None => return self.fail(wrong(&seen)),
+            },
+            TensorData::Bytes(v) => match seen {
+                Seen::Str(s) => v.push(s.as_bytes().to_vec()),
+                _ => return self.fail(wrong(&seen)),
+            },
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut DataBuilder {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut DataBuilder {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of {} values", self.datatype)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(Seen::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(Seen::I64(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(Seen::U64(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(Seen::F64(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(Seen::Str(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.push(Seen::Other("null"))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        self.push(Seen::Other("an object"))
+    }
 }
 
 /// Tensor data as a flat JSON array. Floats are written at their own precision (an

@@ -163,6 +163,9 @@ fn outer_prob_inside(m: u64, n: u64, g: u64, h: u64) -> f64 {
     let mut curlen = maxj - minj;
     let len_a = (2 * maxj + 2).min(n + 1) as usize;
     let mut a = vec![1.0f64; len_a];
+    let recip: Vec<f64> = (0..=(m + n) as usize)
+        .map(|k| if k == 0 { 0.0 } else { 1.0 / k as f64 })
+        .collect();
     for v in a.iter_mut().take(maxj as usize).skip(minj as usize) {
         *v = 0.0;
     }
@@ -177,7 +180,12 @@ fn outer_prob_inside(m: u64, n: u64, g: u64, h: u64) -> f64 {
         let fi = i as f64;
         for jj in 0..(maxj - minj) {
             let j = jj + minj;
-            val = (a[(jj + minj - lastminj) as usize] * fi + val * j as f64) / (fi + j as f64);
+            // Multiplying by a precomputed 1/(i + j) instead of dividing: the division's
+            // latency sat on this loop's dependency chain (window scoring was 8% of a
+            // loaded server's CPU); over the 80 scipy oracle cases the p-values still
+            // agree to a relative 1e-14.
+            val = (a[(jj + minj - lastminj) as usize] * fi + val * j as f64)
+                * recip[(i + j) as usize];
             a[jj as usize] = val;
         }
         curlen = maxj - minj;
@@ -343,13 +351,17 @@ mod scipy_oracle {
         let o = oracle();
         let cases = o["ks"].as_array().unwrap();
         assert!(cases.len() >= 80);
+        let mut worst: f64 = 0.0;
         for (i, c) in cases.iter().enumerate() {
             let (mut a, mut b) = (floats(&c["a"]), floats(&c["b"]));
             let what = format!("ks case {i} ({} vs {})", a.len(), b.len());
             let (d, p) = ks_2samp(&mut a, &mut b);
             close(d, c["statistic"].as_f64().unwrap(), 1e-9, &what);
-            close(p, c["pvalue"].as_f64().unwrap(), 1e-6, &what);
+            let want = c["pvalue"].as_f64().unwrap();
+            close(p, want, 1e-6, &what);
+            worst = worst.max((p - want).abs() / want.abs().max(1e-300));
         }
+        println!("ks p-values: largest relative difference from scipy {worst:.2e}");
     }
 
     #[test]

@@ -1,0 +1,69 @@
+//! The ceiling of HTTP on this machine: a bare hyper server (tokio, HTTP/1.1, keep-alive)
+//! that reads each request body and answers a fixed JSON body. `benches/load.py` runs it
+//! beside vigil with the same client and request.
+//!
+//!     cargo bench --bench ceiling -- 127.0.0.1:9999 response.json
+
+use std::convert::Infallible;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+fn main() {
+    // cargo passes `--bench` to harness-less benches.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let addr = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:9999".into());
+    let body = match args.get(1) {
+        Some(path) => std::fs::read(path).expect("reading the response body file"),
+        None => br#"{"model_name":"iris","model_version":"1","outputs":[]}"#.to_vec(),
+    };
+    let body = Bytes::from(body);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+            eprintln!(
+                "ceiling listening on http://{}",
+                listener.local_addr().unwrap()
+            );
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let _ = tcp.set_nodelay(true);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(body))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let mut builder = http1::Builder::new();
+                    // CEILING_TIMER=1: the header-read timer vigil uses, to price it.
+                    if std::env::var_os("CEILING_TIMER").is_some() {
+                        builder
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(std::time::Duration::from_secs(10));
+                    }
+                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+}
