@@ -319,7 +319,9 @@ def main():
         check(f"{n} idle RSS MB (limit 40 + {model_mb:.1f} model MB)", mb, f"≤ {40 + model_mb:.1f}",
               mb <= 40 + model_mb)
 
-    header = (f"{time.strftime('%Y-%m-%d')}, {platform.node()} ({os.cpu_count()} cores), "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    header = (f"{time.strftime('%Y-%m-%d')}, commit {commit}, {platform.node()} ({os.cpu_count()} cores), "
               f"`python3 benches/load.py --rounds {args.rounds} --seconds {args.seconds}`, "
               f"wrk -t2 -c{args.connections}, one-row JSON; medians over {args.rounds} rounds; "
               f"1-connection p50: " + ", ".join(f"{n} {us} µs" for n, us in single.items()))
