@@ -3,6 +3,9 @@
 //! beside vigil with the same client and request.
 //!
 //!     cargo bench --bench ceiling -- 127.0.0.1:9999 response.json
+//!
+//! Without an address (as `cargo test --all-targets` runs it) it prints how to use it and
+//! exits.
 
 use std::convert::Infallible;
 
@@ -14,15 +17,16 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 fn main() {
-    // cargo passes `--bench` to harness-less benches.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary with no
+    // arguments, and then it must not serve forever.
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let addr = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "127.0.0.1:9999".into());
+    let Some(addr) = args.first().cloned() else {
+        println!("ceiling: the HTTP ceiling for benches/load.py; run `cargo bench --bench ceiling -- ADDR [BODY]`");
+        return;
+    };
     let body = match args.get(1) {
         Some(path) => std::fs::read(path).expect("reading the response body file"),
         None => br#"{"model_name":"iris","model_version":"1","outputs":[]}"#.to_vec(),
@@ -55,14 +59,9 @@ fn main() {
                             )
                         }
                     });
-                    let mut builder = http1::Builder::new();
-                    // CEILING_TIMER=1: the header-read timer vigil uses, to price it.
-                    if std::env::var_os("CEILING_TIMER").is_some() {
-                        builder
-                            .timer(hyper_util::rt::TokioTimer::new())
-                            .header_read_timeout(std::time::Duration::from_secs(10));
-                    }
-                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
                 });
             }
         });

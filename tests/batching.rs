@@ -53,17 +53,8 @@ fn rows_of(got: &[(usize, Value)]) -> f64 {
 
 /// `vigil_inference_batch_size` count and sum for the MLP.
 fn batch_stats(v: &Vigil) -> (f64, f64) {
-    let text = v
-        .client
-        .get(v.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
     let get = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l.contains("model=\"mlp\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        v.metric(&format!("{name}{{model=\"mlp\",version=\"1\"}}"))
             .unwrap_or(0.0)
     };
     (
@@ -156,20 +147,8 @@ fn concurrent_requests_are_batched_and_answered_as_alone() {
         );
 
         // Turning batching off takes effect without reloading the model.
-        let loads = |v: &Vigil| {
-            let text = v
-                .client
-                .get(v.url("/metrics"))
-                .send()
-                .unwrap()
-                .text()
-                .unwrap();
-            text.lines()
-                .find(|l| {
-                    l.starts_with("vigil_model_load_total{model=\"mlp\",outcome=\"success\"}")
-                })
-                .map(|l| l.to_string())
-        };
+        let loads =
+            |v: &Vigil| v.metric("vigil_model_load_total{model=\"mlp\",outcome=\"success\"}");
         let loads_before = loads(&v);
         std::fs::write(
             dir.path().join("mlp/config.toml"),

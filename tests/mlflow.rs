@@ -119,13 +119,6 @@ fn rollout(v: &Vigil) -> Value {
     v.get("/v2/models/iris/rollout").1
 }
 
-fn metric(v: &Vigil, line_start: &str) -> Option<f64> {
-    let text = v.client.get(v.url("/metrics")).send().ok()?.text().ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[test]
 fn serves_from_the_mlflow_registry_by_alias() {
     let dir = TempDir::new("mlflow");
@@ -203,7 +196,11 @@ fn serves_from_the_mlflow_registry_by_alias() {
     });
     assert!(logs.contains("notonnx"), "{logs}");
     assert_eq!(v.get("/v2/models/notonnx").0, 404);
-    assert!(metric(&v, "vigil_registry_errors_total{source=\"mlflow\"}").unwrap() >= 1.0);
+    assert!(
+        v.metric("vigil_registry_errors_total{source=\"mlflow\"}")
+            .unwrap()
+            >= 1.0
+    );
 
     // challenger → canary at config.toml's weight.
     mlflow.alias("iris", "challenger", Some(2));
@@ -281,13 +278,14 @@ fn serves_from_the_mlflow_registry_by_alias() {
     // MLflow goes away: vigil keeps serving, reports the registry down, logs it once.
     mlflow.stop();
     wait_for(30, "vigil_registry_up to drop", || {
-        (metric(&v, "vigil_registry_up{source=\"mlflow\"}") == Some(0.0)).then_some(())
+        (v.metric("vigil_registry_up{source=\"mlflow\"}") == Some(0.0)).then_some(())
     });
-    let errors_before = metric(&v, "vigil_registry_errors_total{source=\"mlflow\"}").unwrap();
+    let errors_before = v
+        .metric("vigil_registry_errors_total{source=\"mlflow\"}")
+        .unwrap();
     // It keeps retrying (with a growing delay), counting each failure.
     wait_for(30, "another failed retry", || {
-        (metric(&v, "vigil_registry_errors_total{source=\"mlflow\"}")? > errors_before)
-            .then_some(())
+        (v.metric("vigil_registry_errors_total{source=\"mlflow\"}")? > errors_before).then_some(())
     });
     assert!((0..20).all(|_| served(&v) == "2"));
     let unreachable = v

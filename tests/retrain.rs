@@ -188,16 +188,6 @@ fn events(v: &Vigil) -> Value {
     body
 }
 
-fn metric(v: &Vigil, line_start: &str) -> Option<f64> {
-    let text = v.client.get(v.url("/metrics")).send().ok()?.text().ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
 #[test]
 fn signed_delivery_retries_until_acknowledged() {
     let rx = Receiver::start(&[(500, 0), (503, 0)], 200);
@@ -229,24 +219,15 @@ fn signed_delivery_retries_until_acknowledged() {
     assert_eq!(delivered["delivered"][0]["attempts"], 3);
     assert_eq!(delivered["pending"].as_array().unwrap().len(), 0);
     assert_eq!(
-        metric(
-            &v,
-            r#"vigil_retrain_deliveries_total{model="iris",outcome="delivered"}"#
-        ),
+        v.metric(r#"vigil_retrain_deliveries_total{model="iris",outcome="delivered"}"#),
         Some(1.0)
     );
     assert_eq!(
-        metric(
-            &v,
-            r#"vigil_retrain_deliveries_total{model="iris",outcome="retry"}"#
-        ),
+        v.metric(r#"vigil_retrain_deliveries_total{model="iris",outcome="retry"}"#),
         Some(2.0)
     );
     assert_eq!(
-        metric(
-            &v,
-            r#"vigil_retrain_events_total{model="iris",reason="manual"}"#
-        ),
+        v.metric(r#"vigil_retrain_events_total{model="iris",reason="manual"}"#),
         Some(1.0)
     );
     // Secrets never leak into the API, the metrics or the log.
@@ -303,10 +284,7 @@ fn drift_trip_creates_one_event_and_the_cooldown_holds_the_next() {
         "the cooldown suppressed the second trip"
     );
     assert_eq!(
-        metric(
-            &v,
-            r#"vigil_retrain_events_total{model="iris",reason="drift"}"#
-        ),
+        v.metric(r#"vigil_retrain_events_total{model="iris",reason="drift"}"#),
         Some(1.0)
     );
     // A manual trigger is always accepted.
@@ -402,7 +380,7 @@ fn dead_letter_and_replay() {
         .unwrap()
         .contains("400"));
     assert_eq!(
-        metric(&v, r#"vigil_retrain_dead_letters{model="iris"}"#),
+        v.metric(r#"vigil_retrain_dead_letters{model="iris"}"#),
         Some(1.0)
     );
     // Unknown id: 404. Replay: delivered.
@@ -418,7 +396,7 @@ fn dead_letter_and_replay() {
         (events(&v)["delivered"].as_array()?.len() == 1).then_some(())
     });
     assert_eq!(
-        metric(&v, r#"vigil_retrain_dead_letters{model="iris"}"#),
+        v.metric(r#"vigil_retrain_dead_letters{model="iris"}"#),
         Some(0.0)
     );
     // Retrain needs a hook: a model without one is a 400.

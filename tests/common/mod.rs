@@ -175,6 +175,23 @@ impl Vigil {
         self.logs.lock().unwrap().try_iter().collect()
     }
 
+    /// The value of the first `/metrics` line starting with `line_start`.
+    pub fn metric(&self, line_start: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(line_start))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
