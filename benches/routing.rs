@@ -50,7 +50,6 @@ fn routing(c: &mut Criterion) {
                 state_dir: state.clone(),
                 max_shadow_in_flight: 4,
                 retrain_defaults: RetrainConfig::default(),
-                inline_max: std::time::Duration::ZERO,
             },
         )
         .unwrap(),

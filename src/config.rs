@@ -73,12 +73,6 @@ pub struct EngineArgs {
     /// Inference worker threads (default: one per CPU core).
     #[arg(long, env = "VIGIL_WORKERS")]
     pub workers: Option<usize>,
-
-    /// A request whose measured engine time is at most this many microseconds runs on
-    /// the HTTP thread that decoded it when nothing else of its version is queued or
-    /// running (the hop to a worker and back costs more than such a model). 0: never.
-    #[arg(long, env = "VIGIL_INLINE_MAX_US", default_value_t = 50)]
-    pub inline_max_us: u64,
 }
 
 impl EngineArgs {

@@ -49,7 +49,6 @@ fn build_server(
         state_dir,
         max_shadow_in_flight: workers * 4,
         retrain_defaults,
-        inline_max: std::time::Duration::from_micros(engine.inline_max_us),
     };
     Ok(Arc::new(Server::new(
         backends,

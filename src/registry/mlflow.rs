@@ -707,9 +707,7 @@ fn publish_dir(tmp: &Path, target: &Path) -> Result<(), MlflowError> {
     }
     std::fs::rename(tmp, target).map_err(cache)?;
     if let Some(parent) = target.parent() {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+        crate::fsutil::sync_dir(parent);
     }
     Ok(())
 }

@@ -41,17 +41,12 @@ impl AssignmentStore {
         }
     }
 
-    /// Writes the whole map (temp file, fsync, rename).
+    /// Writes the whole map durably.
     pub fn save(&self, all: &BTreeMap<String, Assignment>) -> std::io::Result<()> {
-        use std::io::Write;
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(all).expect("assignments serialise"))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        crate::fsutil::write_atomic(
+            &self.path,
+            &serde_json::to_vec_pretty(all).expect("assignments serialise"),
+        )
     }
 }
 

@@ -79,12 +79,6 @@ pub struct Outbox {
     delivered_in_log: usize,
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 impl Outbox {
     pub fn open(dir: &Path) -> std::io::Result<Outbox> {
         std::fs::create_dir_all(dir)?;
@@ -98,7 +92,7 @@ impl Outbox {
             seq: 0,
             delivered_in_log: 0,
         };
-        sync_dir(dir);
+        crate::fsutil::sync_dir(dir);
         let lines: Vec<String> = BufReader::new(File::open(&path)?)
             .lines()
             .collect::<Result<_, _>>()?;
@@ -368,14 +362,7 @@ impl Outbox {
             }
         }
         let path = self.dir.join("outbox.jsonl");
-        let tmp = self.dir.join("outbox.jsonl.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&lines)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(&self.dir);
+        crate::fsutil::write_atomic(&path, &lines)?;
         self.file = OpenOptions::new().append(true).open(&path)?;
         self.delivered_in_log = self
             .records

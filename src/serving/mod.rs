@@ -47,8 +47,6 @@ pub struct ServedVersion {
     pub monitor: Arc<Monitor>,
     /// Dynamic batching queue and settings (`[batching]`).
     pub batcher: pool::Batcher,
-    /// Measured engine time per row and requests running, to run tiny ones inline.
-    pub cost: pool::Cost,
 }
 
 /// A model as the routing table knows it.
@@ -153,8 +151,6 @@ pub struct ServerOptions {
     pub max_shadow_in_flight: usize,
     /// `[retrain]` defaults for models that do not set them.
     pub retrain_defaults: RetrainConfig,
-    /// Requests estimated to compute in at most this long may run inline (zero: never).
-    pub inline_max: Duration,
 }
 
 /// The versions a model registry says should serve (e.g. MLflow's `champion` and
@@ -366,7 +362,6 @@ impl Server {
             metrics: self.metrics.version(model, version.version),
             stats: VersionStats::default(),
             batcher: pool::Batcher::new(batching),
-            cost: pool::Cost::default(),
         }))
     }
 
@@ -609,20 +604,6 @@ impl Server {
         result
     }
 
-    /// Whether a request runs on the calling thread: a model measured to be cheaper than
-    /// the hop to a worker, while it is the only request in progress. Under concurrent
-    /// load the workers (and batching) take everything: measured, running tiny models on
-    /// the HTTP threads then cost more CPU per request than the hop.
-    fn runs_inline(&self, version: &ServedVersion, rows: usize) -> bool {
-        !self.options.inline_max.is_zero()
-            && self.metrics.in_flight.get() <= 1
-            && version.cost.running() == 0
-            && version
-                .cost
-                .estimate(rows)
-                .is_some_and(|d| d <= self.options.inline_max)
-    }
-
     /// Validates `inputs` against the version's signature, puts them in its order, runs
     /// them on a worker and returns every declared output.
     pub async fn infer(
@@ -650,18 +631,13 @@ impl Server {
             .first()
             .and_then(|t| t.shape.first().copied())
             .unwrap_or(1);
-        let done = if self.runs_inline(version, rows) {
-            pool::run_inline(version, ordered)
-        } else {
-            let _running = version.cost.start();
-            let rx = self
-                .pool
-                .submit(version.clone(), ordered)
-                .map_err(|_| InferError::Overloaded)?;
-            rx.await.map_err(|_| {
-                InferError::Backend(BackendError::Run("the inference worker stopped".into()))
-            })?
-        };
+        let rx = self
+            .pool
+            .submit(version.clone(), ordered)
+            .map_err(|_| InferError::Overloaded)?;
+        let done = rx.await.map_err(|_| {
+            InferError::Backend(BackendError::Run("the inference worker stopped".into()))
+        })?;
         version.metrics.queue.observe(done.queued.as_secs_f64());
         version.metrics.compute.observe(done.compute.as_secs_f64());
         let outputs = done.outputs?;

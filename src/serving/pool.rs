@@ -18,7 +18,7 @@
 //! it would get alone.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,11 +49,7 @@ struct Job {
 impl Job {
     /// Rows along the batch dimension, if every input agrees on it.
     fn rows(&self) -> Option<usize> {
-        let first = *self.inputs.first()?.shape.first()?;
-        self.inputs
-            .iter()
-            .all(|t| t.shape.first() == Some(&first))
-            .then_some(first)
+        rows_of(&self.inputs)
     }
 
     /// Whether `other` can share a batch with this job: same inputs with the same
@@ -301,83 +297,30 @@ impl Drop for WorkerPool {
     }
 }
 
-/// A version's engine time per row (a moving average of executions) and how many of its
-/// requests are with the workers now.
-pub struct Cost {
-    /// Nanoseconds per row; `u64::MAX` until the first execution.
-    ns_per_row: AtomicU64,
-    running: Arc<AtomicUsize>,
-}
-
-impl Default for Cost {
-    fn default() -> Self {
-        Cost {
-            ns_per_row: AtomicU64::new(u64::MAX),
-            running: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
-/// Counts a request as with the workers until dropped.
-pub struct Running(Arc<AtomicUsize>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Cost {
-    /// Folds in one execution (weight 1/8; the first sets the value).
-    pub fn record(&self, elapsed: Duration, rows: usize) {
-        let sample = (elapsed.as_nanos() / rows.max(1) as u128).min(u64::MAX as u128 - 1) as u64;
-        let old = self.ns_per_row.load(Ordering::Relaxed);
-        let new = if old == u64::MAX {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.ns_per_row.store(new, Ordering::Relaxed);
-    }
-
-    /// Expected engine time for `rows` rows, once something has been measured.
-    pub fn estimate(&self, rows: usize) -> Option<Duration> {
-        match self.ns_per_row.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            ns => Some(Duration::from_nanos(ns.saturating_mul(rows.max(1) as u64))),
-        }
-    }
-
-    /// Marks a request as handed to the workers.
-    pub fn start(&self) -> Running {
-        self.running.fetch_add(1, Ordering::Relaxed);
-        Running(self.running.clone())
-    }
-
-    pub fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
-    }
-}
-
-/// Runs a request on the calling thread (see `Server::runs_inline`).
-pub fn run_inline(version: &Arc<ServedVersion>, inputs: Vec<Tensor>) -> JobDone {
+/// One execution of the engine on `inputs` (`rows` along the batch dimension), with what
+/// every execution records: the drift monitor's view and the batch-size metric.
+fn execute(
+    version: &ServedVersion,
+    inputs: &[Tensor],
+    rows: usize,
+) -> (Result<Vec<Tensor>, BackendError>, Duration) {
     let start = Instant::now();
-    let outputs = run_engine(version, &inputs);
+    let outputs = run_engine(version, inputs);
     let compute = start.elapsed();
-    let rows = inputs
-        .first()
-        .and_then(|t| t.shape.first().copied())
-        .unwrap_or(1);
-    version.cost.record(compute, rows);
     if let Ok(outputs) = &outputs {
-        version.monitor.observe(&inputs, outputs);
+        version.monitor.observe(inputs, outputs);
     }
     version.metrics.batch.observe(rows as f64);
-    JobDone {
-        outputs,
-        queued: Duration::ZERO,
-        compute,
-    }
+    (outputs, compute)
+}
+
+/// Rows along the batch dimension, if every input agrees on it.
+fn rows_of(inputs: &[Tensor]) -> Option<usize> {
+    let first = *inputs.first()?.shape.first()?;
+    inputs
+        .iter()
+        .all(|t| t.shape.first() == Some(&first))
+        .then_some(first)
 }
 
 /// Runs the engine, turning a panic into an error.
@@ -397,15 +340,7 @@ fn run_one(job: Job) {
         return;
     }
     let queued = job.enqueued.elapsed();
-    let start = Instant::now();
-    let outputs = run_engine(&job.version, &job.inputs);
-    let compute = start.elapsed();
-    let rows = job.rows().unwrap_or(1);
-    job.version.cost.record(compute, rows);
-    if let Ok(outputs) = &outputs {
-        job.version.monitor.observe(&job.inputs, outputs);
-    }
-    job.version.metrics.batch.observe(rows as f64);
+    let (outputs, compute) = execute(&job.version, &job.inputs, job.rows().unwrap_or(1));
     drop(job.inputs);
     // The caller may have gone (client disconnected): nothing to do.
     let _ = job.reply.send(JobDone {
@@ -490,7 +425,6 @@ fn run_batch(version: &Arc<ServedVersion>, jobs: Vec<Job>) {
     let start = Instant::now();
     let result = run_engine(version, &inputs);
     let compute = start.elapsed();
-    version.cost.record(compute, total);
     let outputs = match result {
         Ok(outputs)
             if outputs
@@ -503,6 +437,8 @@ fn run_batch(version: &Arc<ServedVersion>, jobs: Vec<Job>) {
         // handed out: either way each request runs alone.
         _ => return jobs.into_iter().for_each(run_one),
     };
+    // Recorded only for a batch that is handed out (a failed one is re-run, and each of
+    // those runs records itself).
     version.monitor.observe(&inputs, &outputs);
     version.metrics.batch.observe(total as f64);
     drop(inputs);

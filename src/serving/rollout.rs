@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -86,21 +85,10 @@ impl RolloutStore {
         let mut map = self.lock();
         let mut next = map.clone();
         next.insert(model.to_string(), rollout.clone());
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&next).expect("rollouts serialise"))?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        crate::fsutil::write_atomic(
+            &self.path,
+            &serde_json::to_vec_pretty(&next).expect("rollouts serialise"),
+        )?;
         *map = next;
         Ok(())
     }
