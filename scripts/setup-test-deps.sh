@@ -3,16 +3,20 @@
 #  - promtool (Debian package `prometheus`), to lint /metrics;
 #  - a Python venv in .venv with onnxruntime (whose libonnxruntime.so the ort backend
 #    loads) and the tritonclient test client;
-#  - a second venv, .venv-mlflow, with MLflow (server and client) for tests/mlflow.rs.
+#  - a second venv, .venv-mlflow, with MLflow (server and client) for tests/mlflow.rs;
+#  - headless Chromium (Debian package `chromium`) for tests/console.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "setup: installing promtool (Debian package prometheus)"
+APT_PACKAGES=()
+command -v promtool >/dev/null 2>&1 || APT_PACKAGES+=(prometheus)
+command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
+  echo "setup: installing ${APT_PACKAGES[*]} (Debian)"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends prometheus
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -209,6 +209,16 @@ pub struct ServeArgs {
     /// Default delivery attempts before an event is dead-lettered.
     #[arg(long, env = "VIGIL_RETRAIN_MAX_ATTEMPTS", default_value_t = 10)]
     pub retrain_max_attempts: u32,
+
+    /// Default drift trigger: `local` (each replica's windows) or `fleet` (the
+    /// VigilFleetDrift alert through Alertmanager).
+    #[arg(
+        long,
+        env = "VIGIL_RETRAIN_TRIGGER",
+        value_enum,
+        default_value = "local"
+    )]
+    pub retrain_trigger: RetrainTrigger,
 }
 
 impl ServeArgs {
@@ -220,6 +230,7 @@ impl ServeArgs {
             cooldown: Some(self.retrain_cooldown.clone()),
             timeout: Some(self.retrain_timeout.clone()),
             max_attempts: Some(self.retrain_max_attempts),
+            trigger: Some(self.retrain_trigger),
             ..RetrainConfig::default()
         };
         c.validate()?;
@@ -356,6 +367,20 @@ pub struct RetrainConfig {
     pub dag_id: Option<String>,
     pub token: Option<String>,
     pub token_env: Option<String>,
+    /// What creates drift events: this replica's windows (`local`, default) or the fleet
+    /// alert through Alertmanager (`fleet`).
+    pub trigger: Option<RetrainTrigger>,
+}
+
+/// `[retrain] trigger`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrainTrigger {
+    /// Each replica's own drift windows create events.
+    #[default]
+    Local,
+    /// Only the fleet alert (`POST /v2/retrain/alertmanager`) creates drift events.
+    Fleet,
 }
 
 impl std::fmt::Debug for RetrainConfig {
@@ -372,6 +397,7 @@ impl std::fmt::Debug for RetrainConfig {
             .field("dag_id", &self.dag_id)
             .field("token", &redact(&self.token))
             .field("token_env", &self.token_env)
+            .field("trigger", &self.trigger)
             .finish()
     }
 }
@@ -396,7 +422,12 @@ impl RetrainConfig {
                 .token_env
                 .clone()
                 .or_else(|| defaults.token_env.clone()),
+            trigger: self.trigger.or(defaults.trigger),
         }
+    }
+
+    pub fn trigger(&self) -> RetrainTrigger {
+        self.trigger.unwrap_or_default()
     }
 
     pub fn cooldown(&self) -> std::time::Duration {

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod console;
 pub mod fsutil;
 pub mod http;
 pub mod metrics;

@@ -91,7 +91,49 @@ pub struct Metrics {
     drift_window_rows: IntGaugeVec,
     /// Feature names per (model, version), to remove their series with the version.
     drift_features: FeatureNames,
+    fleet: FleetFamilies,
     retrain: RetrainCounters,
+}
+
+/// The per-bin families fleet drift is computed from (by Prometheus, across replicas).
+#[derive(Clone)]
+struct FleetFamilies {
+    bin_rows: IntCounterVec,
+    reference: GaugeVec,
+    /// The (feature, bin) label pairs each version exported, to remove them with it.
+    series: BinSeries,
+}
+
+/// Per (model, version): the (feature, bin) label pairs exported.
+type BinSeries = Arc<Mutex<HashMap<(String, u64), Vec<(String, String)>>>>;
+
+/// One version's per-bin row counters: `counters[feature][bin]`, the last bin of each
+/// feature being "nan" (NaN and infinite values).
+pub struct FleetBins {
+    pub counters: Vec<Vec<IntCounter>>,
+}
+
+/// The `bin` label values of a reference feature, in the order of the window's bins
+/// (numeric: bin indexes; categorical: the categories and "other"), then "nan".
+pub fn bin_labels(f: &crate::monitor::profile::FeatureProfile) -> Vec<String> {
+    use crate::monitor::profile::Kind;
+    let mut out: Vec<String> = match f.kind {
+        Kind::Numeric => (0..=f.edges.len()).map(|i| i.to_string()).collect(),
+        Kind::Categorical => f
+            .categories
+            .iter()
+            .map(|c| {
+                if c.fract() == 0.0 && c.abs() < 1e15 {
+                    format!("{c:.0}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .chain(["other".to_string()])
+            .collect(),
+    };
+    out.push("nan".into());
+    out
 }
 
 /// The retrain hook's families.
@@ -339,8 +381,29 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let fleet = FleetFamilies {
+            bin_rows: IntCounterVec::new(
+                Opts::new(
+                    "vigil_drift_bin_rows_total",
+                    "Input rows counted since start per reference bin (bin: index into the reference edges, the category, \"other\", or \"nan\" for NaN/inf); summed over replicas by the fleet rules.",
+                ),
+                &["model", "version", "feature", "bin"],
+            )
+            .expect("valid counter definition"),
+            reference: GaugeVec::new(
+                Opts::new(
+                    "vigil_drift_reference_proportion",
+                    "The reference's share of training rows per bin (same labels as vigil_drift_bin_rows_total).",
+                ),
+                &["model", "version", "feature", "bin"],
+            )
+            .expect("valid gauge definition"),
+            series: Arc::default(),
+        };
         for c in [
-            Box::new(drift_score.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet.bin_rows.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet.reference.clone()),
+            Box::new(drift_score.clone()),
             Box::new(drift_share.clone()),
             Box::new(drift_status.clone()),
             Box::new(drift_windows.clone()),
@@ -398,6 +461,7 @@ impl Metrics {
             drift_windows,
             drift_window_rows,
             drift_features: Arc::new(Mutex::new(HashMap::new())),
+            fleet,
             retrain,
         }
     }
@@ -421,6 +485,7 @@ impl Metrics {
             windows_drift: self.drift_windows.with_label_values(&[model, &v, "drift"]),
             window_rows: self.drift_window_rows.with_label_values(&[model, &v]),
             names: self.drift_features.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 
@@ -481,8 +546,40 @@ impl Metrics {
             &self.request_duration,
             &self.queue_duration,
             &self.compute_duration,
+            &self.batch_size,
         ] {
             let _ = h.remove_label_values(&[model, &v]);
+        }
+        // Drift series.
+        let key = (model.to_string(), version);
+        let names = self
+            .drift_features
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        for name in &names {
+            for m in DRIFT_METHODS {
+                let _ = self.drift_score.remove_label_values(&[model, &v, name, m]);
+            }
+        }
+        let _ = self.drift_share.remove_label_values(&[model, &v]);
+        let _ = self.drift_status.remove_label_values(&[model, &v]);
+        let _ = self.drift_window_rows.remove_label_values(&[model, &v]);
+        for r in ["ok", "drift"] {
+            let _ = self.drift_windows.remove_label_values(&[model, &v, r]);
+        }
+        let bins = self
+            .fleet
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        for (feature, bin) in &bins {
+            let l = [model, v.as_str(), feature.as_str(), bin.as_str()];
+            let _ = self.fleet.bin_rows.remove_label_values(&l);
+            let _ = self.fleet.reference.remove_label_values(&l);
         }
     }
 
@@ -531,7 +628,57 @@ pub struct VersionMetrics {
     pub batch: Histogram,
 }
 
+/// A copy of one version's cumulative request counters and latency histogram.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CounterSample {
+    pub success: u64,
+    pub bad_request: u64,
+    pub overloaded: u64,
+    pub error: u64,
+    /// Observations in the request-duration histogram.
+    pub latency_count: u64,
+    /// Its cumulative buckets: (upper bound in seconds, count).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl CounterSample {
+    pub fn failed(&self) -> u64 {
+        self.bad_request + self.overloaded + self.error
+    }
+
+    /// The same buckets with every count at zero.
+    pub fn zeroed(&self) -> CounterSample {
+        CounterSample {
+            success: 0,
+            bad_request: 0,
+            overloaded: 0,
+            error: 0,
+            latency_count: 0,
+            buckets: self.buckets.iter().map(|&(le, _)| (le, 0)).collect(),
+        }
+    }
+}
+
 impl VersionMetrics {
+    /// The counters as they are now (for the console's recent figures).
+    pub fn sample(&self) -> CounterSample {
+        use prometheus::core::Metric;
+        let m = self.request.metric();
+        let h = m.get_histogram();
+        CounterSample {
+            success: self.success.get(),
+            bad_request: self.bad_request.get(),
+            overloaded: self.overloaded.get(),
+            error: self.error.get(),
+            latency_count: h.get_sample_count(),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+        }
+    }
+
     pub fn count(&self, outcome: Outcome) {
         match outcome {
             Outcome::Success => &self.success,
@@ -556,9 +703,41 @@ pub struct DriftMetrics {
     pub window_rows: IntGauge,
     /// Where the feature names are noted, so the series go when the version goes.
     names: FeatureNames,
+    fleet: FleetFamilies,
 }
 
 impl DriftMetrics {
+    /// Creates the version's per-bin counters (at zero, so that every bin has a series
+    /// from the start) and sets the reference shares.
+    pub fn fleet_bins(&self, features: &[crate::monitor::profile::FeatureProfile]) -> FleetBins {
+        let mut noted = Vec::new();
+        let counters = features
+            .iter()
+            .map(|f| {
+                let labels = bin_labels(f);
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, bin)| {
+                        let l = [self.model.as_str(), &self.version, &f.name, bin];
+                        if bin != "nan" {
+                            let share = f.proportions.get(i).copied().unwrap_or(0.0);
+                            self.fleet.reference.with_label_values(&l).set(share);
+                        }
+                        noted.push((f.name.clone(), bin.clone()));
+                        self.fleet.bin_rows.with_label_values(&l)
+                    })
+                    .collect()
+            })
+            .collect();
+        self.fleet
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((self.model.clone(), self.version_n), noted);
+        FleetBins { counters }
+    }
+
     /// Exports a scored window (scorer thread, once per window: label lookups are fine).
     pub fn observe_window(&self, w: &crate::monitor::WindowReport) {
         let mut names = Vec::new();

@@ -5,6 +5,7 @@
 //! errors ([`error`]) back to bytes. No model compute happens on these async tasks.
 
 pub mod error;
+pub mod openapi;
 pub mod v2;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::config::RolloutMode;
+use crate::console::traffic::Traffic;
 use crate::serving::reload::Reloader;
 use crate::serving::{InferError, ModelEntry, Route, ServedVersion, Server};
 pub use error::ApiError;
@@ -53,6 +55,7 @@ struct AppState {
     server: Arc<Server>,
     reloader: Arc<Reloader>,
     opts: Arc<HttpOptions>,
+    traffic: Arc<Traffic>,
 }
 
 /// The extensions of the protocol this server implements, as `GET /v2` lists them.
@@ -77,27 +80,40 @@ pub enum Surface {
 fn data_routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/models/stats", get(model_stats))
+        .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(version_metadata),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(model_ready),
+            get(version_ready),
         )
         .route("/v2/models/{model}/config", get(model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(model_config),
+            get(version_config),
         )
         .route("/v2/models/{model}/stats", get(model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/stats",
-            get(model_stats),
+            get(pinned_version_stats),
         )
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(version_infer),
+        )
         .route("/v2/models/{model}/drift", get(drift_report))
+        .route("/", get(console_page))
+        .route("/console", get(console_alias))
+        .route("/openapi.json", get(openapi_json))
+        .route("/console.css", get(console_css))
+        .route("/console.js", get(console_js))
+        .route("/favicon.svg", get(console_icon))
+        .route("/favicon.ico", get(console_icon))
 }
 
 /// The control plane: everything that changes state, the retrain outbox, and `/metrics`.
@@ -116,6 +132,7 @@ fn admin_routes() -> Router<AppState> {
         )
         .route("/v2/models/{model}/retrain", post(retrain_trigger))
         .route("/v2/retrain/events", get(retrain_events))
+        .route("/v2/retrain/alertmanager", post(retrain_alertmanager))
         .route("/v2/retrain/dead-letters/{id}/replay", post(retrain_replay))
         .route("/metrics", get(metrics))
 }
@@ -135,11 +152,13 @@ pub fn router(
     reloader: Arc<Reloader>,
     opts: HttpOptions,
     surface: Surface,
+    traffic: Arc<Traffic>,
 ) -> Router {
     let state = AppState {
         server,
         reloader,
         opts: Arc::new(opts),
+        traffic,
     };
     let health = Router::new()
         .route("/v2/health/live", get(live))
@@ -236,7 +255,14 @@ pub async fn serve(
     } else {
         Surface::All
     };
-    let app = router(server.clone(), reloader.clone(), opts.clone(), main_surface);
+    let traffic = Traffic::start(server.clone());
+    let app = router(
+        server.clone(),
+        reloader.clone(),
+        opts.clone(),
+        main_surface,
+        traffic.clone(),
+    );
     loops.push(tokio::spawn(accept_loop(
         listeners.main,
         app,
@@ -245,7 +271,7 @@ pub async fn serve(
         stop_rx.clone(),
     )));
     if let Some(admin) = listeners.admin {
-        let app = router(server.clone(), reloader, opts, Surface::Admin);
+        let app = router(server.clone(), reloader, opts, Surface::Admin, traffic);
         loops.push(tokio::spawn(accept_loop(
             admin,
             app,
@@ -371,6 +397,7 @@ fn entry(server: &Server, model: &str) -> Result<Arc<ModelEntry>, ApiError> {
     Ok(crate::serving::lookup_entry(&server.table(), model)?.clone())
 }
 
+#[utoipa::path(get, path = "/v2", tag = "metadata", responses((status = 200, description = "Name, version and protocol extensions")))]
 async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "vigil",
@@ -379,10 +406,12 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, description = "The process is up")))]
 async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, description = "Every model has a version to serve"), (status = 503, description = "Starting, shutting down, or a model has nothing to serve")))]
 async fn ready(State(s): State<AppState>) -> Response {
     let ready = s.server.is_ready();
     let status = if ready {
@@ -400,6 +429,7 @@ fn tensor_specs(specs: &[crate::backend::TensorSpec]) -> Value {
         .collect()
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Inputs and outputs of the version unpinned requests go to", body = openapi::ModelMetadata), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn model_metadata(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -416,6 +446,7 @@ async fn model_metadata(
     })))
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "health", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Ready"), (status = 503, description = "Not ready"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn model_ready(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -445,6 +476,7 @@ fn config_io(specs: &[crate::backend::TensorSpec]) -> Value {
         .collect()
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton model configuration, with dynamic_batching in force"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn model_config(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -502,6 +534,7 @@ fn version_stats(v: &ServedVersion) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton statistics of every loaded version"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn model_stats(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -524,6 +557,7 @@ async fn model_stats(
     Ok(Json(json!({ "model_stats": stats })))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "metadata", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, description = "Missing or wrong --metrics-token")))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.server
         .metrics
@@ -586,6 +620,7 @@ fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
         .transpose()
 }
 
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "inference", params(("model" = String, Path, description = "Model name"), ("x-vigil-routing-key" = Option<String>, Header, description = "Sticky routing key (the header name is configurable)")), request_body(description = "A V2 request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length gives the header length)", content((openapi::InferRequest = "application/json"), ("application/octet-stream"))), responses((status = 200, description = "Outputs (JSON, or JSON header + binary tensors)", body = openapi::InferResponse), (status = 400, description = "Bad request: the message says what is wrong", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody), (status = 413, description = "Body larger than --max-body-bytes", body = openapi::ErrorBody), (status = 503, description = "Queue full or not ready; retry after Retry-After", body = openapi::ErrorBody)))]
 async fn infer(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -778,6 +813,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("background task failed: {e}")))
 }
 
+#[utoipa::path(post, path = "/v2/repository/index", tag = "repository", request_body(description = "Optional {\"ready\": true}", content(("application/json"))), responses((status = 200, description = "Every model and version on disk and its state", body = Vec<crate::serving::reload::IndexRow>), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody)))]
 async fn repository_index(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let ready_only = if body.is_empty() {
         false
@@ -795,6 +831,7 @@ async fn repository_index(State(s): State<AppState>, body: Bytes) -> Result<Json
     Ok(Json(serde_json::to_value(rows).expect("rows serialise")))
 }
 
+#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Loaded"), (status = 400, description = "Load failed", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn repository_load(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -807,6 +844,7 @@ async fn repository_load(
     Ok(Json(json!({})))
 }
 
+#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Unloaded"), (status = 400, description = "Not allowed in this model-control mode", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn repository_unload(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -831,6 +869,7 @@ fn rollout_json(entry: &ModelEntry) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/rollout", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Current rollout", body = openapi::RolloutState), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn rollout_get(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -843,6 +882,7 @@ fn current_entry_json(s: &AppState, model: &str) -> Result<Json<Value>, ApiError
     Ok(Json(rollout_json(&entry)))
 }
 
+#[utoipa::path(put, path = "/v2/models/{model}/rollout", tag = "rollout", params(("model" = String, Path, description = "Model name")), request_body(content = openapi::RolloutChange, content_type = "application/json"), responses((status = 200, description = "The rollout now in force (stored durably)", body = openapi::RolloutState), (status = 400, description = "Invalid change; nothing changed", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn rollout_put(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -926,6 +966,7 @@ async fn rollout_put(
     current_entry_json(&s, &model)
 }
 
+#[utoipa::path(post, path = "/v2/models/{model}/rollout/promote", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary is now stable", body = openapi::RolloutState), (status = 400, description = "No canary", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn rollout_promote(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -946,6 +987,7 @@ async fn rollout_promote(
     current_entry_json(&s, &model)
 }
 
+#[utoipa::path(post, path = "/v2/models/{model}/rollout/rollback", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary is removed", body = openapi::RolloutState), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn rollout_rollback(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -966,6 +1008,7 @@ async fn rollout_rollback(
     current_entry_json(&s, &model)
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/drift", tag = "drift", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Drift state, last window and time line of every loaded version"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn drift_report(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -989,6 +1032,121 @@ async fn drift_report(
     Ok(Json(json!({ "model": model, "versions": versions })))
 }
 
+/// What a browser may load and run on the console's pages: only vigil's own files.
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+#[utoipa::path(get, path = "/", tag = "console", responses((status = 200, description = "The console (HTML)", content_type = "text/html")))]
+async fn console_page(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let (server, reloader, traffic) = (s.server.clone(), s.reloader.clone(), s.traffic.clone());
+    let html = blocking(move || {
+        let index = reloader.index();
+        crate::console::page(&crate::console::collect(&server, &index, &traffic)).into_string()
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        html,
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Inputs and outputs of this version", body = openapi::ModelMetadata), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
+async fn version_metadata(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    model_metadata(state, path).await
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Loaded"), (status = 503, description = "Not loaded"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
+async fn version_ready(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    model_ready(state, path).await
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Triton model configuration of this version"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
+async fn version_config(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    model_config(state, path).await
+}
+
+#[utoipa::path(get, path = "/v2/models/stats", tag = "metadata", responses((status = 200, description = "Triton statistics of every loaded version of every model")))]
+async fn all_stats(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    model_stats(state, path).await
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Triton statistics of this version"), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
+async fn pinned_version_stats(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    model_stats(state, path).await
+}
+
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "inference", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), request_body(description = "As for /v2/models/{model}/infer; the version is pinned (the rollout is bypassed)", content((openapi::InferRequest = "application/json"), ("application/octet-stream"))), responses((status = 200, description = "Outputs of this version", body = openapi::InferResponse), (status = 400, description = "Bad request", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody), (status = 503, description = "Queue full or not ready", body = openapi::ErrorBody)))]
+async fn version_infer(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer(state, path, headers, body).await
+}
+
+#[utoipa::path(get, path = "/console", tag = "console", responses((status = 200, description = "The console (HTML), as at /", content_type = "text/html")))]
+async fn console_alias(state: State<AppState>) -> Result<Response, ApiError> {
+    console_page(state).await
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "console", responses((status = 200, description = "This description", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOC.get_or_init(openapi::json).clone(),
+    )
+        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=60"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn console_css() -> Response {
+    asset("text/css; charset=utf-8", crate::console::CSS)
+}
+
+async fn console_icon() -> Response {
+    asset("image/svg+xml", crate::console::ICON)
+}
+
+async fn console_js() -> Response {
+    asset("text/javascript; charset=utf-8", crate::console::JS)
+}
+
+#[utoipa::path(post, path = "/v2/models/{model}/retrain", tag = "retrain", params(("model" = String, Path, description = "Model name")), request_body(description = "Optional {\"reason\": \"...\"}", content(("application/json"))), responses((status = 202, description = "Event created in the durable outbox; body carries event_id"), (status = 400, description = "No retrain hook configured, or a bad reason", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
 async fn retrain_trigger(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -1024,6 +1182,76 @@ async fn retrain_trigger(
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": id }))).into_response())
 }
 
+#[utoipa::path(post, path = "/v2/retrain/alertmanager", tag = "retrain", request_body(description = "Alertmanager's webhook payload (version 4); firing alerts with a `model` label become drift events", content(("application/json"))), responses((status = 200, description = "What became of each alert: created, duplicate, cooldown, no_hook or skipped (with why)"), (status = 400, description = "Not an Alertmanager version 4 payload", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 500, description = "The event could not be stored; Alertmanager retries", body = openapi::ErrorBody)))]
+async fn retrain_alertmanager(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, peer, &headers)?;
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid Alertmanager payload JSON: {e}")))?;
+    if payload.get("version").and_then(Value::as_str) != Some("4") {
+        return Err(ApiError::BadRequest(
+            "expected Alertmanager's webhook payload with \"version\": \"4\"".into(),
+        ));
+    }
+    let alerts = payload
+        .get("alerts")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::BadRequest("the payload has no \"alerts\" list".into()))?;
+    let mut results = Vec::with_capacity(alerts.len());
+    for a in alerts {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+        let labels = a.get("labels");
+        let alert = crate::retrain::FleetAlert {
+            alertname: text(labels.and_then(|l| l.get("alertname"))),
+            model: text(labels.and_then(|l| l.get("model"))),
+            version: text(labels.and_then(|l| l.get("version"))),
+            fingerprint: text(a.get("fingerprint")),
+            starts_at: text(a.get("startsAt")),
+            summary: text(a.get("annotations").and_then(|n| n.get("summary"))),
+        };
+        let status = text(a.get("status"));
+        let skip = if status != "firing" {
+            Some(format!("status is '{status}', not 'firing'"))
+        } else if alert.model.is_empty() {
+            Some("the alert has no 'model' label".to_string())
+        } else if alert.fingerprint.is_empty() || alert.starts_at.is_empty() {
+            Some("the alert has no fingerprint or startsAt".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            results.push(
+                json!({"fingerprint": alert.fingerprint, "model": alert.model,
+                "outcome": "skipped", "reason": why}),
+            );
+            continue;
+        }
+        let cooldown = s.server.retrain_config(&alert.model).cooldown();
+        let retrainer = s.server.retrainer.clone();
+        let a2 = alert.clone();
+        let outcome = blocking(move || retrainer.fleet_alert(&a2, cooldown))
+            .await?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        use crate::retrain::AlertOutcome;
+        let (name, id) = match outcome {
+            AlertOutcome::Created(id) => ("created", Some(id)),
+            AlertOutcome::Duplicate(id) => ("duplicate", Some(id)),
+            AlertOutcome::Cooldown => ("cooldown", None),
+            AlertOutcome::NoHook => ("no_hook", None),
+        };
+        results.push(
+            json!({"fingerprint": alert.fingerprint, "model": alert.model,
+            "version": alert.version, "outcome": name, "event_id": id}),
+        );
+    }
+    Ok(Json(json!({ "alerts": results })))
+}
+
+#[utoipa::path(get, path = "/v2/retrain/events", tag = "retrain", responses((status = 200, description = "Pending, delivered and dead-lettered events"), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody)))]
 async fn retrain_events(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,
@@ -1045,6 +1273,7 @@ async fn retrain_events(
     })))
 }
 
+#[utoipa::path(post, path = "/v2/retrain/dead-letters/{id}/replay", tag = "retrain", params(("id" = String, Path, description = "Event id")), responses((status = 200, description = "Queued again"), (status = 404, description = "No such dead letter", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody)))]
 async fn retrain_replay(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): Peer,

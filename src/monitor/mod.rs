@@ -339,7 +339,7 @@ fn summarize<T: AsF64>(row: &[T], s: Summary) -> f64 {
 }
 
 /// The scores of one feature in one closed window.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FeatureScore {
     pub name: String,
     pub input: String,
@@ -357,10 +357,33 @@ pub struct FeatureScore {
     pub std: Option<f64>,
     pub nonfinite: u64,
     pub drifted: bool,
+    /// Inner edges of the reference bins (numeric features).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<f64>,
+    /// The reference categories (categorical features); the window's last bin is "other".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<f64>,
+    /// The reference's share of rows per bin (categorical: per category, then "other").
+    pub reference_proportions: Vec<f64>,
+    /// The window's rows per bin, on the same bins.
+    pub window_counts: Vec<u64>,
 }
 
+/// One closed window, as the drift time line shows it.
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
+pub struct WindowPoint {
+    /// Unix time in seconds.
+    pub closed_at: f64,
+    pub rows: u64,
+    pub drift_share: f64,
+    pub drifted: bool,
+}
+
+/// Windows kept for the time line.
+pub const RECENT_WINDOWS: usize = 48;
+
 /// A scored window.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct WindowReport {
     /// Unix time in seconds.
     pub closed_at: f64,
@@ -372,7 +395,7 @@ pub struct WindowReport {
 }
 
 /// What `GET /v2/models/{m}/drift` shows for one version.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionReport {
     pub version: u64,
     /// "monitoring", "collecting reference", "disabled", or "unmonitored: <why>".
@@ -385,9 +408,11 @@ pub struct VersionReport {
     pub status: &'static str,
     /// Drifted windows in a row.
     pub windows_in_row: u32,
+    /// The last windows closed (at most [`RECENT_WINDOWS`]), oldest first.
+    pub recent_windows: Vec<WindowPoint>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ReferenceInfo {
     pub source: String,
     pub rows: u64,
@@ -458,6 +483,9 @@ impl Scorer {
 
 struct State {
     reference: Option<Arc<Profile>>,
+    /// Per feature, the open window's bin counts (then NaN/inf) already added to the fleet
+    /// counters.
+    flushed: Vec<Vec<u64>>,
     /// Output reference, built from the first scored window when the profile has none.
     output_reference: Option<Arc<Vec<FeatureProfile>>>,
     inputs: Side,
@@ -472,6 +500,7 @@ struct Detector {
     in_row: u32,
     drifting: bool,
     last: Option<WindowReport>,
+    recent: std::collections::VecDeque<WindowPoint>,
 }
 
 /// Drift monitoring of one model version.
@@ -484,6 +513,9 @@ pub struct Monitor {
     /// Why the version is not monitored, if it is not.
     unmonitored: Option<String>,
     metrics: DriftMetrics,
+    /// Per-bin row counters for fleet drift: versions whose reference is a reference.json
+    /// (every replica then has the same bins).
+    fleet: Option<crate::metrics::FleetBins>,
     scorer: Scorer,
     events: Option<crossbeam_channel::Sender<DriftEvent>>,
 }
@@ -565,7 +597,16 @@ impl Monitor {
             .as_ref()
             .filter(|p| p.outputs.len() == defs_out.len() && !p.outputs.is_empty())
             .map(|p| Arc::new(p.outputs.clone()));
+        let fleet = reference
+            .as_ref()
+            .filter(|_| unmonitored.is_none())
+            .map(|p| setup.metrics.fleet_bins(&p.features));
+        let flushed = fleet
+            .as_ref()
+            .map(|f| f.counters.iter().map(|c| vec![0; c.len()]).collect())
+            .unwrap_or_default();
         let state = State {
+            flushed,
             inputs: Side::new(
                 defs_in,
                 reference.as_ref().map(|p| p.features.as_slice()),
@@ -595,9 +636,11 @@ impl Monitor {
                 in_row: 0,
                 drifting: false,
                 last: None,
+                recent: std::collections::VecDeque::with_capacity(RECENT_WINDOWS),
             }),
             unmonitored,
             metrics: setup.metrics,
+            fleet,
             scorer: setup.scorer,
             events: setup.events,
         });
@@ -605,16 +648,40 @@ impl Monitor {
         monitor
     }
 
-    /// Closes the open window if `window_seconds` have passed and it has `min_rows`.
+    /// Adds what the open window counted since the last flush to the fleet counters.
+    fn flush_fleet(&self, st: &mut State) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let State {
+            inputs, flushed, ..
+        } = st;
+        for ((acc, counters), done) in inputs.accs.iter().zip(&fleet.counters).zip(flushed) {
+            let counts = acc.bins.iter().copied().chain([acc.nonfinite]);
+            for ((now, counter), before) in counts.zip(counters).zip(done.iter_mut()) {
+                if now > *before {
+                    counter.inc_by(now - *before);
+                    *before = now;
+                }
+            }
+        }
+    }
+
+    /// Once a second (scorer thread): flushes the fleet counters, and closes the open
+    /// window if `window_seconds` have passed and it has `min_rows`.
     fn close_if_due(self: &Arc<Self>) {
         let cfg = self.config.load();
-        if !self.is_active() || cfg.window_seconds <= 0.0 {
+        if !self.is_active() {
             return;
         }
         let mut st = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.flush_fleet(&mut st);
+        if cfg.window_seconds <= 0.0 {
+            return;
+        }
         if st.reference.is_some()
             && st.rows >= cfg.min_rows
             && st.opened.elapsed().as_secs_f64() >= cfg.window_seconds
@@ -679,6 +746,10 @@ impl Monitor {
         // The next window is a scored one (a reference exists or is built from this one).
         let hint = usize::try_from(cfg.window_rows).unwrap_or(usize::MAX);
         let rows = st.rows;
+        self.flush_fleet(st);
+        for f in &mut st.flushed {
+            f.fill(0);
+        }
         let fresh_in = st.inputs.fresh(cap, hint);
         let fresh_out = st.outputs.fresh(cap, hint);
         let closed_in = std::mem::replace(&mut st.inputs, fresh_in);
@@ -793,6 +864,15 @@ impl Monitor {
         let was = det.drifting;
         det.drifting = det.in_row >= cfg.consecutive_windows;
         self.metrics.status.set(i64::from(det.drifting));
+        if det.recent.len() == RECENT_WINDOWS {
+            det.recent.pop_front();
+        }
+        det.recent.push_back(WindowPoint {
+            closed_at: report.closed_at,
+            rows: report.rows,
+            drift_share: report.drift_share,
+            drifted: report.drifted,
+        });
         det.last = Some(report.clone());
         if det.drifting && !was {
             tracing::warn!(model = %self.model, version = self.version, share, "version is drifting");
@@ -839,6 +919,7 @@ impl Monitor {
             last_window: det.last.clone(),
             status: if det.drifting { "drifting" } else { "ok" },
             windows_in_row: det.in_row,
+            recent_windows: det.recent.iter().copied().collect(),
         }
     }
 }
@@ -885,6 +966,10 @@ fn score_feature(
         std: finite(acc.std()),
         nonfinite: acc.nonfinite,
         drifted: false,
+        edges: r.edges.clone(),
+        categories: r.categories.clone(),
+        reference_proportions: r.proportions.clone(),
+        window_counts: acc.bins.clone(),
     };
     if n == 0 {
         return s;
@@ -968,6 +1053,93 @@ mod tests {
             ["label", "probabilities.f0", "probabilities.f1"]
         );
         assert!(plan(&[spec("s", DataType::Bytes, &[-1])]).is_empty());
+    }
+
+    #[test]
+    fn fleet_counters_count_every_row_per_reference_bin() {
+        // A numeric feature (0..100) and a categorical one (0, 1, 2).
+        let col = |index: usize, values: Vec<f64>| Column {
+            name: format!("f{index}"),
+            input: "X".into(),
+            index,
+            values,
+        };
+        let profile = Profile::build(
+            vec![
+                col(0, (0..100).map(f64::from).collect()),
+                col(1, (0..99).map(|i| f64::from(i % 3)).collect()),
+            ],
+            100,
+            "reference.json".into(),
+            &ProfileOptions::default(),
+        );
+        assert_eq!(profile.features[1].kind, Kind::Categorical);
+        let metrics = crate::metrics::Metrics::new();
+        let m = Monitor::new(MonitorSetup {
+            model: "m",
+            version: 3,
+            inputs: &[spec("X", DataType::Fp32, &[-1, 2])],
+            outputs: &[],
+            config: DriftConfig {
+                window_rows: 40,
+                ..DriftConfig::default()
+            },
+            reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
+            metrics: metrics.drift("m", 3),
+            scorer: Scorer::start(),
+            events: None,
+        });
+        // 70 rows (a window closes at 40 and its counts carry over), one NaN, one unseen
+        // category.
+        let mut x = Vec::new();
+        for i in 0..70u32 {
+            let f0 = if i == 5 { f32::NAN } else { (i * 7 % 130) as f32 };
+            let f1 = if i == 9 { 7.0 } else { (i % 2) as f32 };
+            x.extend([f0, f1]);
+        }
+        for chunk in x.chunks(20) {
+            m.observe(
+                &[Tensor {
+                    name: "X".into(),
+                    shape: vec![chunk.len() / 2, 2],
+                    data: TensorData::Fp32(chunk.to_vec()),
+                }],
+                &[],
+            );
+        }
+        m.close_if_due();
+        let text = metrics.render();
+        let count = |feature: &str, bin: &str| -> u64 {
+            let key = format!(
+                "vigil_drift_bin_rows_total{{bin=\"{bin}\",feature=\"{feature}\",model=\"m\",version=\"3\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no series {key}"))
+                .parse()
+                .unwrap()
+        };
+        let edges = &profile.features[0].edges;
+        let mut want = vec![0u64; edges.len() + 1];
+        for i in 0..70u32 {
+            if i != 5 {
+                want[stats::bin_of(edges, f64::from(i * 7 % 130))] += 1;
+            }
+        }
+        for (b, w) in want.iter().enumerate() {
+            assert_eq!(count("f0", &b.to_string()), *w, "bin {b}");
+        }
+        assert_eq!(count("f0", "nan"), 1);
+        assert_eq!(count("f1", "0"), 35);
+        assert_eq!(count("f1", "1"), 34);
+        assert_eq!(count("f1", "2"), 0);
+        assert_eq!(count("f1", "other"), 1);
+        assert!(text.contains(
+            "vigil_drift_reference_proportion{bin=\"2\",feature=\"f1\",model=\"m\",version=\"3\"} 0.3333"
+        ));
+        // The series go with the version.
+        metrics.remove_version("m", 3);
+        assert!(!metrics.render().contains("vigil_drift_bin_rows_total{"));
     }
 
     #[test]

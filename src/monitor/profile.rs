@@ -10,7 +10,7 @@ use super::stats::{bin_of, quantile_sorted};
 /// Integer-valued features with at most this many distinct values are categorical.
 pub const MAX_CATEGORIES: usize = 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Numeric,

@@ -61,7 +61,7 @@ pub enum Format {
 pub type Resolver = Arc<dyn Fn(&str) -> Option<Target> + Send + Sync>;
 
 /// The event body's `data`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EventData {
     pub event_id: String,
     pub model: String,
@@ -75,13 +75,13 @@ pub struct EventData {
     pub server: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WindowInfo {
     pub closed_at: String,
     pub rows: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FeatureInfo {
     pub name: String,
     pub psi: Option<f64>,
@@ -90,7 +90,7 @@ pub struct FeatureInfo {
 }
 
 /// The whole event as POSTed (Standard Webhooks payload shape).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Event {
     #[serde(rename = "type")]
     pub kind: String,
@@ -107,6 +107,29 @@ pub enum RetrainError {
     NoSuchEvent(String),
     #[error("cannot write the retrain outbox: {0}")]
     Io(String),
+}
+
+/// One alert of an Alertmanager notification, as [`Retrainer::fleet_alert`] needs it.
+#[derive(Clone, Debug)]
+pub struct FleetAlert {
+    pub alertname: String,
+    pub model: String,
+    /// The `version` label (may be empty).
+    pub version: String,
+    pub fingerprint: String,
+    pub starts_at: String,
+    pub summary: String,
+}
+
+/// What became of a fleet alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlertOutcome {
+    Created(String),
+    /// The event exists already (a repeated notification).
+    Duplicate(String),
+    /// The model had a drift event within its cooldown.
+    Cooldown,
+    NoHook,
 }
 
 /// Counters the hook reports (exported by the metrics module through these callbacks).
@@ -282,6 +305,59 @@ impl Retrainer {
             }
         }
         self.create("vigil.drift.detected", data, now).map(Some)
+    }
+
+    /// A firing fleet alert (Alertmanager): one drift event per alert. Its id comes from
+    /// the alert's fingerprint and `startsAt`, so every notification of the same alert, on
+    /// any replica, names the same event, and this replica creates it once.
+    pub fn fleet_alert(
+        &self,
+        alert: &FleetAlert,
+        cooldown: Duration,
+    ) -> Result<AlertOutcome, RetrainError> {
+        let id = event_id(&format!(
+            "alertmanager\n{}\n{}",
+            alert.fingerprint, alert.starts_at
+        ));
+        if (self.resolver)(&alert.model).is_none() {
+            tracing::info!(model = %alert.model, "fleet drift alert; no retrain hook configured");
+            return Ok(AlertOutcome::NoHook);
+        }
+        let now = now_unix();
+        {
+            let ob = self.lock();
+            if ob.knows(&id) {
+                return Ok(AlertOutcome::Duplicate(id));
+            }
+            if let Some(last) = ob.last_drift_event(&alert.model) {
+                if now - last < cooldown.as_secs_f64() {
+                    tracing::info!(model = %alert.model, cooldown_s = cooldown.as_secs(),
+                        "fleet drift alert during the retrain cooldown; no new event");
+                    return Ok(AlertOutcome::Cooldown);
+                }
+            }
+        }
+        let data = EventData {
+            event_id: id.clone(),
+            model: alert.model.clone(),
+            model_version: alert.version.clone(),
+            reason: format!(
+                "fleet drift: {} firing since {}{}",
+                alert.alertname,
+                alert.starts_at,
+                if alert.summary.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", alert.summary)
+                }
+            ),
+            window: None,
+            drift_share: None,
+            features: Vec::new(),
+            server: self.server.clone(),
+        };
+        self.create("vigil.drift.detected", data, now)
+            .map(AlertOutcome::Created)
     }
 
     /// An operator's request: always accepted when a hook is configured.

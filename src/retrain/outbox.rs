@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Event;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventState {
     Pending,
@@ -19,7 +19,7 @@ pub enum EventState {
 }
 
 /// An event and where its delivery stands.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     pub id: String,
     pub state: EventState,

@@ -39,6 +39,8 @@ pub struct ServedVersion {
     pub signature: ModelSignature,
     pub session: Box<dyn Session>,
     pub load_time: Duration,
+    /// When it finished loading (its counters start here).
+    pub loaded_at: Instant,
     /// The files it was loaded from, to notice when they are replaced.
     pub fingerprint: Fingerprint,
     pub metrics: VersionMetrics,
@@ -197,6 +199,11 @@ fn forward_drift_events(
 ) {
     for ev in rx {
         let cfg = retrain_config(&table.load(), &defaults, &ev.model);
+        if cfg.trigger() == crate::config::RetrainTrigger::Fleet {
+            tracing::info!(model = %ev.model, version = ev.version,
+                "this replica's windows drift; with trigger = \"fleet\" the fleet alert decides");
+            continue;
+        }
         let data = crate::retrain::EventData {
             event_id: crate::retrain::drift_event_id(
                 &ev.model,
@@ -327,16 +334,25 @@ impl Server {
         version: &VersionSource,
     ) -> Result<Arc<ServedVersion>, BackendError> {
         let start = Instant::now();
-        let result = self.backends.load(&version.model_path, config.backend);
-        self.metrics
-            .count_load(model, result.is_ok(), start.elapsed());
-        let loaded = result?;
         let reference_path = version.dir.join("reference.json");
         let reference_json = match std::fs::read(&reference_path) {
             Ok(bytes) => Some(Ok(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => Some(Err(e.to_string())),
         };
+        let trigger = config.retrain.or(&self.options.retrain_defaults).trigger();
+        if trigger == crate::config::RetrainTrigger::Fleet && reference_json.is_none() {
+            self.metrics.count_load(model, false, start.elapsed());
+            return Err(BackendError::Unsupported(format!(
+                "[retrain] trigger = \"fleet\" needs a reference.json beside {}: fleet drift \
+                 adds up per-bin counts, so every replica must bin by the same reference",
+                version.model_path.display()
+            )));
+        }
+        let result = self.backends.load(&version.model_path, config.backend);
+        self.metrics
+            .count_load(model, result.is_ok(), start.elapsed());
+        let loaded = result?;
         let monitor = Monitor::new(MonitorSetup {
             model,
             version: version.version,
@@ -358,6 +374,7 @@ impl Server {
             signature: loaded.signature,
             session: loaded.session,
             load_time: start.elapsed(),
+            loaded_at: Instant::now(),
             fingerprint: version.fingerprint.clone(),
             metrics: self.metrics.version(model, version.version),
             stats: VersionStats::default(),

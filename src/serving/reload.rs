@@ -29,7 +29,7 @@ pub enum ControlError {
 }
 
 /// State of one version (or, with `version: None`, of a model) for the repository index.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct IndexRow {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
