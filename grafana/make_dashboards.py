@@ -151,6 +151,22 @@ drift = dashboard("vigil-drift", "vigil — drift and retraining", [
           [('vigil_retrain_pending{model=~"$model"}', "pending {{model}}"),
            ('vigil_retrain_dead_letters{model=~"$model"}', "dead {{model}}")],
           0, 32),
+    # Fleet: every replica's per-bin counters summed by Prometheus
+    # (grafana/prometheus/vigil-fleet-rules.yml).
+    {"id": 11, "type": "row", "title": "Fleet (all replicas)", "collapsed": False, "datasource": DS,
+     "gridPos": {"x": 0, "y": 40, "w": 24, "h": 1}, "panels": [], "targets": []},
+    panel(12, "Fleet PSI per feature (sliding window)",
+          "PSI of the fleet's rows over the rules' window (10m) against the reference, per feature.",
+          [(f"vigil:drift_psi_window:fleet{{{SEL}}}", "{{model}} v{{version}} {{feature}}")], 0, 41),
+    panel(13, "Fleet PSI and JS since start", "PSI and Jensen-Shannon distance of every row the fleet has counted.",
+          [(f"vigil:drift_psi:fleet{{{SEL}}}", "psi {{model}} v{{version}} {{feature}}"),
+           (f"vigil:drift_js:fleet{{{SEL}}}", "js {{model}} v{{version}} {{feature}}")],
+          12, 41, kind="table"),
+    panel(14, "Fleet drift share (sliding window)", "Share of a version's features with fleet PSI >= 0.2.",
+          [(f"vigil:drift_share_window:fleet{{{SEL}}}", "{{model}} v{{version}}")], 0, 49, unit="percentunit"),
+    panel(15, "VigilFleetDrift", "1 while the fleet drift alert fires for a version (0: not firing anywhere).",
+          [('max by (model, version) (ALERTS{alertname="VigilFleetDrift", alertstate="firing", model=~"$model"})'
+            ' or on() vector(0)', "{{model}} v{{version}}")], 12, 49, kind="stat"),
 ])
 
 for name, d in (("vigil-overview.json", overview), ("vigil-drift.json", drift)):

@@ -4,13 +4,16 @@
 #  - a Python venv in .venv with onnxruntime (whose libonnxruntime.so the ort backend
 #    loads) and the tritonclient test client;
 #  - a second venv, .venv-mlflow, with MLflow (server and client) for tests/mlflow.rs;
-#  - headless Chromium (Debian package `chromium`) for tests/console.rs.
+#  - headless Chromium (Debian package `chromium`) for tests/console.rs;
+#  - nginx and Alertmanager (Debian `nginx`, `prometheus-alertmanager`) for tests/fleet.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=()
 command -v promtool >/dev/null 2>&1 || APT_PACKAGES+=(prometheus)
 command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || APT_PACKAGES+=(nginx)
+command -v prometheus-alertmanager >/dev/null 2>&1 || APT_PACKAGES+=(prometheus-alertmanager)
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   echo "setup: installing ${APT_PACKAGES[*]} (Debian)"
   SUDO=""

@@ -121,10 +121,11 @@ max_attempts = 3
         prom_dir = os.path.join(tmp, "prom")
         os.makedirs(prom_dir)
         shutil.copy(os.path.join(GRAFANA, "prometheus", "vigil-alerts.yml"), prom_dir)
+        shutil.copy(os.path.join(GRAFANA, "prometheus", "vigil-fleet-rules.yml"), prom_dir)
         with open(os.path.join(prom_dir, "prometheus.yml"), "w") as f:
             yaml.safe_dump({
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": ["vigil-alerts.yml"],
+                "rule_files": ["vigil-alerts.yml", "vigil-fleet-rules.yml"],
                 "scrape_configs": [{"job_name": "vigil", "static_configs": [{"targets": [f"127.0.0.1:{vport}"]}]}],
             }, f)
         prom = subprocess.Popen(
@@ -164,7 +165,8 @@ max_attempts = 3
         time.sleep(3)
 
         # promtool on the rules, their unit tests, and the live metrics.
-        subprocess.run(["promtool", "check", "rules", os.path.join(GRAFANA, "prometheus", "vigil-alerts.yml")], check=True)
+        subprocess.run(["promtool", "check", "rules", os.path.join(GRAFANA, "prometheus", "vigil-alerts.yml"),
+                        os.path.join(GRAFANA, "prometheus", "vigil-fleet-rules.yml")], check=True)
         subprocess.run(["promtool", "test", "rules", os.path.join(GRAFANA, "prometheus", "vigil-alerts.test.yml")], check=True)
         metrics = http("GET", base + "/metrics")[1]
         subprocess.run(["promtool", "check", "metrics"], input=metrics, check=True)

@@ -437,3 +437,170 @@ fn airflow_format_triggers_a_dag_run() {
     });
     assert_eq!(rx.seen().len(), 1);
 }
+
+/// Alertmanager's webhook (payload version 4): a firing alert becomes one drift event
+/// whose id comes from the alert's fingerprint and startsAt; the same notification again
+/// is a duplicate; resolved alerts, alerts without a model label and bad payloads are
+/// refused or skipped with a reason; the admin token is required.
+#[test]
+fn alertmanager_notifications_become_one_event() {
+    let rx = Receiver::start(&[], 200);
+    let repo = repo(&format!(
+        "url = \"{}\"\nsecret = \"{SECRET}\"\ntrigger = \"fleet\"\n",
+        rx.url()
+    ));
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--admin-token", "am-token"]);
+    let alert = |status: &str, fingerprint: &str, labels: Value| {
+        json!({
+            "status": status,
+            "labels": labels,
+            "annotations": {"summary": "fleet PSI high"},
+            "startsAt": "2026-12-03T17:00:00.000Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus/graph",
+            "fingerprint": fingerprint,
+        })
+    };
+    let payload = |alerts: Vec<Value>| {
+        json!({
+            "version": "4", "groupKey": "{}:{model=\"iris\"}", "truncatedAlerts": 0,
+            "status": "firing", "receiver": "vigil", "groupLabels": {"model": "iris"},
+            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+            "alerts": alerts,
+        })
+    };
+    let post = |body: &Value, token: Option<&str>| -> (u16, Value) {
+        let mut r = v.client.post(v.url("/v2/retrain/alertmanager")).json(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    let firing = payload(vec![
+        alert(
+            "firing",
+            "a1b2c3",
+            json!({"alertname": "VigilFleetDrift", "model": "iris", "version": "1"}),
+        ),
+        alert(
+            "resolved",
+            "ffff",
+            json!({"alertname": "VigilFleetDrift", "model": "iris"}),
+        ),
+        alert("firing", "eeee", json!({"alertname": "Other"})),
+        alert(
+            "firing",
+            "dddd",
+            json!({"alertname": "VigilFleetDrift", "model": "nosuch"}),
+        ),
+    ]);
+    assert_eq!(post(&firing, None).0, 401);
+    assert_eq!(post(&firing, Some("wrong")).0, 401);
+    let (status, first) = post(&firing, Some("am-token"));
+    assert_eq!(status, 200, "{first}");
+    let outcomes: Vec<&str> = first["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["created", "skipped", "skipped", "no_hook"],
+        "{first}"
+    );
+    let id = first["alerts"][0]["event_id"].as_str().unwrap().to_string();
+    // Alertmanager repeats the notification: the same event, not a second one.
+    let (_, again) = post(&firing, Some("am-token"));
+    assert_eq!(again["alerts"][0]["outcome"], "duplicate");
+    assert_eq!(again["alerts"][0]["event_id"], id.as_str());
+    let seen = rx.wait_answered(200, 1);
+    assert_eq!(seen.len(), 1);
+    verify_signature(&seen[0]);
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["type"], "vigil.drift.detected");
+    assert_eq!(body["data"]["event_id"], id.as_str());
+    assert_eq!(body["data"]["model_version"], "1");
+    assert!(body["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("VigilFleetDrift firing since 2026-12-03T17:00:00.000Z"));
+    // A new firing (another startsAt) of the same alert is a new shift: the cooldown holds it.
+    let mut later = firing.clone();
+    later["alerts"] = json!([alert(
+        "firing",
+        "a1b2c3",
+        json!({"alertname": "VigilFleetDrift", "model": "iris", "version": "1"})
+    )]);
+    later["alerts"][0]["startsAt"] = json!("2026-12-03T18:00:00.000Z");
+    let (_, held) = post(&later, Some("am-token"));
+    assert_eq!(held["alerts"][0]["outcome"], "cooldown", "{held}");
+    // Not Alertmanager's payload.
+    let mut v3 = firing.clone();
+    v3["version"] = json!("3");
+    let (status, err) = post(&v3, Some("am-token"));
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("version"), "{err}");
+    assert_eq!(post(&json!([1, 2]), Some("am-token")).0, 400);
+    let listed: Value = v
+        .client
+        .get(v.url("/v2/retrain/events"))
+        .bearer_auth("am-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = ["pending", "delivered"]
+        .iter()
+        .flat_map(|k| listed[k].as_array().unwrap())
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+}
+
+/// With trigger = "fleet", a version without a reference.json cannot serve: the fleet's
+/// bins would not agree. The repository index says why.
+#[test]
+fn fleet_trigger_needs_a_reference_json() {
+    let rx = Receiver::start(&[], 200);
+    let repo = repo(&format!("url = \"{}\"\ntrigger = \"fleet\"\n", rx.url()));
+    std::fs::create_dir_all(repo.path().join("iris/2")).unwrap();
+    std::fs::copy(
+        root().join("models/iris/1/model.onnx"),
+        repo.path().join("iris/2/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        format!(
+            "[version_policy]\nall = true\n\n[retrain]\nurl = \"{}\"\ntrigger = \"fleet\"\n",
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let (status, index) = v.post_json("/v2/repository/index", &json!({}));
+    assert_eq!(status, 200);
+    let v2 = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "2")
+        .unwrap();
+    assert_eq!(v2["state"], "UNAVAILABLE");
+    assert!(
+        v2["reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs a reference.json"),
+        "{v2}"
+    );
+    let v1 = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "1")
+        .unwrap();
+    assert_eq!(v1["state"], "READY");
+}

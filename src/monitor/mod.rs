@@ -1093,7 +1093,11 @@ mod tests {
         // category.
         let mut x = Vec::new();
         for i in 0..70u32 {
-            let f0 = if i == 5 { f32::NAN } else { (i * 7 % 130) as f32 };
+            let f0 = if i == 5 {
+                f32::NAN
+            } else {
+                (i * 7 % 130) as f32
+            };
             let f1 = if i == 9 { 7.0 } else { (i % 2) as f32 };
             x.extend([f0, f1]);
         }

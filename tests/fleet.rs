@@ -1,0 +1,649 @@
+//! A fleet on loopback: three vigil replicas behind nginx (round robin), a real Prometheus
+//! scraping them every second with `grafana/prometheus/vigil-fleet-rules.yml`, a real
+//! Alertmanager routing `VigilFleetDrift` through nginx to `POST /v2/retrain/alertmanager`,
+//! and a signed-webhook receiver in this test.
+//!
+//! Checks: the since-start fleet PSI equals numpy's PSI over the union of all rows sent;
+//! a shift no replica's own window sees (`window_rows` far above what a replica gets)
+//! trips the fleet alert; the receiver gets exactly one retrain event although
+//! Alertmanager notifies repeatedly; SIGKILL of a replica loses no event and the fleet
+//! view carries on from the other two.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{python, root, wait_for, Engine, TempDir, Vigil};
+use serde_json::{json, Value};
+use vigil::monitor::profile::Rng;
+
+const TOKEN: &str = "fleet-admin-token";
+const SECRET: &str = "whsec_ZmxlZXQtd2ViaG9vay1zZWNyZXQtMTIzNDU2";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when the test ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(what: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    let child = cmd
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e} (run scripts/setup-test-deps.sh)"));
+    Proc(child)
+}
+
+/// Deliveries the receiver got: (webhook-id, body).
+type Deliveries = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A webhook receiver that checks Standard Webhooks signatures and answers 200.
+fn receiver() -> (u16, Deliveries) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Deliveries = Arc::default();
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(SECRET.trim_start_matches("whsec_"))
+            .unwrap();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let header = |k: &str| headers.get(k).cloned().unwrap_or_default();
+            let (id, ts) = (header("webhook-id"), header("webhook-timestamp"));
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+            mac.update(format!("{id}.{ts}.").as_bytes());
+            mac.update(&body);
+            let want = format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            );
+            let ok = header("webhook-signature").split(' ').any(|s| s == want);
+            if !ok {
+                eprintln!("receiver: bad signature on {id}: {headers:?}");
+            }
+            let status = if ok { "200 OK" } else { "401 Unauthorized" };
+            if ok {
+                seen.lock()
+                    .unwrap()
+                    .push((id, serde_json::from_slice(&body).unwrap()));
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, got)
+}
+
+fn repository(receiver_port: u16) -> TempDir {
+    let dir = TempDir::new("fleet-repo");
+    let v = dir.path().join("iris/1");
+    std::fs::create_dir_all(&v).unwrap();
+    for f in ["model.onnx", "reference.json"] {
+        std::fs::copy(root().join("models/iris/1").join(f), v.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("iris/config.toml"),
+        format!(
+            "[drift]\nwindow_rows = 1000000\n\n\
+             [retrain]\nurl = \"http://127.0.0.1:{receiver_port}/hook\"\nsecret = \"{SECRET}\"\n\
+             trigger = \"fleet\"\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn replica(repo: &Path, state: &Path) -> Vigil {
+    Vigil::start(
+        repo,
+        Engine::Tract,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+}
+
+fn nginx(dir: &Path, port: u16, replicas: &[&str]) -> Proc {
+    let servers: String = replicas
+        .iter()
+        .map(|a| format!("    server {a} max_fails=1 fail_timeout=30s;\n"))
+        .collect();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+         events {{ worker_connections 512; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream vigil {{\n{servers}    keepalive 16;\n  }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+               proxy_pass http://vigil;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n      proxy_connect_timeout 1s;\n\
+               proxy_next_upstream error timeout http_502 non_idempotent;\n    }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    spawn(
+        "nginx",
+        Command::new(if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        })
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log")),
+        &dir.join("nginx.log"),
+    )
+}
+
+/// The shipped rules with a 20 s window and a 2 s `for:` (the test's time scale).
+fn test_rules(dir: &Path) -> PathBuf {
+    let rules =
+        std::fs::read_to_string(root().join("grafana/prometheus/vigil-fleet-rules.yml")).unwrap();
+    assert!(rules.contains("[10m]") && rules.contains("for: 1m"));
+    let rules = rules
+        .replace("[10m]", "[20s]")
+        .replace("for: 1m", "for: 2s");
+    let path = dir.join("fleet-rules.yml");
+    std::fs::write(&path, rules).unwrap();
+    path
+}
+
+fn prometheus(dir: &Path, port: u16, am_port: u16, targets: &[&str]) -> Proc {
+    let rules = test_rules(dir);
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let conf = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         rule_files:\n  - {}\n\
+         alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n\
+         scrape_configs:\n  - job_name: vigil\n    static_configs:\n      - targets: [{}]\n",
+        rules.display(),
+        targets.join(", ")
+    );
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, conf).unwrap();
+    spawn(
+        "prometheus",
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        &dir.join("prometheus.log"),
+    )
+}
+
+fn alertmanager(dir: &Path, port: u16, nginx_port: u16) -> Proc {
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let conf = [
+        "route:".to_string(),
+        "  receiver: vigil".into(),
+        "  group_by: [model, version]".into(),
+        "  group_wait: 1s".into(),
+        "  group_interval: 1s".into(),
+        "  repeat_interval: 3s".into(),
+        "receivers:".into(),
+        "  - name: vigil".into(),
+        "    webhook_configs:".into(),
+        format!("      - url: http://127.0.0.1:{nginx_port}/v2/retrain/alertmanager"),
+        "        send_resolved: false".into(),
+        "        http_config:".into(),
+        "          authorization:".into(),
+        "            type: Bearer".into(),
+        format!("            credentials_file: {}", token.display()),
+    ]
+    .join("\n");
+    let path = dir.join("alertmanager.yml");
+    std::fs::write(&path, conf).unwrap();
+    spawn(
+        "alertmanager",
+        Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!("--storage.path={}", dir.join("am").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address="),
+        &dir.join("alertmanager.log"),
+    )
+}
+
+/// An instant query: (labels, value) per series.
+fn query(client: &reqwest::blocking::Client, port: u16, q: &str) -> Vec<(Value, f64)> {
+    let r: Value = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(Value::Null);
+    r["data"]["result"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["metric"].clone(),
+                        s["value"][1].as_str().unwrap().parse().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn per_feature(series: Vec<(Value, f64)>) -> std::collections::BTreeMap<String, f64> {
+    series
+        .into_iter()
+        .map(|(m, v)| (m["feature"].as_str().unwrap_or("").to_string(), v))
+        .collect()
+}
+
+/// iris training rows resampled, each feature shifted by `shift` standard deviations.
+fn rows(rng: &mut Rng, n: usize, shift: f64) -> Vec<[f32; 4]> {
+    let d = vigil::monitor::data::read(&root().join("models/iris/1/train.npy")).unwrap();
+    let train: Vec<&[f64]> = d.values.chunks_exact(4).collect();
+    let std: Vec<f64> = (0..4)
+        .map(|j| {
+            let xs: Vec<f64> = train.iter().map(|r| r[j]).collect();
+            vigil::monitor::stats::mean_std(&xs).1
+        })
+        .collect();
+    (0..n)
+        .map(|_| {
+            let r = train[rng.below(train.len() as u64) as usize];
+            std::array::from_fn(|j| (r[j] + shift * std[j]) as f32)
+        })
+        .collect()
+}
+
+fn send(client: &reqwest::blocking::Client, url: &str, batch: &[[f32; 4]]) -> u16 {
+    let data: Vec<f32> = batch.iter().flatten().copied().collect();
+    let body = json!({"inputs": [{"name": "X", "shape": [batch.len(), 4], "datatype": "FP32", "data": data}]});
+    client
+        .post(format!("{url}/v2/models/iris/infer"))
+        .json(&body)
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// numpy's PSI over `rows` against reference.json (tests/python/fleet_psi.py).
+fn numpy_psi(dir: &Path, rows: &[[f32; 4]]) -> std::collections::BTreeMap<String, f64> {
+    let input = dir.join("rows.json");
+    std::fs::write(&input, serde_json::to_vec(&rows).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(root().join("tests/python/fleet_psi.py"))
+        .arg(root().join("models/iris/1/reference.json"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn event_ids(v: &Vigil) -> Vec<String> {
+    let r = v
+        .client
+        .get(v.url("/v2/retrain/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ev: Value = r.json().unwrap();
+    ["pending", "delivered", "dead_letters"]
+        .iter()
+        .flat_map(|k| ev[k].as_array().cloned().unwrap_or_default())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn three_replicas_one_fleet_view_one_retrain() {
+    let work = TempDir::new("fleet");
+    let (recv_port, deliveries) = receiver();
+    let repo = repository(recv_port);
+    let states: Vec<TempDir> = (0..3)
+        .map(|i| TempDir::new(&format!("fleet-state{i}")))
+        .collect();
+    let mut replicas: Vec<Option<Vigil>> = states
+        .iter()
+        .map(|s| Some(replica(repo.path(), s.path())))
+        .collect();
+    let addrs: Vec<String> = replicas
+        .iter()
+        .map(|r| r.as_ref().unwrap().addr.clone())
+        .collect();
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let (nginx_port, prom_port, am_port) = (free_port(), free_port(), free_port());
+    let _nginx = nginx(work.path(), nginx_port, &addr_refs);
+    let _am = alertmanager(work.path(), am_port, nginx_port);
+    let _prom = prometheus(work.path(), prom_port, am_port, &addr_refs);
+    let lb = format!("http://127.0.0.1:{nginx_port}");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_for(60, "nginx", || {
+        client
+            .get(format!("{lb}/v2/health/ready"))
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+    });
+    wait_for(60, "Alertmanager ready (its config loaded)", || {
+        client
+            .get(format!("http://127.0.0.1:{am_port}/-/ready"))
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+    });
+    wait_for(60, "Prometheus scraping the three replicas", || {
+        let up = query(&client, prom_port, "sum(up{job=\"vigil\"})");
+        (up.first().map(|x| x.1) == Some(3.0)).then_some(())
+    });
+
+    // 1. Normal traffic through the load balancer: the since-start fleet PSI is numpy's
+    //    PSI over the union of the rows, whichever replica counted them.
+    let mut rng = Rng::new(11);
+    let normal = rows(&mut rng, 3000, 0.0);
+    for batch in normal.chunks(10) {
+        assert_eq!(send(&client, &lb, batch), 200);
+    }
+    let per_replica: Vec<f64> = replicas
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .unwrap()
+                .metric("vigil_inference_requests_total{model=\"iris\",outcome=\"success\"")
+                .unwrap_or(0.0)
+        })
+        .collect();
+    assert_eq!(per_replica.iter().sum::<f64>(), 300.0, "{per_replica:?}");
+    assert!(
+        per_replica.iter().all(|&n| n >= 50.0),
+        "round robin spreads the load: {per_replica:?}"
+    );
+    wait_for(60, "all 3000 rows in the fleet counters", || {
+        let rows = per_feature(query(
+            &client,
+            prom_port,
+            "sum by (feature) (vigil:drift_bin_rows:fleet{model=\"iris\",version=\"1\"})",
+        ));
+        (rows.len() == 4 && rows.values().all(|&n| n == 3000.0)).then_some(())
+    });
+    let fleet = per_feature(query(
+        &client,
+        prom_port,
+        "vigil:drift_psi:fleet{model=\"iris\",version=\"1\"}",
+    ));
+    let want = numpy_psi(work.path(), &normal);
+    assert_eq!(fleet.len(), 4, "{fleet:?}");
+    for (feature, w) in &want {
+        let got = fleet[feature];
+        assert!(
+            (got - w).abs() < 1e-6,
+            "{feature}: Prometheus {got}, numpy {w}"
+        );
+    }
+    println!("since-start fleet PSI (Prometheus) {fleet:?}, numpy {want:?}");
+    let js = per_feature(query(
+        &client,
+        prom_port,
+        "vigil:drift_js:fleet{model=\"iris\"}",
+    ));
+    assert!(js.values().all(|&v| (0.0..0.2).contains(&v)), "{js:?}");
+
+    // 2. A shift, spread over the fleet; no replica's window (1 000 000 rows) closes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stop, lb, client) = (stop.clone(), lb.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(12);
+            let mut failures = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch = rows(&mut rng, 20, 2.0);
+                if send(&client, &lb, &batch) != 200 {
+                    failures += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            failures
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        if let Some(d) = deliveries.lock().unwrap().first().cloned() {
+            break d;
+        }
+        if std::time::Instant::now() > deadline {
+            // What each piece saw, for whoever reads the failure.
+            for q in [
+                "ALERTS",
+                "vigil:drift_share_window:fleet",
+                "vigil:drift_rows_window:fleet",
+                "vigil:drift_psi_window:fleet",
+            ] {
+                println!("{q}: {:?}", query(&client, prom_port, q));
+            }
+            for log in ["alertmanager.log", "nginx-error.log", "prometheus.log"] {
+                let text = std::fs::read_to_string(work.path().join(log)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                println!(
+                    "--- {log}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            for r in replicas.iter().flatten() {
+                println!("--- replica {}: {:?}", r.addr, r.drain_logs());
+            }
+            panic!("no retrain event from the fleet alert within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(first.1["type"], "vigil.drift.detected");
+    assert_eq!(first.1["data"]["model"], "iris");
+    assert_eq!(first.1["data"]["model_version"], "1");
+    assert!(
+        first.1["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("VigilFleetDrift"),
+        "{}",
+        first.1
+    );
+    for r in replicas.iter().flatten() {
+        let (_, report) = r.get("/v2/models/iris/drift");
+        assert_eq!(
+            report["versions"][0]["windows"], 0,
+            "a replica window closed"
+        );
+    }
+    // Alertmanager keeps notifying (repeat_interval 3 s); every notification names the
+    // same event.
+    let am_metrics = format!("http://127.0.0.1:{am_port}/metrics");
+    wait_for(60, "three notifications from Alertmanager", || {
+        let text = client.get(&am_metrics).send().ok()?.text().ok()?;
+        let n: f64 = text
+            .lines()
+            .find(|l| l.starts_with("alertmanager_notifications_total{integration=\"webhook\"}"))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        (n >= 3.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let ids: std::collections::BTreeSet<String> = deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.0.clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "one retrain event for one shift: {ids:?}");
+    let event_id = ids.into_iter().next().unwrap();
+    assert_eq!(first.1["data"]["event_id"], event_id.as_str());
+
+    // 3. SIGKILL one replica: traffic goes on through the other two, the fleet view
+    //    recovers from them, and no created event is lost.
+    let victim = replicas[1].take().unwrap();
+    let victim_addr = victim.addr.clone();
+    drop(victim); // kill -9 and wait
+    wait_for(30, "Prometheus to see the replica down", || {
+        let up = query(
+            &client,
+            prom_port,
+            &format!("up{{instance=\"{victim_addr}\"}}"),
+        );
+        (up.first().map(|x| x.1) == Some(0.0)).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures = sender.join().unwrap();
+    assert_eq!(failures, 0, "requests failed through the load balancer");
+    for batch in rows(&mut rng, 500, 0.0).chunks(10) {
+        assert_eq!(send(&client, &lb, batch), 200);
+    }
+    let survivors: f64 = replicas
+        .iter()
+        .flatten()
+        .map(|r| {
+            r.metric("vigil_drift_bin_rows_total{bin=\"0\",feature=\"f0\"")
+                .unwrap()
+        })
+        .sum();
+    // The survivors' counters flush within a second; then the fleet sum is theirs.
+    wait_for(30, "the fleet view from the two survivors", || {
+        let now: f64 = replicas
+            .iter()
+            .flatten()
+            .map(|r| {
+                r.metric("vigil_drift_bin_rows_total{bin=\"0\",feature=\"f0\"")
+                    .unwrap()
+            })
+            .sum();
+        let fleet = query(
+            &client,
+            prom_port,
+            "vigil:drift_bin_rows:fleet{model=\"iris\",version=\"1\",feature=\"f0\",bin=\"0\"}",
+        );
+        let psi = per_feature(query(
+            &client,
+            prom_port,
+            "vigil:drift_psi:fleet{model=\"iris\",version=\"1\"}",
+        ));
+        (fleet.first().map(|x| x.1) == Some(now) && now >= survivors && psi.len() == 4)
+            .then_some(())
+    });
+    // The event is in a survivor's or the victim's durable outbox; restart the victim on
+    // its state directory and look everywhere.
+    replicas[1] = Some(replica(repo.path(), states[1].path()));
+    let held: Vec<String> = replicas.iter().flatten().flat_map(event_ids).collect();
+    assert!(held.contains(&event_id), "{event_id} lost: {held:?}");
+    assert!(held.iter().all(|id| *id == event_id), "{held:?}");
+    let ids: std::collections::BTreeSet<String> = deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.0.clone())
+        .collect();
+    assert_eq!(ids.len(), 1);
+}
+
+/// The shipped Alertmanager example parses, and routes VigilFleetDrift (grouped by model
+/// and version) to vigil's endpoint, and nothing else there.
+#[test]
+fn shipped_alertmanager_config_routes_the_fleet_alert() {
+    let config = root().join("grafana/prometheus/alertmanager.yml");
+    let amtool = |args: &[&str]| {
+        let out = Command::new("amtool")
+            .args(args)
+            .output()
+            .expect("amtool (Debian prometheus-alertmanager; run scripts/setup-test-deps.sh)");
+        assert!(
+            out.status.success(),
+            "amtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let cfg = format!("--config.file={}", config.display());
+    amtool(&["check-config", config.to_str().unwrap()]);
+    let fleet = amtool(&[
+        "config",
+        "routes",
+        "test",
+        &cfg,
+        "alertname=VigilFleetDrift",
+        "model=iris",
+        "version=1",
+    ]);
+    assert_eq!(fleet, "vigil-retrain");
+    let other = amtool(&[
+        "config",
+        "routes",
+        "test",
+        &cfg,
+        "alertname=VigilHighErrorRate",
+    ]);
+    assert_eq!(other, "null");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("/v2/retrain/alertmanager") && text.contains("group_by: [model, version]")
+    );
+}
