@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{python, root, wait_for, Engine, TempDir, Vigil};
+use common::{iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 use vigil::monitor::profile::Rng;
 
@@ -54,17 +54,9 @@ fn repository() -> TempDir {
     dir
 }
 
-fn training_rows() -> Vec<[f64; 4]> {
-    let d = vigil::monitor::data::read(&root().join("models/iris/1/train.npy")).unwrap();
-    d.values
-        .chunks_exact(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
-}
-
 /// `rows` training rows to iris v1 (pinned), `shift` added to petal length (f2).
 fn send_v1(v: &Vigil, rng: &mut Rng, rows: usize, shift: f64) {
-    let train = training_rows();
+    let train = iris_training_rows();
     let data: Vec<f64> = (0..rows)
         .flat_map(|_| {
             let r = train[rng.below(train.len() as u64) as usize];
@@ -110,9 +102,13 @@ fn console_shows_models_drift_and_events_in_chromium() {
     wait_for(60, "two normal windows", || {
         (iris_v1_drift(&v)["windows"].as_u64() >= Some(2)).then_some(())
     });
-    let sigma =
-        vigil::monitor::stats::mean_std(&training_rows().iter().map(|r| r[2]).collect::<Vec<_>>())
-            .1;
+    let sigma = vigil::monitor::stats::mean_std(
+        &iris_training_rows()
+            .iter()
+            .map(|r| r[2])
+            .collect::<Vec<_>>(),
+    )
+    .1;
     for _ in 0..3 {
         send_v1(&v, &mut rng, 300, 1.5 * sigma);
     }

@@ -5,18 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{python, root, wait_for, Engine, TempDir, Vigil};
+use common::{iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 use vigil::monitor::profile::Rng;
-
-/// iris's 150 training rows.
-fn training_rows() -> Vec<[f64; 4]> {
-    let d = vigil::monitor::data::read(&root().join("models/iris/1/train.npy")).unwrap();
-    d.values
-        .chunks_exact(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
-}
 
 fn repo_with(config: &str, reference: Option<&[u8]>) -> TempDir {
     let dir = TempDir::new("drift");
@@ -40,7 +31,7 @@ fn sample_reference() -> Vec<u8> {
 
 /// Sends `rows` rows resampled from the training data, `shift` added per feature.
 fn send(v: &Vigil, rng: &mut Rng, rows: usize, shift: [f64; 4]) {
-    let train = training_rows();
+    let train = iris_training_rows();
     let mut left = rows;
     while left > 0 {
         let n = left.min(500);
@@ -72,7 +63,7 @@ fn wait_windows(v: &Vigil, n: u64) -> Value {
 }
 
 fn feature_std(j: usize) -> f64 {
-    let rows = training_rows();
+    let rows = iris_training_rows();
     let xs: Vec<f64> = rows.iter().map(|r| r[j]).collect();
     vigil::monitor::stats::mean_std(&xs).1
 }
@@ -345,7 +336,7 @@ print("numpy agrees")
     // The same data as CSV with a header: names come from it; categorical detection.
     let csv = dir.path().join("train.csv");
     let mut text = String::from("sepal_length,sepal_width,petal_length,petal_width,species\n");
-    for (i, r) in training_rows().iter().enumerate() {
+    for (i, r) in iris_training_rows().iter().enumerate() {
         text += &format!("{},{},{},{},{}\n", r[0], r[1], r[2], r[3], i / 50);
     }
     std::fs::write(&csv, &text).unwrap();

@@ -18,20 +18,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{python, root, wait_for, Engine, TempDir, Vigil};
+use common::{free_port, iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 use vigil::monitor::profile::Rng;
 
 const TOKEN: &str = "fleet-admin-token";
 const SECRET: &str = "whsec_ZmxlZXQtd2ViaG9vay1zZWNyZXQtMTIzNDU2";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process killed when the test ends.
 struct Proc(Child);
@@ -292,8 +284,7 @@ fn per_feature(series: Vec<(Value, f64)>) -> std::collections::BTreeMap<String, 
 
 /// iris training rows resampled, each feature shifted by `shift` standard deviations.
 fn rows(rng: &mut Rng, n: usize, shift: f64) -> Vec<[f32; 4]> {
-    let d = vigil::monitor::data::read(&root().join("models/iris/1/train.npy")).unwrap();
-    let train: Vec<&[f64]> = d.values.chunks_exact(4).collect();
+    let train = iris_training_rows();
     let std: Vec<f64> = (0..4)
         .map(|j| {
             let xs: Vec<f64> = train.iter().map(|r| r[j]).collect();

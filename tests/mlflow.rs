@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{reference, root, wait_for, Engine, TempDir, Vigil};
+use common::{free_port, reference, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 
 struct Mlflow {
@@ -94,14 +94,6 @@ impl Drop for Mlflow {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn iris_body() -> Value {

@@ -417,3 +417,21 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A port that was free a moment ago (for processes that take a port number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// iris's 150 training rows (models/iris/1/train.npy).
+pub fn iris_training_rows() -> Vec<[f64; 4]> {
+    let d = vigil::monitor::data::read(&root().join("models/iris/1/train.npy")).unwrap();
+    d.values
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect()
+}
