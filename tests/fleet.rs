@@ -595,10 +595,19 @@ fn three_replicas_one_fleet_view_one_retrain() {
     assert_eq!(ids.len(), 1);
 }
 
-/// The shipped Alertmanager example parses, and routes VigilFleetDrift (grouped by model
-/// and version) to vigil's endpoint, and nothing else there.
+/// The shipped Prometheus example loads both rule files; the Alertmanager example parses
+/// and routes VigilFleetDrift (grouped by model and version) to vigil's endpoint, and
+/// nothing else there.
 #[test]
-fn shipped_alertmanager_config_routes_the_fleet_alert() {
+fn shipped_configs_load_the_fleet_rules_and_route_the_fleet_alert() {
+    let prom = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(root().join("grafana/prometheus/prometheus.yml"))
+        .output()
+        .expect("promtool");
+    let said = String::from_utf8_lossy(&prom.stdout).to_string();
+    assert!(prom.status.success(), "{said}");
+    assert!(said.contains("vigil-fleet-rules.yml"), "{said}");
     let config = root().join("grafana/prometheus/alertmanager.yml");
     let amtool = |args: &[&str]| {
         let out = Command::new("amtool")

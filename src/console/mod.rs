@@ -28,6 +28,8 @@ pub const ICON: &str = include_str!("favicon.svg");
 pub const REFRESH_SECONDS: u32 = 5;
 /// Retrain events shown (the most recent).
 pub const EVENTS_SHOWN: usize = 20;
+/// Features drawn per version and side (drifted first); the drift report has them all.
+pub const FEATURES_SHOWN: usize = 40;
 
 /// Everything the page shows, copied out of the server at one moment.
 #[derive(Clone, Debug)]
@@ -422,11 +424,11 @@ fn drift_part(model: &str, v: &VersionView, d: &VersionReport, now: f64) -> Mark
                     (format!("{:.2}", w.drift_share))
                     @if w.drifted { " — " strong.bad { "drifted" } }
                 }
-                (features_table(&w.features, "Input features"))
+                (features_table(model, &w.features, "Input features"))
                 @if !w.outputs.is_empty() {
                     details id=(format!("outputs-{model}-{}", v.version)) {
                         summary { "Outputs (reference: the first scored window unless the profile has one)" }
-                        (features_table(&w.outputs, "Outputs"))
+                        (features_table(model, &w.outputs, "Outputs"))
                     }
                 }
             } @else {
@@ -436,7 +438,9 @@ fn drift_part(model: &str, v: &VersionView, d: &VersionReport, now: f64) -> Mark
     }
 }
 
-fn features_table(features: &[FeatureScore], caption: &str) -> Markup {
+fn features_table(model: &str, features: &[FeatureScore], caption: &str) -> Markup {
+    let ordered = feature_order(features);
+    let hidden = ordered.len().saturating_sub(FEATURES_SHOWN);
     html! {
         table.features {
             caption { (caption) }
@@ -445,7 +449,7 @@ fn features_table(features: &[FeatureScore], caption: &str) -> Markup {
                 th.num { "χ² p" } th.num { "mean" } th { "Drifted" }
             } }
             tbody {
-                @for f in feature_order(features) {
+                @for f in ordered.iter().take(FEATURES_SHOWN) {
                     tr.(if f.drifted { "drifted" } else { "" }) data-feature=(f.name) data-drifted=(f.drifted) {
                         td { (f.name) @if f.nonfinite > 0 { div.reason { (f.nonfinite) " NaN/inf" } } }
                         td { (plot::histogram(f)) }
@@ -456,6 +460,12 @@ fn features_table(features: &[FeatureScore], caption: &str) -> Markup {
                         td { @if f.drifted { strong.bad { "drifted" } } @else { "no" } }
                     }
                 }
+            }
+        }
+        @if hidden > 0 {
+            p.meta {
+                (hidden) " more features, further down the same order; all of them are in "
+                a href=(format!("/v2/models/{model}/drift")) { "the drift report" }
             }
         }
     }
@@ -514,9 +524,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn drifted_features_come_first_then_by_psi() {
-        let f = |name: &str, index: usize, psi: Option<f64>, drifted: bool| FeatureScore {
+    fn feature(name: &str, index: usize, psi: Option<f64>, drifted: bool) -> FeatureScore {
+        FeatureScore {
             name: name.into(),
             input: "x".into(),
             index,
@@ -537,7 +546,12 @@ mod tests {
             categories: vec![],
             reference_proportions: vec![],
             window_counts: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn drifted_features_come_first_then_by_psi() {
+        let f = feature;
         let fs = [
             f("a", 0, Some(0.5), false),
             f("b", 1, Some(0.1), true),
@@ -546,5 +560,17 @@ mod tests {
         ];
         let names: Vec<&str> = feature_order(&fs).iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["d", "b", "a", "c"]);
+    }
+
+    #[test]
+    fn wide_models_show_the_first_features_and_link_the_rest() {
+        let fs: Vec<FeatureScore> = (0..45)
+            .map(|i| feature(&format!("f{i}"), i, Some(i as f64 / 100.0), i == 44))
+            .collect();
+        let html = features_table("wide", &fs, "Input features").into_string();
+        assert_eq!(html.matches("data-feature=").count(), FEATURES_SHOWN);
+        assert!(html.contains("data-feature=\"f44\" data-drifted=\"true\""));
+        assert!(html.contains("5 more features"));
+        assert!(html.contains("href=\"/v2/models/wide/drift\""));
     }
 }
