@@ -121,7 +121,7 @@ pub struct FleetAlert {
     pub summary: String,
 }
 
-/// What became of a fleet alert.
+/// What became of a drift trip or a fleet alert.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AlertOutcome {
     Created(String),
@@ -287,24 +287,39 @@ impl Retrainer {
         data: EventData,
         cooldown: Duration,
     ) -> Result<Option<String>, RetrainError> {
+        match self.drift_event(data, cooldown)? {
+            AlertOutcome::Created(id) => Ok(Some(id)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates a drift event unless the model has no hook, the outbox already holds the
+    /// event (same id), or the model had a drift event within `cooldown`.
+    fn drift_event(
+        &self,
+        data: EventData,
+        cooldown: Duration,
+    ) -> Result<AlertOutcome, RetrainError> {
         if (self.resolver)(&data.model).is_none() {
             tracing::info!(model = %data.model, "drift detected; no retrain hook configured");
-            return Ok(None);
+            return Ok(AlertOutcome::NoHook);
         }
         let now = now_unix();
         {
             let ob = self.lock();
+            if ob.knows(&data.event_id) {
+                return Ok(AlertOutcome::Duplicate(data.event_id));
+            }
             if let Some(last) = ob.last_drift_event(&data.model) {
                 if now - last < cooldown.as_secs_f64() {
-                    tracing::info!(model = %data.model, cooldown_s = cooldown.as_secs(), "drift detected during the retrain cooldown; no new event");
-                    return Ok(None);
+                    tracing::info!(model = %data.model, cooldown_s = cooldown.as_secs(),
+                        "drift detected during the retrain cooldown; no new event");
+                    return Ok(AlertOutcome::Cooldown);
                 }
             }
-            if ob.knows(&data.event_id) {
-                return Ok(None);
-            }
         }
-        self.create("vigil.drift.detected", data, now).map(Some)
+        self.create("vigil.drift.detected", data, now)
+            .map(AlertOutcome::Created)
     }
 
     /// A firing fleet alert (Alertmanager): one drift event per alert. Its id comes from
@@ -319,26 +334,8 @@ impl Retrainer {
             "alertmanager\n{}\n{}",
             alert.fingerprint, alert.starts_at
         ));
-        if (self.resolver)(&alert.model).is_none() {
-            tracing::info!(model = %alert.model, "fleet drift alert; no retrain hook configured");
-            return Ok(AlertOutcome::NoHook);
-        }
-        let now = now_unix();
-        {
-            let ob = self.lock();
-            if ob.knows(&id) {
-                return Ok(AlertOutcome::Duplicate(id));
-            }
-            if let Some(last) = ob.last_drift_event(&alert.model) {
-                if now - last < cooldown.as_secs_f64() {
-                    tracing::info!(model = %alert.model, cooldown_s = cooldown.as_secs(),
-                        "fleet drift alert during the retrain cooldown; no new event");
-                    return Ok(AlertOutcome::Cooldown);
-                }
-            }
-        }
         let data = EventData {
-            event_id: id.clone(),
+            event_id: id,
             model: alert.model.clone(),
             model_version: alert.version.clone(),
             reason: format!(
@@ -356,8 +353,7 @@ impl Retrainer {
             features: Vec::new(),
             server: self.server.clone(),
         };
-        self.create("vigil.drift.detected", data, now)
-            .map(AlertOutcome::Created)
+        self.drift_event(data, cooldown)
     }
 
     /// An operator's request: always accepted when a hook is configured.
