@@ -115,7 +115,7 @@ pub struct FleetBins {
 
 /// The `bin` label values of a reference feature, in the order of the window's bins
 /// (numeric: bin indexes; categorical: the categories and "other"), then "nan".
-pub fn bin_labels(f: &crate::monitor::profile::FeatureProfile) -> Vec<String> {
+fn bin_labels(f: &crate::monitor::profile::FeatureProfile) -> Vec<String> {
     use crate::monitor::profile::Kind;
     let mut out: Vec<String> = match f.kind {
         Kind::Numeric => (0..=f.edges.len()).map(|i| i.to_string()).collect(),

@@ -1117,7 +1117,7 @@ async fn openapi_json() -> Response {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        DOC.get_or_init(openapi::json).clone(),
+        DOC.get_or_init(openapi::json).as_str(),
     )
         .into_response()
 }
