@@ -310,8 +310,9 @@ fn send(client: &reqwest::blocking::Client, url: &str, batch: &[[f32; 4]]) -> u1
         .unwrap_or(0)
 }
 
-/// numpy's PSI over `rows` against reference.json (tests/python/fleet_psi.py).
-fn numpy_psi(dir: &Path, rows: &[[f32; 4]]) -> std::collections::BTreeMap<String, f64> {
+/// numpy's PSI and scipy's Jensen-Shannon distance over `rows` against reference.json,
+/// per feature (tests/python/fleet_psi.py).
+fn oracle(dir: &Path, rows: &[[f32; 4]]) -> Value {
     let input = dir.join("rows.json");
     std::fs::write(&input, serde_json::to_vec(&rows).unwrap()).unwrap();
     let out = Command::new(python())
@@ -423,22 +424,27 @@ fn three_replicas_one_fleet_view_one_retrain() {
         prom_port,
         "vigil:drift_psi:fleet{model=\"iris\",version=\"1\"}",
     ));
-    let want = numpy_psi(work.path(), &normal);
+    let want = oracle(work.path(), &normal);
     assert_eq!(fleet.len(), 4, "{fleet:?}");
-    for (feature, w) in &want {
-        let got = fleet[feature];
-        assert!(
-            (got - w).abs() < 1e-6,
-            "{feature}: Prometheus {got}, numpy {w}"
-        );
-    }
-    println!("since-start fleet PSI (Prometheus) {fleet:?}, numpy {want:?}");
     let js = per_feature(query(
         &client,
         prom_port,
         "vigil:drift_js:fleet{model=\"iris\"}",
     ));
-    assert!(js.values().all(|&v| (0.0..0.2).contains(&v)), "{js:?}");
+    assert_eq!(js.len(), 4, "{js:?}");
+    for (feature, w) in want["psi"].as_object().unwrap() {
+        let (got, w) = (fleet[feature], w.as_f64().unwrap());
+        assert!(
+            (got - w).abs() < 1e-6,
+            "{feature}: Prometheus PSI {got}, numpy {w}"
+        );
+        let (got, w) = (js[feature], want["js"][feature].as_f64().unwrap());
+        assert!(
+            (got - w).abs() < 1e-6,
+            "{feature}: Prometheus JS {got}, scipy {w}"
+        );
+    }
+    println!("since-start fleet PSI (Prometheus) {fleet:?}, JS {js:?}; oracle {want}");
 
     // 2. A shift, spread over the fleet; no replica's window (1 000 000 rows) closes.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,6 +1,7 @@
-"""PSI of each feature of rows against a vigil reference.json, computed with numpy as the
-oracle of tests/fleet.rs: shares per reference bin (numpy.searchsorted, side="right"),
-floored at 1e-4, PSI = sum (a - e) * ln(a / e).
+"""PSI and Jensen-Shannon distance of each feature of rows against a vigil reference.json,
+the oracle of tests/fleet.rs: shares per reference bin (numpy.searchsorted, side="right");
+PSI = sum (a - e) * ln(a / e) with shares floored at 1e-4 (numpy; scipy has no PSI);
+JS = scipy.spatial.distance.jensenshannon(reference, shares, base=2).
 
 usage: fleet_psi.py REFERENCE.json ROWS.json   (ROWS: a list of float32 rows)
 """
@@ -9,6 +10,7 @@ import json
 import sys
 
 import numpy as np
+from scipy.spatial.distance import jensenshannon
 
 FLOOR = 1e-4
 
@@ -16,7 +18,7 @@ FLOOR = 1e-4
 def main():
     reference = json.load(open(sys.argv[1]))
     rows = np.array(json.load(open(sys.argv[2])), dtype=np.float32).astype(np.float64)
-    out = {}
+    out = {"psi": {}, "js": {}}
     for j, f in enumerate(reference["features"]):
         x = rows[:, f["index"]]
         x = x[np.isfinite(x)]
@@ -31,7 +33,8 @@ def main():
             expected = np.append(np.array(f["proportions"], dtype=np.float64), 0.0)
         actual = counts / counts.sum()
         a, e = np.maximum(actual, FLOOR), np.maximum(expected, FLOOR)
-        out[f["name"]] = float(np.sum((a - e) * np.log(a / e)))
+        out["psi"][f["name"]] = float(np.sum((a - e) * np.log(a / e)))
+        out["js"][f["name"]] = float(jensenshannon(expected, actual, base=2))
     print(json.dumps(out))
 
 
