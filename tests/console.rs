@@ -174,7 +174,7 @@ fn console_shows_models_drift_and_events_in_chromium() {
         .arg(root().join("tests/python/console_check.py"))
         .arg(v.url("/"))
         .arg(&shot)
-        .arg("11")
+        .arg("14")
         .output()
         .expect("run console_check.py");
     assert!(
