@@ -362,6 +362,23 @@ fn openapi_describes_the_routes_served() {
             "{op} is described but not served"
         );
     }
+    // A valid OpenAPI 3.1 document (openapi-spec-validator).
+    let file = repo.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\n\
+             validate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "invalid OpenAPI document: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Schemas the handlers refer to are in the description.
     for schema in [
         "InferRequest",
