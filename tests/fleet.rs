@@ -25,11 +25,24 @@ use vigil::monitor::profile::Rng;
 const TOKEN: &str = "fleet-admin-token";
 const SECRET: &str = "whsec_ZmxlZXQtd2ViaG9vay1zZWNyZXQtMTIzNDU2";
 
-/// A child process killed when the test ends.
+/// A child process stopped when the test ends: SIGTERM first (nginx's master then takes
+/// its workers down with it; a SIGKILLed master would leave them running), SIGKILL after
+/// 5 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
