@@ -18,10 +18,11 @@ use hyper_util::rt::TokioIo;
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary with no
-    // arguments, and then it must not serve forever.
+    // arguments (or with the harness flags given after `--`, such as `--nocapture`), and
+    // then it must not serve forever.
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| a != "--bench")
+        .filter(|a| !a.starts_with("--"))
         .collect();
     let Some(addr) = args.first().cloned() else {
         println!("ceiling: the HTTP ceiling for benches/load.py; run `cargo bench --bench ceiling -- ADDR [BODY]`");

@@ -10,7 +10,7 @@ pub mod plot;
 pub mod traffic;
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use maud::{html, Markup, DOCTYPE};
 
@@ -68,12 +68,6 @@ pub struct VersionView {
     pub outputs: Vec<String>,
     pub traffic: Option<TrafficView>,
     pub drift: Option<VersionReport>,
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn spec_text(s: &crate::backend::TensorSpec) -> String {
@@ -180,7 +174,7 @@ pub fn collect(server: &Server, index: &[IndexRow], traffic: &Traffic) -> View {
     events.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
     events.truncate(EVENTS_SHOWN);
     View {
-        generated_at: now_unix(),
+        generated_at: crate::retrain::now_unix(),
         ready: server.is_ready(),
         models: models.into_values().collect(),
         events,
@@ -232,10 +226,9 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// hh:mm:ss of a Unix time, in UTC.
 fn utc_time(unix: f64) -> String {
-    let secs = unix.max(0.0) as u64;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!("{h:02}:{m:02}:{s:02}")
+    crate::retrain::rfc3339(unix)[11..19].to_string()
 }
 
 fn ago(now: f64, then: f64) -> String {
@@ -560,6 +553,12 @@ mod tests {
         ];
         let names: Vec<&str> = feature_order(&fs).iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["d", "b", "a", "c"]);
+    }
+
+    #[test]
+    fn times_of_day_in_utc() {
+        assert_eq!(utc_time(3661.5), "01:01:01");
+        assert_eq!(utc_time(1_764_750_000.0), "08:20:00");
     }
 
     #[test]
