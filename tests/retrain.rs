@@ -379,10 +379,10 @@ fn dead_letter_and_replay() {
         .as_str()
         .unwrap()
         .contains("400"));
-    assert_eq!(
-        v.metric(r#"vigil_retrain_dead_letters{model="iris"}"#),
-        Some(1.0)
-    );
+    // The gauge follows the outbox (exported right after the move).
+    wait_for(10, "the dead-letter gauge at 1", || {
+        (v.metric(r#"vigil_retrain_dead_letters{model="iris"}"#) == Some(1.0)).then_some(())
+    });
     // Unknown id: 404. Replay: delivered.
     assert_eq!(
         v.post_json("/v2/retrain/dead-letters/evt_nope/replay", &json!({}))
@@ -395,10 +395,9 @@ fn dead_letter_and_replay() {
     wait_for(10, "the replayed event delivered", || {
         (events(&v)["delivered"].as_array()?.len() == 1).then_some(())
     });
-    assert_eq!(
-        v.metric(r#"vigil_retrain_dead_letters{model="iris"}"#),
-        Some(0.0)
-    );
+    wait_for(10, "the dead-letter gauge back at 0", || {
+        (v.metric(r#"vigil_retrain_dead_letters{model="iris"}"#) == Some(0.0)).then_some(())
+    });
     // Retrain needs a hook: a model without one is a 400.
     let bare = TempDir::new("bare");
     std::fs::create_dir_all(bare.path().join("iris/1")).unwrap();
