@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -101,27 +102,29 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_MAX_TENSOR_ELEMENTS", default_value_t = 64 * 1024 * 1024)]
     pub max_tensor_elements: usize,
 
-    /// Seconds a client may take to send a request body (408 after that).
-    #[arg(long, env = "VIGIL_BODY_TIMEOUT", default_value_t = 30.0)]
-    pub body_timeout: f64,
+    /// How long a client may take to send a request body, on every route (408 after
+    /// that). Durations take `250ms`, `1.5s`, `2m`, `1h30m`, `2d` or bare seconds.
+    #[arg(long, env = "VIGIL_BODY_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse_flag)]
+    pub body_timeout: Duration,
 
     /// Requests waiting for a worker before new ones are refused with 503.
     #[arg(long, env = "VIGIL_QUEUE_SIZE", default_value_t = 1024)]
     pub queue_size: usize,
 
-    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish, in seconds.
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
     #[arg(
         long,
         alias = "shutdown-timeout",
         env = "VIGIL_SHUTDOWN_GRACE",
-        default_value_t = 30.0
+        default_value = "30s",
+        value_parser = crate::duration::parse_flag
     )]
-    pub shutdown_grace: f64,
+    pub shutdown_grace: Duration,
 
-    /// Seconds a client may take to send a request's headers (the connection is closed
+    /// How long a client may take to send a request's headers (the connection is closed
     /// after that: slowloris); also how long an idle keep-alive connection stays open.
-    #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value_t = 10.0)]
-    pub header_timeout: f64,
+    #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_flag)]
+    pub header_timeout: Duration,
 
     /// HTTP connections served at once, both listeners together. At the limit vigil stops
     /// accepting until one closes (new clients wait in the kernel's accept queue).
@@ -156,9 +159,9 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
 
-    /// Seconds between repository scans (0: scan only when asked through the repository API).
-    #[arg(long, env = "VIGIL_POLL_INTERVAL", default_value_t = 5.0)]
-    pub poll_interval: f64,
+    /// Time between repository scans (0: scan only when asked through the repository API).
+    #[arg(long, env = "VIGIL_POLL_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_flag)]
+    pub poll_interval: Duration,
 
     /// `poll`: serve what the repository holds, following changes. `explicit`: serve only
     /// models named by --load-model or loaded through POST /v2/repository/models/{m}/load.
@@ -199,11 +202,11 @@ pub struct ServeArgs {
     pub retrain_secret: Option<String>,
 
     /// Default cooldown between drift events of one model ("24h", "90s").
-    #[arg(long, env = "VIGIL_RETRAIN_COOLDOWN", default_value = "24h")]
+    #[arg(long, env = "VIGIL_RETRAIN_COOLDOWN", default_value = "24h", value_parser = crate::duration::check_flag)]
     pub retrain_cooldown: String,
 
     /// Default timeout of one delivery attempt.
-    #[arg(long, env = "VIGIL_RETRAIN_TIMEOUT", default_value = "15s")]
+    #[arg(long, env = "VIGIL_RETRAIN_TIMEOUT", default_value = "15s", value_parser = crate::duration::check_flag)]
     pub retrain_timeout: String,
 
     /// Default delivery attempts before an event is dead-lettered.
@@ -358,8 +361,10 @@ pub struct RetrainConfig {
     /// ...the environment variable that holds it.
     pub secret_env: Option<String>,
     /// No new drift event for a model within this long of the last one ("24h").
+    #[serde(default, deserialize_with = "crate::duration::serde_text::deserialize")]
     pub cooldown: Option<String>,
     /// Per delivery attempt ("15s").
+    #[serde(default, deserialize_with = "crate::duration::serde_text::deserialize")]
     pub timeout: Option<String>,
     pub max_attempts: Option<u32>,
     pub format: Option<crate::retrain::Format>,
@@ -433,14 +438,14 @@ impl RetrainConfig {
     pub fn cooldown(&self) -> std::time::Duration {
         self.cooldown
             .as_deref()
-            .and_then(|c| crate::retrain::parse_duration(c).ok())
+            .and_then(|c| crate::duration::parse(c).ok())
             .unwrap_or(std::time::Duration::from_secs(86_400))
     }
 
     pub fn validate(&self) -> Result<(), String> {
         for (k, v) in [("cooldown", &self.cooldown), ("timeout", &self.timeout)] {
             if let Some(v) = v {
-                crate::retrain::parse_duration(v).map_err(|e| format!("retrain.{k}: {e}"))?;
+                crate::duration::parse(v).map_err(|e| format!("retrain.{k}: {e}"))?;
             }
         }
         if let Some(s) = &self.secret {
@@ -477,7 +482,7 @@ impl RetrainConfig {
             timeout: self
                 .timeout
                 .as_deref()
-                .and_then(|t| crate::retrain::parse_duration(t).ok())
+                .and_then(|t| crate::duration::parse(t).ok())
                 .unwrap_or(std::time::Duration::from_secs(15)),
             max_attempts: self.max_attempts.unwrap_or(10),
             format: self.format.unwrap_or_default(),
@@ -505,7 +510,9 @@ pub struct DriftConfig {
     pub enabled: bool,
     /// A window closes after this many rows...
     pub window_rows: u64,
-    /// ...or after this many seconds (0: off) if it holds at least `min_rows`.
+    /// ...or after this long (0: off) if it holds at least `min_rows`: seconds, or a
+    /// duration such as "10m".
+    #[serde(with = "crate::duration::serde_secs")]
     pub window_seconds: f64,
     pub min_rows: u64,
     pub psi_threshold: f64,

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod config;
 pub mod console;
+pub mod duration;
 pub mod fsutil;
 pub mod http;
 pub mod metrics;
@@ -14,4 +15,5 @@ pub mod registry;
 pub mod repository;
 pub mod retrain;
 pub mod serving;
+pub mod supervise;
 pub mod tensor;

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub registry_up: IntGaugeVec,
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
+    /// Versions of a model that cannot be served now (failed loads, a rejected config).
+    versions_unavailable: IntGaugeVec,
     canary_weight: IntGaugeVec,
     drift_score: GaugeVec,
     drift_share: GaugeVec,
@@ -281,6 +283,16 @@ impl Metrics {
             &["model", "outcome"],
         )
         .expect("valid counter definition");
+        let versions_unavailable = IntGaugeVec::new(
+            Opts::new(
+                "vigil_model_versions_unavailable",
+                "Versions of a model that cannot be served now (failed to load, or the model's \
+                 config.toml is rejected: counted as one), by model. Alerts read this gauge: \
+                 it is right from a model's first failure.",
+            ),
+            &["model"],
+        )
+        .expect("valid gauge definition");
         let model_load_duration = HistogramVec::new(
             HistogramOpts::new(
                 "vigil_model_load_duration_seconds",
@@ -427,7 +439,9 @@ impl Metrics {
             Box::new(registry_up.clone()),
             Box::new(model_loads.clone()),
             Box::new(model_load_duration.clone()),
+            Box::new(versions_unavailable.clone()),
             Box::new(canary_weight.clone()),
+            Box::new(crate::supervise::TASK_PANICS.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -454,6 +468,7 @@ impl Metrics {
             registry_up,
             model_loads,
             model_load_duration,
+            versions_unavailable,
             canary_weight,
             drift_score,
             drift_share,
@@ -514,6 +529,14 @@ impl Metrics {
         new: Vec<(u64, Role)>,
         canary_weight: Option<u8>,
     ) {
+        // Counters that alerts read with increase() exist at 0 from the model's first
+        // publish, so that a first failure is an increase.
+        for outcome in ["success", "failure"] {
+            self.model_loads.with_label_values(&[model, outcome]);
+        }
+        for outcome in ["delivered", "retry", "rejected"] {
+            self.retrain.deliveries.with_label_values(&[model, outcome]);
+        }
         for (v, role) in old {
             let _ = self
                 .model_loaded
@@ -527,6 +550,19 @@ impl Metrics {
         self.canary_weight
             .with_label_values(&[model])
             .set(i64::from(canary_weight.unwrap_or(0)));
+    }
+
+    /// How many versions of `model` cannot be served now; `None`: the model is gone.
+    pub fn set_unavailable(&self, model: &str, count: Option<usize>) {
+        match count {
+            Some(n) => self
+                .versions_unavailable
+                .with_label_values(&[model])
+                .set(n as i64),
+            None => {
+                let _ = self.versions_unavailable.remove_label_values(&[model]);
+            }
+        }
     }
 
     /// Drops a version's request series once it is no longer served, so that a long
@@ -770,6 +806,23 @@ impl DriftMetrics {
         } else {
             self.windows_ok.inc();
         }
+    }
+}
+
+/// Raises a gauge while it lives: the decrement runs on drop, so a future dropped
+/// mid-await (a client that hung up) or a panic cannot leave the gauge raised.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn raise(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

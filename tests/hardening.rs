@@ -653,3 +653,307 @@ fn sustained_overload_sheds_and_recovers() {
     }
     println!("overload: {ok} served, {shed} shed with 503");
 }
+
+/// Sends `head` (and nothing more) on a fresh connection and returns the status line of
+/// the answer, or `None` if none came within `limit`.
+fn status_after_head(addr: &str, head: &str, limit: Duration) -> Option<String> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => Some(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+const CONTROL_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v2/repository/index"),
+    ("POST", "/v2/repository/models/iris/load"),
+    ("POST", "/v2/repository/models/iris/unload"),
+    ("PUT", "/v2/models/iris/rollout"),
+    ("POST", "/v2/models/iris/rollout/promote"),
+    ("POST", "/v2/models/iris/rollout/rollback"),
+    ("POST", "/v2/models/iris/retrain"),
+    ("GET", "/v2/retrain/events"),
+    ("POST", "/v2/retrain/alertmanager"),
+    ("POST", "/v2/retrain/dead-letters/evt_x/replay"),
+];
+
+#[test]
+fn the_admin_token_guards_every_control_route_before_its_body() {
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--admin-token", "s3cret", "--body-timeout", "1s"],
+    );
+    for (method, path) in CONTROL_ROUTES {
+        let r = v
+            .client
+            .request(method.parse().unwrap(), v.url(path))
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} without the token");
+        let r = v
+            .client
+            .request(method.parse().unwrap(), v.url(path))
+            .bearer_auth("wrong")
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} with a wrong token");
+    }
+    let r = v
+        .client
+        .post(v.url("/v2/repository/index"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The token is checked before the body is read: a request announcing a large body
+    // and sending none is refused at once.
+    for (method, path) in CONTROL_ROUTES {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 100000\r\n\r\n"
+        );
+        let got = status_after_head(&v.addr, &head, Duration::from_millis(800));
+        assert!(
+            got.as_deref().is_some_and(|l| l.contains(" 401 ")),
+            "{method} {path}: {got:?}"
+        );
+    }
+    // With the token, a body that does not arrive in --body-timeout is cut off with 408,
+    // on the control routes as on inference.
+    for (method, path) in CONTROL_ROUTES
+        .iter()
+        .chain(&[("POST", "/v2/models/iris/infer")])
+    {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"re"
+        );
+        let start = Instant::now();
+        let got = status_after_head(&v.addr, &head, Duration::from_secs(8));
+        assert!(
+            got.as_deref().is_some_and(|l| l.contains(" 408 ")),
+            "{method} {path}: {got:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(6), "{method} {path}");
+    }
+    // Every route, not only the control plane: a GET announcing a body.
+    let head = "GET /v2/models/iris HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n";
+    let got = status_after_head(&v.addr, head, Duration::from_secs(8));
+    assert!(
+        got.as_deref().is_some_and(|l| l.contains(" 408 ")),
+        "{got:?}"
+    );
+    // The server still serves.
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+}
+
+#[test]
+fn without_a_token_the_control_plane_is_served_only_on_loopback_listeners() {
+    // The main listener on every interface and no token: a loopback peer (a sidecar, a
+    // proxy) is not trusted for that; the control plane is closed.
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--http-addr", "0.0.0.0:0"],
+    );
+    let port = v.addr.rsplit(':').next().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for (method, path) in CONTROL_ROUTES {
+        let r = v
+            .client
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{method} {path}");
+        assert!(
+            r.text().unwrap().contains("--admin-token"),
+            "{method} {path}"
+        );
+    }
+    let r = v
+        .client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .json(&iris_body())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(v);
+    // The operator opens it by binding the admin listener to loopback.
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--http-addr", "0.0.0.0:0", "--admin-addr", "127.0.0.1:0"],
+    );
+    let admin = format!("http://{}", v.admin.clone().unwrap());
+    let r = v
+        .client
+        .post(format!("{admin}/v2/repository/index"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let port = v.addr.rsplit(':').next().unwrap();
+    let r = v
+        .client
+        .post(format!("http://127.0.0.1:{port}/v2/repository/index"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("admin listener"));
+}
+
+#[test]
+fn gauges_return_to_idle_when_clients_hang_up() {
+    let v = Vigil::start(&root().join("models"), Engine::Tract, &["--workers", "1"]);
+    let batch = 256;
+    let body = json!({"inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32", "data": vec![0.25f32; batch * 784]}]}).to_string();
+    let head = format!(
+        "POST /v2/models/cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Clients that send a slow request and hang up while it is queued or running.
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(&v.addr).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        conns.push(s);
+    }
+    common::wait_for(20, "the requests to be in flight", || {
+        (v.metric("vigil_inference_in_flight ")? >= 2.0).then_some(())
+    });
+    drop(conns);
+    common::wait_for(60, "every gauge back to idle", || {
+        let idle = v.metric("vigil_inference_in_flight ")? == 0.0
+            && v.metric("vigil_inference_queue_depth ")? == 0.0
+            && v.metric(r#"vigil_http_connections{listener="main"}"#)? <= 1.0;
+        idle.then_some(())
+    });
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    assert_eq!(v.metric("vigil_inference_in_flight "), Some(0.0));
+}
+
+#[test]
+fn one_bad_config_costs_only_its_model() {
+    let dir = TempDir::new("badcfg");
+    for name in ["iris", "late", "huge", "negative"] {
+        let d = dir.path().join(name).join("1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            root().join("models/iris/1/model.onnx"),
+            d.join("model.onnx"),
+        )
+        .unwrap();
+    }
+    for (name, config) in [
+        ("late", "[retrain]\ncooldown = \"1e20\"\n"),
+        ("huge", "[retrain]\ntimeout = \"99999999999999999999d\"\n"),
+        ("negative", "[drift]\nwindow_seconds = \"-5s\"\n"),
+    ] {
+        std::fs::write(dir.path().join(name).join("config.toml"), config).unwrap();
+    }
+    let v = Vigil::start(dir.path(), Engine::Tract, &["--poll-interval", "100ms"]);
+    // Scans go on (one every 100 ms): the good model serves and each bad one is
+    // unavailable, its reason naming the key.
+    let index = common::wait_for(20, "an index with every model", || {
+        let (status, index) = v.post_json("/v2/repository/index", &json!({}));
+        assert_eq!(status, 200, "{index}");
+        (index.as_array()?.len() >= 4).then_some(index)
+    });
+    let rows = index.as_array().unwrap();
+    let row = |m: &str| {
+        rows.iter()
+            .find(|r| r["name"] == m)
+            .unwrap_or_else(|| panic!("{m} missing from {index}"))
+    };
+    assert_eq!(row("iris")["state"], "READY", "{index}");
+    for (m, key) in [
+        ("late", "cooldown"),
+        ("huge", "timeout"),
+        ("negative", "window_seconds"),
+    ] {
+        assert_eq!(row(m)["state"], "UNAVAILABLE", "{index}");
+        let reason = row(m)["reason"].as_str().unwrap();
+        assert!(reason.contains(key), "{m}: {reason}");
+        let (status, body) = v.post_json(&format!("/v2/models/{m}/infer"), &iris_body());
+        assert_eq!(status, 503, "{m}: {body}");
+        assert_eq!(
+            v.metric(&format!(
+                "vigil_model_versions_unavailable{{model=\"{m}\"}}"
+            )),
+            Some(1.0)
+        );
+    }
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    assert_eq!(v.get("/v2/health/ready").0, 200);
+    assert_eq!(
+        v.metric(r#"vigil_task_panics_total{task="reload"}"#),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn duration_flags_take_units_and_refuse_nonsense() {
+    // Every duration flag takes units (the server starts and serves).
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &[
+            "--poll-interval",
+            "250ms",
+            "--body-timeout",
+            "1.5s",
+            "--header-timeout",
+            "1m",
+            "--shutdown-grace",
+            "2s",
+            "--retrain-cooldown",
+            "1h30m",
+            "--retrain-timeout",
+            "2d",
+        ],
+    );
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    drop(v);
+    for flag in [
+        "--poll-interval",
+        "--body-timeout",
+        "--header-timeout",
+        "--shutdown-grace",
+        "--retrain-cooldown",
+        "--retrain-timeout",
+    ] {
+        for bad in [
+            "1e20",
+            "-1",
+            "soon",
+            "NaN",
+            "99999999999999999999d",
+            "\u{feff}5s",
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+                .args(["serve", "--repository"])
+                .arg(root().join("models"))
+                .args(["--http-addr", "127.0.0.1:0"])
+                .arg(format!("{flag}={bad}"))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{flag} {bad} was accepted");
+            assert!(err.contains(flag), "{flag} {bad}: {err}");
+        }
+    }
+}

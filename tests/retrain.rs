@@ -603,3 +603,98 @@ fn fleet_trigger_needs_a_reference_json() {
         .unwrap();
     assert_eq!(v1["state"], "READY");
 }
+
+/// A receiver whose first answer is a 503 with an absurd `Retry-After`; every later one
+/// is 200. Returns its URL and the webhook ids it acknowledged.
+fn absurd_retry_after_receiver(retry_after: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = acked.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut id = String::new();
+            let mut len = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line.trim_end() != "" {
+                let l = line.trim_end().to_ascii_lowercase();
+                if let Some(v) = l.strip_prefix("webhook-id:") {
+                    id = v.trim().to_string();
+                }
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let mut stream = stream;
+            if n == 0 {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 503 X\r\nretry-after: {retry_after}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            } else {
+                seen.lock().unwrap().push(id);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        }
+    });
+    (url, acked)
+}
+
+#[test]
+fn an_absurd_retry_after_never_stops_delivery() {
+    for retry_after in [
+        "1e20",
+        "99999999999999999999999",
+        "-7",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ] {
+        let (url, acked) = absurd_retry_after_receiver(retry_after);
+        let repo = repo(&format!("url = \"{url}\"\nsecret = \"{SECRET}\"\n"));
+        let state = TempDir::new("state");
+        let state_arg = state.path().to_str().unwrap().to_string();
+        let args = ["--state-dir", state_arg.as_str()];
+        let v = Vigil::start(repo.path(), Engine::Tract, &args);
+        // The first event meets the absurd answer and waits at most the retry cap.
+        let first = trigger(&v, "first");
+        wait_for(20, "the first attempt to be answered", || {
+            let e = events(&v);
+            (e["pending"][0]["attempts"] == 1).then_some(())
+        });
+        // The delivery task is alive: a second event is delivered.
+        let second = trigger(&v, "second");
+        wait_for(
+            20,
+            &format!("the second event delivered ({retry_after})"),
+            || acked.lock().unwrap().contains(&second).then_some(()),
+        );
+        // The first event is either still waiting, at most the retry cap, or (for a
+        // negative value, read as "now") already delivered on its retry.
+        let e = events(&v);
+        for p in e["pending"].as_array().unwrap() {
+            assert_eq!(p["id"], first.as_str(), "{e}");
+            let wait = p["next_attempt"].as_f64().unwrap() - p["created_at"].as_f64().unwrap();
+            assert!(
+                (0.0..=301.0).contains(&wait),
+                "{retry_after}: waits {wait} s"
+            );
+        }
+        assert_eq!(
+            v.metric(r#"vigil_task_panics_total{task="retrain_delivery"}"#),
+            Some(0.0)
+        );
+        // A restart with the same event pending starts and serves.
+        drop(v);
+        let v = Vigil::start(repo.path(), Engine::Tract, &args);
+        let third = trigger(&v, "third");
+        wait_for(20, "the third event delivered after the restart", || {
+            acked.lock().unwrap().contains(&third).then_some(())
+        });
+    }
+}

@@ -601,3 +601,149 @@ fn repository_api_with_tritonclient() {
 fn repository_api_with_tritonclient_and_admin_token() {
     repository_api_through_tritonclient(Some("t0ken"));
 }
+
+/// The rollout of `model` as persisted under the state directory.
+fn persisted_rollout(state: &Path, model: &str) -> Value {
+    let text = std::fs::read_to_string(state.join("rollouts.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()[model].clone()
+}
+
+/// Checks that every run of consecutive answers holds floor or ceil of its share.
+fn assert_every_run_exact(arms: &[bool], weight: u32, what: &str) {
+    for len in 1..=arms.len() {
+        for start in 0..=(arms.len() - len) {
+            let got = arms[start..start + len].iter().filter(|&&c| c).count() as f64;
+            let want = len as f64 * f64::from(weight) / 100.0;
+            assert!(
+                (got - want).abs() < 1.0 + 1e-9,
+                "{what}: requests {start}..{}: {got} on the canary, want {want} ± 1 ({arms:?})",
+                start + len
+            );
+        }
+    }
+}
+
+#[test]
+fn canary_share_is_exact_at_any_rate_across_scans_and_publishes() {
+    // A second model in the same repository whose config the test keeps changing: each
+    // change republishes the table while iris's split runs.
+    let repo = iris_repo(&[1, 2]);
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        "[rollout]\nstable = 1\ncanary = 2\nweight = 10\n",
+    )
+    .unwrap();
+    publish_atomic(repo.path(), "other", 1, &iris(1));
+    // Scans every 50 ms (new duration syntax), requests every 120 ms: every request sees
+    // several scans before it.
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "50ms"]);
+    let mut arms = Vec::new();
+    for i in 0..50 {
+        if i % 10 == 5 {
+            // An unrelated publish: the other model's config changes.
+            std::fs::write(
+                repo.path().join("other/config.toml"),
+                format!("[batching]\nmax_queue_delay_us = {}\n", 100 + i),
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(120));
+        let (status, body) = infer_iris(&v, "/v2/models/iris/infer", None);
+        assert_eq!(status, 200, "{body}");
+        arms.push(body["model_version"] == "2");
+    }
+    assert_every_run_exact(&arms, 10, "thin traffic");
+    // A burst: back to back, the same exactness.
+    let burst: Vec<bool> = (0..200)
+        .map(|_| infer_iris(&v, "/v2/models/iris/infer", None).1["model_version"] == "2")
+        .collect();
+    assert_every_run_exact(&burst, 10, "burst");
+    // Thin and burst together are one run too.
+    let all: Vec<bool> = arms.iter().chain(&burst).copied().collect();
+    assert_every_run_exact(&all, 10, "thin then burst");
+}
+
+#[test]
+fn partial_rollout_changes_change_only_what_they_name() {
+    let repo = iris_repo(&[1, 2]);
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        "[version_policy]\nlatest = 3\n",
+    )
+    .unwrap();
+    let state = TempDir::new("state");
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let args = [
+        "--poll-interval",
+        "100ms",
+        "--state-dir",
+        state_arg.as_str(),
+    ];
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let get = |v: &Vigil| v.get("/v2/models/iris/rollout").1;
+    assert_eq!(get(&v)["stable"], 2);
+    let mut want = json!({
+        "stable": null, "canary": null, "weight": 0, "mode": "split",
+        "sticky_header": "x-vigil-routing-key"
+    });
+    let mut change = |v: &Vigil, body: Value| {
+        let (status, got) = put_rollout(v, body.clone());
+        assert_eq!(status, 200, "{body}: {got}");
+        for (k, val) in body.as_object().unwrap() {
+            want[k] = val.clone();
+        }
+        assert_eq!(
+            persisted_rollout(state.path(), "iris"),
+            want,
+            "after {body}"
+        );
+    };
+    // Naming only the sticky header leaves stable unset: a new version becomes stable.
+    change(&v, json!({"sticky_header": "x-user"}));
+    publish_atomic(repo.path(), "iris", 3, &iris(1));
+    wait_for(20, "version 3 to become stable", || {
+        (get(&v)["stable"] == 3).then_some(())
+    });
+    change(&v, json!({"weight": 20}));
+    assert_eq!(get(&v)["stable"], 3);
+    // A canary alone: the stable version stays unpinned, the highest other version.
+    change(&v, json!({"canary": 3}));
+    let r = get(&v);
+    assert_eq!(
+        (
+            &r["stable"],
+            &r["canary"],
+            &r["weight"],
+            &r["sticky_header"]
+        ),
+        (&json!(2), &json!(3), &json!(20), &json!("x-user")),
+        "{r}"
+    );
+    change(&v, json!({"mode": "shadow"}));
+    assert_eq!(get(&v)["mode"], "shadow");
+    change(&v, json!({"mode": "split"}));
+    change(&v, json!({"stable": 1}));
+    assert_eq!(
+        (get(&v)["stable"].clone(), get(&v)["canary"].clone()),
+        (json!(1), json!(3))
+    );
+    change(&v, json!({"stable": null}));
+    assert_eq!(get(&v)["stable"], 2);
+    change(&v, json!({"canary": null}));
+    assert_eq!(
+        (get(&v)["stable"].clone(), get(&v)["canary"].clone()),
+        (json!(3), Value::Null)
+    );
+    // A refused change changes nothing.
+    assert_eq!(put_rollout(&v, json!({"weight": 20, "canary": 9})).0, 400);
+    assert_eq!(persisted_rollout(state.path(), "iris"), want);
+    // After a restart the same, and a newer version still becomes stable.
+    drop(v);
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    assert_eq!(persisted_rollout(state.path(), "iris"), want);
+    publish_atomic(repo.path(), "iris", 4, &iris(2));
+    wait_for(20, "version 4 to become stable after the restart", || {
+        (get(&v)["stable"] == 4).then_some(())
+    });
+    assert_eq!(get(&v)["sticky_header"], "x-user");
+}

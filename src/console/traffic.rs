@@ -44,12 +44,15 @@ impl Traffic {
     pub fn start(server: Arc<Server>) -> Arc<Traffic> {
         let traffic = Arc::new(Traffic::default());
         let t = traffic.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                t.sample(&server, Instant::now());
+        crate::supervise::spawn_async("console_sampler", move || {
+            let (t, server) = (t.clone(), server.clone());
+            async move {
+                let mut tick = tokio::time::interval(SAMPLE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    t.sample(&server, Instant::now());
+                }
             }
         });
         traffic

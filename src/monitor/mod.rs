@@ -441,31 +441,27 @@ impl Scorer {
         let (tx, rx) = crossbeam_channel::bounded::<Box<dyn FnOnce() + Send>>(256);
         let monitors: Arc<Mutex<Vec<std::sync::Weak<Monitor>>>> = Arc::default();
         let watched = monitors.clone();
-        std::thread::Builder::new()
-            .name("vigil-drift".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(std::time::Duration::from_secs(1)) {
-                    Ok(job) => {
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                            tracing::error!("a drift scoring job panicked");
-                        }
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        let alive: Vec<Arc<Monitor>> = {
-                            let mut list = watched
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            list.retain(|w| w.strong_count() > 0);
-                            list.iter().filter_map(std::sync::Weak::upgrade).collect()
-                        };
-                        for m in alive {
-                            m.close_if_due();
-                        }
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        crate::supervise::spawn_thread("drift_scorer", "vigil-drift", move || loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(job) => {
+                    // One job's panic costs that window only.
+                    let _ = crate::supervise::guard("drift_scorer", job);
                 }
-            })
-            .expect("spawning the drift scorer thread");
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let alive: Vec<Arc<Monitor>> = {
+                        let mut list = watched
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        list.retain(|w| w.strong_count() > 0);
+                        list.iter().filter_map(std::sync::Weak::upgrade).collect()
+                    };
+                    for m in alive {
+                        m.close_if_due();
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+        });
         Scorer { tx, monitors }
     }
 

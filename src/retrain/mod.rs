@@ -179,48 +179,6 @@ pub fn now_unix() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Parses "90s", "15m", "1h30m", "24h", "2d" (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-    }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut any = false;
-    for c in t.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1.0,
-            'm' => 60.0,
-            'h' => 3600.0,
-            'd' => 86_400.0,
-            _ => {
-                return Err(format!(
-                    "'{s}' is not a duration (use e.g. 90s, 15m, 1h30m, 24h, 2d)"
-                ))
-            }
-        };
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("'{s}' is not a duration (use e.g. 90s, 15m, 1h30m, 24h, 2d)"))?;
-        total += n * unit;
-        num.clear();
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(format!(
-            "'{s}' is not a duration (use e.g. 90s, 15m, 1h30m, 24h, 2d)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
 /// The stable id of a drift event: the same model, version and window give the same id
 /// on every replica and after every restart.
 pub fn drift_event_id(model: &str, version: u64, closed_at: f64, rows: u64) -> String {
@@ -234,6 +192,9 @@ fn event_id(seed: &str) -> String {
     let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("evt_{hex}")
 }
+
+/// The longest wait between two delivery attempts, whatever the receiver asks for.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 /// Backoff before attempt `n + 1` after `n` failures: 1 s doubling, capped at 5 min,
 /// with jitter in [0.5, 1] of that.
@@ -469,7 +430,7 @@ impl Retrainer {
                         } else {
                             let delay = retry_after
                                 .unwrap_or_else(|| backoff(failures, jitter))
-                                .min(Duration::from_secs(300));
+                                .min(MAX_RETRY_DELAY);
                             ob.failed(&id, failures, err, now_unix() + delay.as_secs_f64())
                         }
                     }
@@ -545,13 +506,11 @@ impl Retrainer {
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                // Clamped, never trusted: a receiver's `Retry-After: 1e20` means "later".
                 let retry_after = resp
                     .headers()
                     .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(Duration::from_secs_f64);
+                    .and_then(|v| crate::duration::retry_after(v.as_bytes(), MAX_RETRY_DELAY));
                 match status {
                     200..=299 => Attempt::Delivered,
                     409 if target.format == Format::Airflow => Attempt::Delivered,
@@ -577,18 +536,6 @@ enum Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("h").is_err());
-    }
 
     #[test]
     fn backoff_doubles_and_caps() {

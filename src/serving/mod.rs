@@ -65,8 +65,10 @@ pub struct ModelEntry {
     pub canary: Option<u64>,
     /// Why the model or some version is not served (version 0: the model itself).
     pub failures: BTreeMap<u64, String>,
-    /// Spreads unkeyed split traffic evenly (a Weyl sequence, no RNG on the hot path).
-    split_counter: AtomicU64,
+    /// Counts unkeyed split requests; the count decides each one's arm exactly (see
+    /// [`rollout::is_canary`]). Shared by every entry the model's table slot has had, so
+    /// a republish (a scan, an unrelated change) never restarts the sequence.
+    split_counter: Arc<AtomicU64>,
 }
 
 impl ModelEntry {
@@ -192,13 +194,13 @@ fn retrain_config(table: &RoutingTable, defaults: &RetrainConfig, model: &str) -
 
 /// Turns drift trips into retrain events (a thread of its own: the outbox fsyncs).
 fn forward_drift_events(
-    rx: crossbeam_channel::Receiver<DriftEvent>,
-    table: Arc<ArcSwap<RoutingTable>>,
-    defaults: RetrainConfig,
-    retrainer: Arc<Retrainer>,
+    rx: &crossbeam_channel::Receiver<DriftEvent>,
+    table: &ArcSwap<RoutingTable>,
+    defaults: &RetrainConfig,
+    retrainer: &Retrainer,
 ) {
     for ev in rx {
-        let cfg = retrain_config(&table.load(), &defaults, &ev.model);
+        let cfg = retrain_config(&table.load(), defaults, &ev.model);
         if cfg.trigger() == crate::config::RetrainTrigger::Fleet {
             tracing::info!(model = %ev.model, version = ev.version,
                 "this replica's windows drift; with trigger = \"fleet\" the fleet alert decides");
@@ -273,10 +275,9 @@ impl Server {
                 options.retrain_defaults.clone(),
                 retrainer.clone(),
             );
-            std::thread::Builder::new()
-                .name("vigil-retrain-events".into())
-                .spawn(move || forward_drift_events(rx, table, defaults, retrainer))
-                .expect("spawning the drift event thread");
+            crate::supervise::spawn_thread("retrain_events", "vigil-retrain-events", move || {
+                forward_drift_events(&rx, &table, &defaults, &retrainer)
+            });
         }
         Ok(Server {
             table,
@@ -349,7 +350,15 @@ impl Server {
                 version.model_path.display()
             )));
         }
-        let result = self.backends.load(&version.model_path, config.backend);
+        // A panic inside an engine (a malformed model can trip one) costs this version only.
+        let result = crate::supervise::guard("model_load", || {
+            self.backends.load(&version.model_path, config.backend)
+        })
+        .unwrap_or_else(|panic| {
+            Err(BackendError::Load(format!(
+                "the engine panicked while loading: {panic}"
+            )))
+        });
         self.metrics
             .count_load(model, result.is_ok(), start.elapsed());
         let loaded = result?;
@@ -407,7 +416,26 @@ impl Server {
                     ));
                 }
                 let rollout = self.effective_rollout(name, &config);
-                let entry = build_entry(name, config, versions, failures, rollout);
+                if let Some(p) = &previous {
+                    if p.config == config
+                        && p.rollout == rollout
+                        && p.failures == failures
+                        && p.versions.len() == versions.len()
+                        && p.versions
+                            .iter()
+                            .zip(&versions)
+                            .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
+                    {
+                        // Nothing changed (a scan found the model as it was): no new
+                        // table, no routing state touched.
+                        return;
+                    }
+                }
+                let counter = previous
+                    .as_ref()
+                    .map_or_else(Arc::default, |p| p.split_counter.clone());
+                self.metrics.set_unavailable(name, Some(failures.len()));
+                let entry = build_entry(name, config, versions, failures, rollout, counter);
                 self.metrics.publish_roles(
                     name,
                     previous.as_ref().map(|p| roles(p)).unwrap_or_default(),
@@ -420,6 +448,7 @@ impl Server {
                 if let Some(p) = &previous {
                     self.metrics.publish_roles(name, roles(p), Vec::new(), None);
                 }
+                self.metrics.set_unavailable(name, None);
                 models.remove(name);
             }
         }
@@ -485,6 +514,7 @@ impl Server {
             entry.versions.clone(),
             entry.failures.clone(),
             next.clone(),
+            entry.split_counter.clone(),
         );
         self.metrics.publish_roles(
             name,
@@ -577,17 +607,15 @@ impl Server {
                 shadow: Some(entry.version(canary)?),
             }),
             RolloutMode::Split => {
-                let slot = match sticky_key(&entry.rollout.sticky_header) {
-                    Some(key) => rollout::bucket_of_key(&key),
-                    None => rollout::bucket_of_counter(
+                let weight = entry.rollout.weight;
+                let to_canary = match sticky_key(&entry.rollout.sticky_header) {
+                    Some(key) => rollout::bucket_of_key(&key) < u32::from(weight) * 100,
+                    None => rollout::is_canary(
                         entry.split_counter.fetch_add(1, Ordering::Relaxed),
+                        weight,
                     ),
                 };
-                only(if slot < u32::from(entry.rollout.weight) * 100 {
-                    canary
-                } else {
-                    stable
-                })
+                only(if to_canary { canary } else { stable })
             }
         }
     }
@@ -628,9 +656,10 @@ impl Server {
         version: &Arc<ServedVersion>,
         inputs: Vec<Tensor>,
     ) -> Result<Vec<Tensor>, InferError> {
-        self.metrics.in_flight.inc();
+        // A guard, not inc/dec: a client that hangs up drops this future mid-await.
+        let in_flight = crate::metrics::GaugeGuard::raise(&self.metrics.in_flight);
         let result = self.infer_inner(version, inputs).await;
-        self.metrics.in_flight.dec();
+        drop(in_flight);
         if let Err(e) = &result {
             version.metrics.count(e.outcome());
             version.stats.record_failure();
@@ -708,10 +737,20 @@ fn build_entry(
     versions: BTreeMap<u64, Arc<ServedVersion>>,
     failures: BTreeMap<u64, String>,
     rollout: RolloutConfig,
+    split_counter: Arc<AtomicU64>,
 ) -> ModelEntry {
+    // Unpinned, the stable version is the highest served one that is not the canary
+    // (the canary is usually the newest version), else whatever is served.
     let stable = rollout
         .stable
         .filter(|v| versions.contains_key(v))
+        .or_else(|| {
+            versions
+                .keys()
+                .rev()
+                .find(|&&v| Some(v) != rollout.canary)
+                .copied()
+        })
         .or_else(|| versions.keys().next_back().copied());
     let canary = rollout
         .canary
@@ -731,7 +770,7 @@ fn build_entry(
         stable,
         canary,
         failures,
-        split_counter: AtomicU64::new(0),
+        split_counter,
     }
 }
 

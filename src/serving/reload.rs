@@ -121,7 +121,12 @@ impl Reloader {
                 continue;
             }
             present.insert(source.name.clone());
-            let _ = self.reconcile(&mut state, source, force);
+            // One model's bug must not cost the others their pass.
+            if let Err(panic) =
+                crate::supervise::guard("reload", || self.reconcile(&mut state, source, force))
+            {
+                tracing::error!(model = %source.name, panic = %panic, "reconciling the model panicked; the other models go on");
+            }
         }
         // Models whose directory is gone (or, in explicit mode, no longer wanted).
         let table = self.server.table();
@@ -183,11 +188,20 @@ impl Reloader {
             .collect();
         // A registry-managed model serves exactly its assigned versions.
         let registry = self.server.assignment(name).is_some();
+        // With the stable version unpinned, the policy picks it among the versions that
+        // are not the canary (`latest = 1` with a canary on the newest version serves
+        // the newest other version as stable, and the canary beside it).
+        let unpinned_canary = rollout.canary.filter(|_| rollout.stable.is_none());
         let by_policy = |versions: &[u64]| {
             if registry {
                 BTreeSet::new()
             } else {
-                select(&policy, versions)
+                let others: Vec<u64> = versions
+                    .iter()
+                    .copied()
+                    .filter(|&v| Some(v) != unpinned_canary)
+                    .collect();
+                select(&policy, &others)
             }
         };
         let desired: BTreeSet<u64> = by_policy(&loadable).union(&pins).copied().collect();
@@ -390,10 +404,10 @@ impl Reloader {
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stop.recv_timeout(interval)
                 {
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.poll())) {
+                    match crate::supervise::guard("reload", || self.poll()) {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "repository scan failed"),
-                        Err(_) => tracing::error!("repository scan panicked"),
+                        Err(_) => {} // logged and counted by the guard
                     }
                 }
             })

@@ -2,7 +2,10 @@
 //!
 //! A split sends `weight`% of unpinned requests to the canary. With a sticky key the
 //! choice is a hash of the key, so the same key always lands on the same version for a
-//! given weight; without one, a Weyl sequence spreads requests evenly (no RNG, no lock).
+//! given weight; without one, the n-th unkeyed request goes to the canary exactly when
+//! `floor((n+1)·w/100)` grows (a Bresenham line), so any run of N consecutive requests
+//! holds `floor` or `ceil` of `N·w/100` canary answers: exact at any request rate, with
+//! no RNG and no lock (one atomic increment).
 //! Run-time rollout changes are written to `<state-dir>/rollouts.json` (write, fsync,
 //! rename) before they take effect, and win over `config.toml`'s `[rollout]`.
 
@@ -21,10 +24,12 @@ pub fn bucket_of_key(key: &[u8]) -> u32 {
     (h.finish() % 10_000) as u32
 }
 
-/// The n-th unkeyed request's bucket in 0..10000: consecutive requests are spread evenly.
-pub fn bucket_of_counter(n: u64) -> u32 {
-    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    ((x >> 32) % 10_000) as u32
+/// Whether the n-th unkeyed request (counting from 0) goes to a canary of `weight`%.
+pub fn is_canary(n: u64, weight: u8) -> bool {
+    let w = u128::from(weight.min(100));
+    let n = u128::from(n);
+    // u128: no overflow for any n; the sequence restarts only after 2^64 requests.
+    (n + 1) * w / 100 > n * w / 100
 }
 
 struct Fnv(u64);
@@ -99,16 +104,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counter_spread_is_even() {
-        for weight in [1u32, 10, 33, 50, 90] {
-            let hits = (0..10_000u64)
-                .filter(|&n| bucket_of_counter(n) < weight * 100)
-                .count() as f64;
-            assert!(
-                (hits / 100.0 - weight as f64).abs() < 1.0,
-                "weight {weight}: {hits}"
-            );
+    fn every_run_of_requests_is_exact_within_one() {
+        for weight in 0u8..=100 {
+            let arm: Vec<u64> = (0..1_000u64)
+                .map(|n| u64::from(is_canary(n, weight)))
+                .collect();
+            // Every window [start, start + len): count within ±1 of len·w/100.
+            for len in [1usize, 2, 3, 7, 10, 19, 60, 100, 333] {
+                for start in 0..(1_000 - len) {
+                    let got = arm[start..start + len].iter().sum::<u64>() as f64;
+                    let want = len as f64 * f64::from(weight) / 100.0;
+                    assert!(
+                        (got - want).abs() < 1.0 + 1e-9,
+                        "weight {weight}, run {start}+{len}: {got} vs {want}"
+                    );
+                }
+            }
         }
+        // Far along the sequence too (no overflow, same exactness).
+        let far = u64::MAX - 10_000;
+        let hits = (far..far + 1_000).filter(|&n| is_canary(n, 10)).count();
+        assert_eq!(hits, 100);
+        assert!(!is_canary(5, 0) && is_canary(5, 100) && is_canary(5, 250));
     }
 
     #[test]

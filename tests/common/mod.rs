@@ -83,10 +83,15 @@ impl Vigil {
     pub fn start(repository: &Path, engine: Engine, extra: &[&str]) -> Vigil {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
         let state = (!extra.contains(&"--state-dir")).then(|| TempDir::new("state"));
+        let default_addr: &[&str] = if extra.contains(&"--http-addr") {
+            &[]
+        } else {
+            &["--http-addr", "127.0.0.1:0"]
+        };
         cmd.arg("serve")
             .arg("--repository")
             .arg(repository)
-            .args(["--http-addr", "127.0.0.1:0"])
+            .args(default_addr)
             .args(engine.args())
             .args(extra)
             .args(
