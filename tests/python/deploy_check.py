@@ -132,6 +132,13 @@ def main():
     check_args(vigil, rc["args"], "ClusterServingRuntime")
     if "--repository=/mnt/models" not in rc["args"]:
         fail("the runtime must serve KServe's /mnt/models")
+    # The admin token comes from a Secret, in the runtime as in the Deployment (without
+    # one the control plane is closed on their non-loopback listeners).
+    for where, container in (("ClusterServingRuntime", rc),
+                             ("Deployment", dep["spec"]["template"]["spec"]["containers"][0])):
+        token = [e for e in container.get("env", []) if e["name"] == "VIGIL_ADMIN_TOKEN"]
+        if not token or "secretKeyRef" not in token[0].get("valueFrom", {}):
+            fail(f"{where}: VIGIL_ADMIN_TOKEN must come from a Secret")
     with open(os.path.join(DEPLOY, "kserve", "inference-service.yaml")) as f:
         isvc = yaml.safe_load(f)
     if (isvc["apiVersion"], isvc["kind"]) != ("serving.kserve.io/v1beta1", "InferenceService"):
