@@ -600,7 +600,11 @@ impl Monitor {
         let fleet = reference
             .as_ref()
             .filter(|_| unmonitored.is_none())
-            .map(|p| setup.metrics.fleet_bins(&p.features));
+            .map(|p| {
+                setup
+                    .metrics
+                    .fleet_bins(crate::metrics::Side::Input, &p.features)
+            });
         let flushed = fleet
             .as_ref()
             .map(|f| f.counters.iter().map(|c| vec![0; c.len()]).collect())
@@ -1115,7 +1119,7 @@ mod tests {
         let text = metrics.render();
         let count = |feature: &str, bin: &str| -> u64 {
             let key = format!(
-                "vigil_drift_bin_rows_total{{bin=\"{bin}\",feature=\"{feature}\",model=\"m\",version=\"3\"}} "
+                "vigil_drift_bin_rows_total{{bin=\"{bin}\",feature=\"{feature}\",model=\"m\",side=\"input\",version=\"3\"}} "
             );
             text.lines()
                 .find_map(|l| l.strip_prefix(key.as_str()))
@@ -1139,7 +1143,7 @@ mod tests {
         assert_eq!(count("f1", "2"), 0);
         assert_eq!(count("f1", "other"), 1);
         assert!(text.contains(
-            "vigil_drift_reference_proportion{bin=\"2\",feature=\"f1\",model=\"m\",version=\"3\"} 0.3333"
+            "vigil_drift_reference_proportion{bin=\"2\",feature=\"f1\",model=\"m\",side=\"input\",version=\"3\"} 0.3333"
         ));
         // The series go with the version.
         metrics.remove_version("m", 3);
