@@ -102,12 +102,30 @@ pub struct Metrics {
 struct FleetFamilies {
     bin_rows: IntCounterVec,
     reference: GaugeVec,
-    /// The (feature, bin) label pairs each version exported, to remove them with it.
+    /// The (side, feature, bin) labels each version exported, to remove them with it.
     series: BinSeries,
 }
 
-/// Per (model, version): the (feature, bin) label pairs exported.
-type BinSeries = Arc<Mutex<HashMap<(String, u64), Vec<(String, String)>>>>;
+/// Per (model, version): the (side, feature, bin) labels exported.
+type BinSeries = Arc<Mutex<HashMap<(String, u64), Vec<(Side, String, String)>>>>;
+
+/// Which end of the model a drift series is about: the `side` label of every drift
+/// family. Input and output features are named independently (a model with one input
+/// matrix and one output matrix has `f0` on both sides), so the label keeps them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Input,
+    Output,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Input => "input",
+            Side::Output => "output",
+        }
+    }
+}
 
 /// One version's per-bin row counters: `counters[feature][bin]`, the last bin of each
 /// feature being "nan" (NaN and infinite values).
@@ -164,7 +182,8 @@ impl crate::retrain::RetrainMetrics for RetrainCounters {
     }
 }
 
-type FeatureNames = Arc<Mutex<HashMap<(String, u64), Vec<String>>>>;
+/// Per (model, version): the (side, feature, method) labels of the scores exported.
+type FeatureNames = Arc<Mutex<HashMap<(String, u64), Vec<(Side, String, &'static str)>>>>;
 
 /// The drift methods, as the `method` label of `vigil_drift_score`.
 pub const DRIFT_METHODS: [&str; 7] = [
@@ -314,9 +333,9 @@ impl Metrics {
         let drift_score = GaugeVec::new(
             Opts::new(
                 "vigil_drift_score",
-                "Drift score of a feature in the last closed window, by method.",
+                "Drift score of a feature in the last closed window, by method (side: input or output; a method the window has no value for has no series).",
             ),
-            &["model", "version", "feature", "method"],
+            &["model", "version", "side", "feature", "method"],
         )
         .expect("valid gauge definition");
         let drift_share = GaugeVec::new(
@@ -397,9 +416,9 @@ impl Metrics {
             bin_rows: IntCounterVec::new(
                 Opts::new(
                     "vigil_drift_bin_rows_total",
-                    "Input rows counted since start per reference bin (bin: index into the reference edges, the category, \"other\", or \"nan\" for NaN/inf); summed over replicas by the fleet rules.",
+                    "Rows counted since start per reference bin (side: input; bin: index into the reference edges, the category, \"other\", or \"nan\" for NaN/inf); summed over replicas by the fleet rules.",
                 ),
-                &["model", "version", "feature", "bin"],
+                &["model", "version", "side", "feature", "bin"],
             )
             .expect("valid counter definition"),
             reference: GaugeVec::new(
@@ -407,7 +426,7 @@ impl Metrics {
                     "vigil_drift_reference_proportion",
                     "The reference's share of training rows per bin (same labels as vigil_drift_bin_rows_total).",
                 ),
-                &["model", "version", "feature", "bin"],
+                &["model", "version", "side", "feature", "bin"],
             )
             .expect("valid gauge definition"),
             series: Arc::default(),
@@ -594,10 +613,10 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&key)
             .unwrap_or_default();
-        for name in &names {
-            for m in DRIFT_METHODS {
-                let _ = self.drift_score.remove_label_values(&[model, &v, name, m]);
-            }
+        for (side, name, method) in &names {
+            let _ = self
+                .drift_score
+                .remove_label_values(&[model, &v, side.as_str(), name, method]);
         }
         let _ = self.drift_share.remove_label_values(&[model, &v]);
         let _ = self.drift_status.remove_label_values(&[model, &v]);
@@ -612,8 +631,14 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&key)
             .unwrap_or_default();
-        for (feature, bin) in &bins {
-            let l = [model, v.as_str(), feature.as_str(), bin.as_str()];
+        for (side, feature, bin) in &bins {
+            let l = [
+                model,
+                v.as_str(),
+                side.as_str(),
+                feature.as_str(),
+                bin.as_str(),
+            ];
             let _ = self.fleet.bin_rows.remove_label_values(&l);
             let _ = self.fleet.reference.remove_label_values(&l);
         }
@@ -743,9 +768,13 @@ pub struct DriftMetrics {
 }
 
 impl DriftMetrics {
-    /// Creates the version's per-bin counters (at zero, so that every bin has a series
-    /// from the start) and sets the reference shares.
-    pub fn fleet_bins(&self, features: &[crate::monitor::profile::FeatureProfile]) -> FleetBins {
+    /// Creates the version's per-bin counters of one side's features (at zero, so that
+    /// every bin has a series from the start) and sets the reference shares.
+    pub fn fleet_bins(
+        &self,
+        side: Side,
+        features: &[crate::monitor::profile::FeatureProfile],
+    ) -> FleetBins {
         let mut noted = Vec::new();
         let counters = features
             .iter()
@@ -755,12 +784,18 @@ impl DriftMetrics {
                     .iter()
                     .enumerate()
                     .map(|(i, bin)| {
-                        let l = [self.model.as_str(), &self.version, &f.name, bin];
+                        let l = [
+                            self.model.as_str(),
+                            &self.version,
+                            side.as_str(),
+                            &f.name,
+                            bin,
+                        ];
                         if bin != "nan" {
                             let share = f.proportions.get(i).copied().unwrap_or(0.0);
                             self.fleet.reference.with_label_values(&l).set(share);
                         }
-                        noted.push((f.name.clone(), bin.clone()));
+                        noted.push((side, f.name.clone(), bin.clone()));
                         self.fleet.bin_rows.with_label_values(&l)
                     })
                     .collect()
@@ -770,14 +805,24 @@ impl DriftMetrics {
             .series
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((self.model.clone(), self.version_n), noted);
+            .entry((self.model.clone(), self.version_n))
+            .or_default()
+            .extend(noted);
         FleetBins { counters }
     }
 
     /// Exports a scored window (scorer thread, once per window: label lookups are fine).
+    /// Every series then holds this window's value: a method the window has no value
+    /// for (no rows, a numeric-only method on a categorical feature) loses its series
+    /// rather than keep an older window's.
     pub fn observe_window(&self, w: &crate::monitor::WindowReport) {
         let mut names = Vec::new();
-        for f in w.features.iter().chain(&w.outputs) {
+        let sides = w
+            .features
+            .iter()
+            .map(|f| (Side::Input, f))
+            .chain(w.outputs.iter().map(|f| (Side::Output, f)));
+        for (side, f) in sides {
             let values = [
                 f.psi,
                 f.js,
@@ -788,18 +833,30 @@ impl DriftMetrics {
                 f.chi2_pvalue,
             ];
             for (m, v) in DRIFT_METHODS.iter().zip(values) {
-                if let Some(v) = v {
-                    self.score
-                        .with_label_values(&[self.model.as_str(), &self.version, &f.name, m])
-                        .set(v);
+                let l = [
+                    self.model.as_str(),
+                    &self.version,
+                    side.as_str(),
+                    &f.name,
+                    m,
+                ];
+                match v {
+                    Some(v) => {
+                        self.score.with_label_values(&l).set(v);
+                        names.push((side, f.name.clone(), *m));
+                    }
+                    None => {
+                        let _ = self.score.remove_label_values(&l);
+                    }
                 }
             }
-            names.push(f.name.clone());
         }
-        self.names
+        let mut noted = self
+            .names
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((self.model.clone(), self.version_n), names);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (self.model.clone(), self.version_n);
+        noted.insert(key, names);
         self.share.set(w.drift_share);
         if w.drifted {
             self.windows_drift.inc();

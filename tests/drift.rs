@@ -397,3 +397,126 @@ fn a_window_closes_by_time_once_it_has_min_rows() {
     assert_eq!(r["last_window"]["rows"], 200, "{r}");
     assert_eq!(r["window_rows"], 0);
 }
+
+/// `vigil_drift_score` series of `model`: (side, feature, method) -> value.
+fn drift_scores(v: &Vigil, model: &str) -> Vec<((String, String, String), f64)> {
+    let text = v
+        .client
+        .get(v.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("vigil_drift_score{") else {
+            continue;
+        };
+        let (labels, value) = rest.rsplit_once("} ").unwrap();
+        let label = |k: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+        };
+        if label("model").as_deref() != Some(model) {
+            continue;
+        }
+        let key = (
+            label("side").unwrap_or_else(|| "<no side label>".into()),
+            label("feature").unwrap(),
+            label("method").unwrap(),
+        );
+        out.push((key, value.parse().unwrap()));
+    }
+    out
+}
+
+/// A model with one input matrix and one output matrix names the features of both
+/// `f0, f1, ...`: the metrics keep them apart by `side`, and every series holds what
+/// the drift report says for the same side and feature.
+#[test]
+fn input_and_output_features_never_share_a_drift_series() {
+    // tests/data/repo/fixed: y = relu(x), x and y both [2, 4].
+    let dir = TempDir::new("drift-io");
+    let version = dir.path().join("fixed/1");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::copy(
+        root().join("tests/data/repo/fixed/1/model.onnx"),
+        version.join("model.onnx"),
+    )
+    .unwrap();
+    let mut rng = Rng::new(21);
+    let mut uniform = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    let csv = dir.path().join("train.csv");
+    let text: String = (0..2000)
+        .map(|_| format!("{},{},{},{}\n", uniform(), uniform(), uniform(), uniform()))
+        .collect();
+    std::fs::write(&csv, text).unwrap();
+    let (ok, err) = vigil_profile(&[
+        "--data",
+        csv.to_str().unwrap(),
+        "--model",
+        version.to_str().unwrap(),
+        "--out",
+        version.join("reference.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    std::fs::write(
+        dir.path().join("fixed/config.toml"),
+        "[drift]\nwindow_rows = 200\n",
+    )
+    .unwrap();
+    let v = Vigil::start(dir.path(), Engine::Tract, &[]);
+    // Three windows: the first scored one is the outputs' reference, the next two score
+    // inputs and outputs. f0 is shifted, so that inputs and outputs score differently.
+    for _ in 0..300 {
+        let data: Vec<f64> = (0..8)
+            .map(|i| uniform() + if i % 4 == 0 { 0.3 } else { 0.0 })
+            .collect();
+        let body =
+            json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": data}]});
+        let (status, got) = v.post_json("/v2/models/fixed/infer", &body);
+        assert_eq!(status, 200, "{got}");
+    }
+    let r = wait_for(60, "3 scored windows", || {
+        let (_, r) = v.get("/v2/models/fixed/drift");
+        let r = r["versions"][0].clone();
+        (r["windows"].as_u64() == Some(3)).then_some(r)
+    });
+    let w = &r["last_window"];
+    let mut want = Vec::new();
+    for (side, list) in [("input", &w["features"]), ("output", &w["outputs"])] {
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), 4, "{side}s: {list:?}");
+        for f in list {
+            for m in vigil::metrics::DRIFT_METHODS {
+                if let Some(x) = f[m].as_f64() {
+                    let key = (side.to_string(), f["name"].as_str().unwrap().to_string(), m);
+                    want.push((key, x));
+                }
+            }
+        }
+    }
+    // The two sides really do share names here, and score differently.
+    assert_eq!(w["features"][0]["name"], w["outputs"][0]["name"]);
+    assert_ne!(w["features"][0]["psi"], w["outputs"][0]["psi"]);
+    let got = drift_scores(&v, "fixed");
+    for ((side, name, m), x) in &want {
+        let found: Vec<f64> = got
+            .iter()
+            .filter(|((s, n, mm), _)| s == side && n == name && mm == m)
+            .map(|(_, y)| *y)
+            .collect();
+        assert_eq!(
+            found,
+            vec![*x],
+            "vigil_drift_score{{side={side}, feature={name}, method={m}}}: the report says {x}; series: {got:?}"
+        );
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "one series per (side, feature, method) the report has a value for: {got:?}"
+    );
+}

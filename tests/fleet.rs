@@ -288,10 +288,15 @@ fn query(client: &reqwest::blocking::Client, port: u16, q: &str) -> Vec<(Value, 
         .unwrap_or_default()
 }
 
+/// Input features' values by name; every series must carry `side="input"` (the rules
+/// keep the side, so an output's `f0` can never be summed into an input's).
 fn per_feature(series: Vec<(Value, f64)>) -> std::collections::BTreeMap<String, f64> {
     series
         .into_iter()
-        .map(|(m, v)| (m["feature"].as_str().unwrap_or("").to_string(), v))
+        .map(|(m, v)| {
+            assert_eq!(m["side"], "input", "a fleet series without its side: {m}");
+            (m["feature"].as_str().unwrap_or("").to_string(), v)
+        })
         .collect()
 }
 
@@ -428,7 +433,7 @@ fn three_replicas_one_fleet_view_one_retrain() {
         let rows = per_feature(query(
             &client,
             prom_port,
-            "sum by (feature) (vigil:drift_bin_rows:fleet{model=\"iris\",version=\"1\"})",
+            "sum by (side, feature) (vigil:drift_bin_rows:fleet{model=\"iris\",version=\"1\"})",
         ));
         (rows.len() == 4 && rows.values().all(|&n| n == 3000.0)).then_some(())
     });

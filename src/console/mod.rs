@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use maud::{html, Markup, DOCTYPE};
 
+use crate::metrics::Side;
 use crate::monitor::{FeatureScore, VersionReport};
 use crate::retrain::{EventRecord, EventState};
 use crate::serving::reload::IndexRow;
@@ -417,11 +418,11 @@ fn drift_part(model: &str, v: &VersionView, d: &VersionReport, now: f64) -> Mark
                     (format!("{:.2}", w.drift_share))
                     @if w.drifted { " — " strong.bad { "drifted" } }
                 }
-                (features_table(model, &w.features, "Input features"))
+                (features_table(model, &w.features, Side::Input, "Input features"))
                 @if !w.outputs.is_empty() {
                     details id=(format!("outputs-{model}-{}", v.version)) {
                         summary { "Outputs (reference: the first scored window unless the profile has one)" }
-                        (features_table(model, &w.outputs, "Outputs"))
+                        (features_table(model, &w.outputs, Side::Output, "Outputs"))
                     }
                 }
             } @else {
@@ -431,7 +432,9 @@ fn drift_part(model: &str, v: &VersionView, d: &VersionReport, now: f64) -> Mark
     }
 }
 
-fn features_table(model: &str, features: &[FeatureScore], caption: &str) -> Markup {
+/// One side's features (inputs or outputs: the two name their features independently,
+/// so each table row carries its side as well as its name).
+fn features_table(model: &str, features: &[FeatureScore], side: Side, caption: &str) -> Markup {
     let ordered = feature_order(features);
     let hidden = ordered.len().saturating_sub(FEATURES_SHOWN);
     html! {
@@ -443,7 +446,7 @@ fn features_table(model: &str, features: &[FeatureScore], caption: &str) -> Mark
             } }
             tbody {
                 @for f in ordered.iter().take(FEATURES_SHOWN) {
-                    tr.(if f.drifted { "drifted" } else { "" }) data-feature=(f.name) data-drifted=(f.drifted) {
+                    tr.(if f.drifted { "drifted" } else { "" }) data-side=(side.as_str()) data-feature=(f.name) data-drifted=(f.drifted) {
                         td { (f.name) @if f.nonfinite > 0 { div.reason { (f.nonfinite) " NaN/inf" } } }
                         td { (plot::histogram(f)) }
                         td.num { (opt(f.psi, 3)) }
@@ -531,6 +534,7 @@ mod tests {
             wasserstein: None,
             chi2_statistic: None,
             chi2_pvalue: None,
+            unseen_share: None,
             mean: None,
             std: None,
             nonfinite: 0,
@@ -566,9 +570,9 @@ mod tests {
         let fs: Vec<FeatureScore> = (0..45)
             .map(|i| feature(&format!("f{i}"), i, Some(i as f64 / 100.0), i == 44))
             .collect();
-        let html = features_table("wide", &fs, "Input features").into_string();
+        let html = features_table("wide", &fs, Side::Input, "Input features").into_string();
         assert_eq!(html.matches("data-feature=").count(), FEATURES_SHOWN);
-        assert!(html.contains("data-feature=\"f44\" data-drifted=\"true\""));
+        assert!(html.contains("data-side=\"input\" data-feature=\"f44\" data-drifted=\"true\""));
         assert!(html.contains("5 more features"));
         assert!(html.contains("href=\"/v2/models/wide/drift\""));
     }

@@ -157,6 +157,7 @@ mod tests {
             wasserstein: None,
             chi2_statistic: None,
             chi2_pvalue: None,
+            unseen_share: None,
             mean: None,
             std: None,
             nonfinite: 0,

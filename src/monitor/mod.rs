@@ -353,6 +353,10 @@ pub struct FeatureScore {
     pub wasserstein: Option<f64>,
     pub chi2_statistic: Option<f64>,
     pub chi2_pvalue: Option<f64>,
+    /// Categorical features: the window's share of rows in no reference category. Those
+    /// rows are tested in the chi-square's pooled bin (with the reference's rarest
+    /// categories), so a few of them do not flag the feature, a large share does.
+    pub unseen_share: Option<f64>,
     pub mean: Option<f64>,
     pub std: Option<f64>,
     pub nonfinite: u64,
@@ -596,7 +600,11 @@ impl Monitor {
         let fleet = reference
             .as_ref()
             .filter(|_| unmonitored.is_none())
-            .map(|p| setup.metrics.fleet_bins(&p.features));
+            .map(|p| {
+                setup
+                    .metrics
+                    .fleet_bins(crate::metrics::Side::Input, &p.features)
+            });
         let flushed = fleet
             .as_ref()
             .map(|f| f.counters.iter().map(|c| vec![0; c.len()]).collect())
@@ -958,6 +966,7 @@ fn score_feature(
         wasserstein: None,
         chi2_statistic: None,
         chi2_pvalue: None,
+        unseen_share: None,
         mean: finite(acc.mean).filter(|_| n > 0),
         std: finite(acc.std()),
         nonfinite: acc.nonfinite,
@@ -992,25 +1001,16 @@ fn score_feature(
             };
         }
         Kind::Categorical => {
-            // Reference proportions with an empty "other" bin, floored, renormalised.
-            let mut expected: Vec<f64> = r
-                .proportions
-                .iter()
-                .copied()
-                .chain([0.0])
-                .map(|p| p.max(stats::PSI_FLOOR))
-                .collect();
-            let total: f64 = expected.iter().sum();
+            // The reference's shares, then an empty "other" bin (categories it never saw).
             let ref_props: Vec<f64> = r.proportions.iter().copied().chain([0.0]).collect();
             s.psi = finite(stats::psi(&ref_props, &cur));
             s.js = finite(stats::js_distance(&ref_props, &cur));
-            for e in &mut expected {
-                *e = *e / total * n as f64;
+            s.unseen_share = cur.last().copied();
+            // Sparse bins and "other" are pooled until every bin can carry the test.
+            if let Some(c) = stats::chisquare_pooled(&acc.bins, &ref_props) {
+                s.chi2_statistic = finite(c.statistic);
+                s.chi2_pvalue = finite(c.pvalue);
             }
-            let observed: Vec<f64> = acc.bins.iter().map(|&c| c as f64).collect();
-            let (stat, p) = stats::chisquare(&observed, &expected);
-            s.chi2_statistic = finite(stat);
-            s.chi2_pvalue = finite(p);
             s.drifted = s.chi2_pvalue.is_some_and(|p| p < alpha);
         }
     }
@@ -1111,7 +1111,7 @@ mod tests {
         let text = metrics.render();
         let count = |feature: &str, bin: &str| -> u64 {
             let key = format!(
-                "vigil_drift_bin_rows_total{{bin=\"{bin}\",feature=\"{feature}\",model=\"m\",version=\"3\"}} "
+                "vigil_drift_bin_rows_total{{bin=\"{bin}\",feature=\"{feature}\",model=\"m\",side=\"input\",version=\"3\"}} "
             );
             text.lines()
                 .find_map(|l| l.strip_prefix(key.as_str()))
@@ -1135,11 +1135,137 @@ mod tests {
         assert_eq!(count("f1", "2"), 0);
         assert_eq!(count("f1", "other"), 1);
         assert!(text.contains(
-            "vigil_drift_reference_proportion{bin=\"2\",feature=\"f1\",model=\"m\",version=\"3\"} 0.3333"
+            "vigil_drift_reference_proportion{bin=\"2\",feature=\"f1\",model=\"m\",side=\"input\",version=\"3\"} 0.3333"
         ));
         // The series go with the version.
         metrics.remove_version("m", 3);
         assert!(!metrics.render().contains("vigil_drift_bin_rows_total{"));
+    }
+
+    /// A monitor of one categorical input `c`, whose reference has categories 0, 1, 2
+    /// (shares 0.5, 0.3, 0.198) and a rare 3 (0.002), closing a window every 1000 rows.
+    fn categorical_monitor(
+        metrics: &crate::metrics::Metrics,
+        version: u64,
+    ) -> (Arc<Monitor>, Vec<f64>) {
+        let shares = vec![0.5, 0.3, 0.198, 0.002];
+        let values: Vec<f64> = shares
+            .iter()
+            .enumerate()
+            .flat_map(|(c, s)| std::iter::repeat_n(c as f64, (s * 10_000.0_f64).round() as usize))
+            .collect();
+        let profile = Profile::build(
+            vec![Column {
+                name: "c".into(),
+                input: "X".into(),
+                index: 0,
+                values,
+            }],
+            10_000,
+            "reference.json".into(),
+            &ProfileOptions::default(),
+        );
+        assert_eq!(profile.features[0].kind, Kind::Categorical);
+        assert_eq!(profile.features[0].proportions, shares);
+        let m = Monitor::new(MonitorSetup {
+            model: "cat",
+            version,
+            inputs: &[spec("X", DataType::Int64, &[-1, 1])],
+            outputs: &[],
+            config: DriftConfig {
+                window_rows: 1000,
+                ..DriftConfig::default()
+            },
+            reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
+            metrics: metrics.drift("cat", version),
+            scorer: Scorer::start(),
+            events: None,
+        });
+        (m, shares)
+    }
+
+    /// Sends `windows` windows of 1000 rows: `unseen` rows of category 9 (which the
+    /// reference never saw), the others drawn from the reference's shares. Returns the
+    /// windows that drifted once all are scored.
+    fn categorical_windows(
+        metrics: &crate::metrics::Metrics,
+        m: &Arc<Monitor>,
+        shares: &[f64],
+        windows: u64,
+        unseen: usize,
+        seed: u64,
+    ) -> u64 {
+        let mut rng = Rng::new(seed);
+        for _ in 0..windows {
+            let mut rows: Vec<i64> = (0..1000 - unseen)
+                .map(|_| {
+                    let mut u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    let mut c = shares.len() - 1;
+                    for (i, s) in shares.iter().enumerate() {
+                        if u < *s {
+                            c = i;
+                            break;
+                        }
+                        u -= s;
+                    }
+                    c as i64
+                })
+                .collect();
+            rows.extend(std::iter::repeat_n(9, unseen));
+            m.observe(
+                &[Tensor {
+                    name: "X".into(),
+                    shape: vec![rows.len(), 1],
+                    data: TensorData::Int64(rows),
+                }],
+                &[],
+            );
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while m.report().windows < windows {
+            assert!(
+                Instant::now() < deadline,
+                "windows not scored: {:?}",
+                m.report().windows
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let r = m.report();
+        let f = &r.last_window.as_ref().unwrap().features[0];
+        assert_eq!(f.unseen_share, Some(unseen as f64 / 1000.0));
+        let key = format!(
+            "vigil_drift_windows_total{{model=\"cat\",result=\"drift\",version=\"{}\"}} ",
+            m.version
+        );
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
+    /// Stationary categorical traffic with 2 rows in 1000 of a category the reference never
+    /// saw: the chi-square (alpha 0.05, one feature) flags about 5 % of windows, not every
+    /// window; 10 % of rows unseen flags every window.
+    #[test]
+    fn categorical_drift_does_not_cry_wolf() {
+        let metrics = crate::metrics::Metrics::new();
+        let (m, shares) = categorical_monitor(&metrics, 1);
+        let windows = 200;
+        let flagged = categorical_windows(&metrics, &m, &shares, windows, 2, 42);
+        let rate = flagged as f64 / windows as f64;
+        println!("stationary categorical traffic, 2 unseen rows per 1000: {flagged} of {windows} windows flagged ({rate:.3})");
+        // alpha = 0.05; the margin is 3 binomial standard deviations (0.046).
+        assert!(
+            rate <= 0.05 + 3.0 * (0.05f64 * 0.95 / windows as f64).sqrt(),
+            "{flagged} of {windows} windows flagged"
+        );
+        let (m, shares) = categorical_monitor(&metrics, 2);
+        assert_eq!(
+            categorical_windows(&metrics, &m, &shares, 5, 100, 43),
+            5,
+            "10 % unseen must flag"
+        );
     }
 
     #[test]

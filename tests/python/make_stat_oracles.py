@@ -1,6 +1,14 @@
 """Writes tests/data/oracle/stats.json: random inputs and what scipy 1.17 computes for them
 (ks_2samp, wasserstein_distance, chisquare, jensenshannon, PSI, quantiles). The Rust
-tests compare vigil's statistics with these: 1e-9 on statistics, 1e-6 on p-values.
+tests compare vigil's statistics with these: 1e-9 on statistics, p-values relatively
+(|ln p - ln p_scipy|, which is the relative difference and still means something when
+p is 1e-200).
+
+"ks_large" holds ks_2samp on samples above scipy's exact limit (more than 10000 values on
+a side: scipy then uses kstwo.sf). Those samples are not stored: each is drawn from
+vigil's seeded xorshift64* (monitor::profile::Rng), replayed here bit for bit, so the
+file stays small: gen = [seed, n, shift, scale, ties], value = shift + scale * u with u
+uniform in [0, 1) (53 bits), floored when ties is 1.
 
     .venv/bin/python tests/python/make_stat_oracles.py
 """
@@ -68,6 +76,47 @@ for _ in range(20):
     x = rng.normal(0, 3, int(rng.integers(1, 300)))
     qs = [i / 10 for i in range(1, 10)]
     out["quantile"].append({"x": x.tolist(), "q": qs, "values": np.quantile(x, qs).tolist()})
+
+MASK = (1 << 64) - 1
+
+
+def xorshift_uniform(seed, n):
+    """monitor::profile::Rng::new(seed), next_u64() >> 11, as a float in [0, 1)."""
+    x = max(seed, 1)
+    out = np.empty(n)
+    for i in range(n):
+        x ^= x >> 12
+        x ^= (x << 25) & MASK
+        x ^= x >> 27
+        out[i] = ((x * 0x2545F4914F6CDD1D) & MASK) >> 11
+    return out / float(1 << 53)
+
+
+def generated(seed, n, shift, scale, ties):
+    v = shift + scale * xorshift_uniform(seed, n)
+    return np.floor(v) if ties else v
+
+
+out["ks_large"] = []
+seed = 1000
+# (n1, n2, shift of b, scale of b, ties): every kstwo method scipy picks is reached:
+# small en (<= 140: Durbin matrix, Pomeranz, smirnov), large en with d small (Durbin
+# matrix), moderate (Pelz-Good) and large (smirnov), p-values down to 1e-300 and 0.
+large = [(10001, 500, 0.0, 1.0, 0), (10001, 500, 0.05, 1.0, 0), (12000, 1000, 0.02, 1.0, 0),
+         (12000, 1000, 0.0, 1.0, 0), (20000, 5000, 0.01, 1.0, 0), (20000, 5000, 0.0, 1.02, 0),
+         (20000, 10000, 0.03, 1.0, 0), (20000, 10000, 0.2, 1.0, 0), (15000, 100, 0.0, 1.0, 0),
+         (15000, 100, 0.15, 1.0, 0), (10500, 130, 0.3, 1.0, 0), (10500, 130, 0.6, 1.0, 0),
+         (11000, 60, 0.05, 1.0, 0), (11000, 30, 0.9, 1.0, 0), (50000, 10000, 0.005, 1.0, 0),
+         (30000, 2000, 0.5, 1.0, 0), (30000, 2000, 0.0, 6.0, 1), (12000, 3000, 0.25, 6.0, 1),
+         (10001, 10000, 0.0, 1.0, 0), (10001, 10000, 0.01, 1.0, 0), (40000, 7, 0.0, 1.0, 0),
+         (40000, 7, 0.7, 1.0, 0), (10001, 2, 0.0, 1.0, 0), (25000, 9000, 0.015, 1.0, 0)]
+for n1, n2, shift, scale, ties in large:
+    ga = [seed, n1, 0.0, 6.0 if ties else 1.0, ties]
+    gb = [seed + 1, n2, shift, scale, ties]
+    seed += 2
+    r = stats.ks_2samp(generated(*ga), generated(*gb))
+    out["ks_large"].append({"a": ga, "b": gb, "statistic": float(r.statistic),
+                            "pvalue": float(r.pvalue)})
 
 path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "oracle", "stats.json")
 with open(path, "w") as f:
