@@ -438,7 +438,13 @@ impl Retrainer {
                 }
             };
             if let Err(e) = result {
+                // The outcome is not recorded (a full disk, say): the event stays due as it
+                // was. Pause before trying it again rather than POST it in a tight loop.
                 tracing::error!(error = %e, "cannot write the retrain outbox");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
             let label = match &outcome {
                 Attempt::Delivered => "delivered",
