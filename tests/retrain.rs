@@ -20,6 +20,8 @@ struct Seen {
     headers: HashMap<String, String>,
     body: Vec<u8>,
     answered: u16,
+    /// When the answer was about to go out.
+    at: std::time::Instant,
 }
 
 /// A receiver that answers each request with the next scripted (status, delay), then
@@ -96,6 +98,7 @@ impl Receiver {
             headers,
             body,
             answered: status,
+            at: std::time::Instant::now(),
         });
         let _ = write!(
             stream,
@@ -843,7 +846,7 @@ fn a_failed_outbox_append_is_a_5xx_and_leaves_nothing_behind() {
     let repo = repo(&format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url()));
     let state = TempDir::new("retrain-full");
     let log = state.path().join("retrain/outbox.jsonl");
-    let (a, c) = {
+    let (a, c, d) = {
         let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&state));
         let a = trigger(&v, UNICODE_REASON);
         wait_delivered(&v, &a);
@@ -870,10 +873,39 @@ fn a_failed_outbox_append_is_a_5xx_and_leaves_nothing_behind() {
         limit_file_size(v.pid(), None);
         let c = trigger(&v, UNICODE_REASON);
         wait_delivered(&v, &c);
-        (a, c)
+        // The receiver acknowledges but the outbox cannot record it: the delivery task
+        // tries again (the receiver deduplicates on webhook-id), pausing between tries,
+        // and records the delivery once it can. The receiver holds the first POST 2 s, so
+        // the limit is in place before it is answered.
+        rx.script
+            .lock()
+            .unwrap()
+            .push_back((200, Duration::from_secs(2)));
+        let d = trigger(&v, "recorded late");
+        limit_file_size(v.pid(), Some(std::fs::metadata(&log).unwrap().len()));
+        let posts = wait_for(30, "three unrecorded deliveries", || {
+            let at: Vec<_> = rx
+                .seen()
+                .iter()
+                .filter(|s| s.headers["webhook-id"] == d)
+                .map(|s| s.at)
+                .collect();
+            (at.len() >= 3).then_some(at)
+        });
+        for w in posts.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_millis(900),
+                "no pause between tries: {:?}",
+                w[1] - w[0]
+            );
+        }
+        assert!(!listed(&v, "delivered").contains(&d));
+        limit_file_size(v.pid(), None);
+        wait_delivered(&v, &d);
+        (a, c, d)
     };
-    assert_listed_after_restarts(&repo, &state, &[&a, &c]);
-    let mut want = vec![a, c];
+    assert_listed_after_restarts(&repo, &state, &[&a, &c, &d]);
+    let mut want = vec![a, c, d];
     want.sort();
     assert_eq!(
         acknowledged(&rx),
