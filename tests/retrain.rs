@@ -20,6 +20,8 @@ struct Seen {
     headers: HashMap<String, String>,
     body: Vec<u8>,
     answered: u16,
+    /// When the answer was about to go out.
+    at: std::time::Instant,
 }
 
 /// A receiver that answers each request with the next scripted (status, delay), then
@@ -96,6 +98,7 @@ impl Receiver {
             headers,
             body,
             answered: status,
+            at: std::time::Instant::now(),
         });
         let _ = write!(
             stream,
@@ -706,4 +709,216 @@ fn an_absurd_retry_after_never_stops_delivery() {
             acked(&third).then_some(())
         });
     }
+}
+
+/// Reasons are free text: multi-byte characters put cut points inside a character.
+const UNICODE_REASON: &str = "d\u{e9}rive \u{65e5}\u{672c} \u{1f980} after the relabelling";
+
+fn state_args(state: &TempDir) -> [&str; 2] {
+    ["--state-dir", state.path().to_str().unwrap()]
+}
+
+/// Event ids listed under `state` ("pending", "delivered", "dead_letters"), sorted.
+fn listed(v: &Vigil, state: &str) -> Vec<String> {
+    let mut ids: Vec<String> = events(v)[state]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn wait_delivered(v: &Vigil, id: &str) {
+    wait_for(20, &format!("{id} listed as delivered"), || {
+        listed(v, "delivered").iter().any(|d| d == id).then_some(())
+    });
+}
+
+/// After two restarts, exactly `want` are listed, all delivered.
+fn assert_listed_after_restarts(repo: &TempDir, state: &TempDir, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    for restart in 0..2 {
+        let v = Vigil::start(repo.path(), Engine::Tract, &state_args(state));
+        assert_eq!(listed(&v, "delivered"), want, "restart {restart}");
+        assert!(listed(&v, "pending").is_empty(), "restart {restart}");
+        assert!(listed(&v, "dead_letters").is_empty(), "restart {restart}");
+    }
+}
+
+/// The ids of the events the receiver acknowledged, sorted, once each.
+fn acknowledged(rx: &Receiver) -> Vec<String> {
+    let mut sent: Vec<String> = rx
+        .seen()
+        .iter()
+        .filter(|s| s.answered == 200)
+        .map(|s| s.headers["webhook-id"].clone())
+        .collect();
+    sent.sort();
+    sent.dedup();
+    sent
+}
+
+/// A crash mid-append leaves a torn last record in `outbox.jsonl`, cut anywhere (inside a
+/// multi-byte character too). vigil starts, the next event is written on a line of its
+/// own, and every acknowledged event is listed and delivered across two restarts.
+#[test]
+fn a_torn_outbox_record_loses_no_acknowledged_event() {
+    let rx = Receiver::start(&[], 200);
+    let repo = repo(&format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url()));
+    // The log of one acknowledged, delivered event, as vigil writes it.
+    let seed = TempDir::new("retrain-seed");
+    let a = {
+        let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&seed));
+        let a = trigger(&v, UNICODE_REASON);
+        wait_delivered(&v, &a);
+        a
+    };
+    let seed_log = std::fs::read(seed.path().join("retrain/outbox.jsonl")).unwrap();
+    // The torn record: another event's create record, cut by the crash.
+    let create = seed_log
+        .split(|&b| b == b'\n')
+        .find(|l| l.starts_with(b"{\"op\":\"create\""))
+        .unwrap();
+    let torn = String::from_utf8(create.to_vec())
+        .unwrap()
+        .replace(&a, "evt_ffffffffffffffffffffffffffffffff")
+        .into_bytes();
+    let at = |needle: &str| {
+        let n = needle.as_bytes();
+        torn.windows(n.len()).position(|w| w == n).unwrap()
+    };
+    let cuts = [
+        1,
+        at("\u{e9}") + 1,    // inside é (2 bytes)
+        at("\u{65e5}") + 2,  // inside 日 (3 bytes)
+        at("\u{1f980}") + 3, // inside the emoji (4 bytes)
+        torn.len(),          // the whole record but its newline
+    ];
+    let inside_a_char = cuts
+        .iter()
+        .filter(|&&c| std::str::from_utf8(&torn[..c]).is_err())
+        .count();
+    assert_eq!(inside_a_char, 3);
+    let mut all = vec![a.clone()];
+    for cut in cuts {
+        let state = TempDir::new("retrain-torn");
+        std::fs::create_dir_all(state.path().join("retrain")).unwrap();
+        let mut log = seed_log.clone();
+        log.extend_from_slice(&torn[..cut]);
+        std::fs::write(state.path().join("retrain/outbox.jsonl"), &log).unwrap();
+        let b = {
+            let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&state));
+            let b = trigger(&v, UNICODE_REASON);
+            wait_delivered(&v, &b);
+            b
+        };
+        assert_listed_after_restarts(&repo, &state, &[&a, &b]);
+        all.push(b);
+    }
+    all.sort();
+    assert_eq!(
+        acknowledged(&rx),
+        all,
+        "each acknowledged event reached the receiver"
+    );
+    let s = rx.seen().last().unwrap().clone();
+    verify_signature(&s);
+    let body: Value = serde_json::from_slice(&s.body).unwrap();
+    assert_eq!(body["data"]["reason"], UNICODE_REASON);
+}
+
+/// Lowers (or lifts, with `None`) the soft file-size limit of a running process: its
+/// writes past `bytes` fail with EFBIG, as on a full disk.
+fn limit_file_size(pid: i32, bytes: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain system call on a live child of this process; pointers are valid.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// An append that fails half-way (here: the file-size limit, as a full disk would) is a
+/// 5xx, not a 202, and leaves nothing behind: nothing unacknowledged is listed or
+/// delivered, and the next event, once the cause is gone, is kept across restarts.
+#[test]
+fn a_failed_outbox_append_is_a_5xx_and_leaves_nothing_behind() {
+    // A write past the limit then fails with EFBIG instead of killing vigil (SIGXFSZ);
+    // an ignored signal stays ignored in the children this process spawns.
+    // SAFETY: sets a signal disposition to SIG_IGN; no handler runs.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let rx = Receiver::start(&[], 200);
+    let repo = repo(&format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url()));
+    let state = TempDir::new("retrain-full");
+    let log = state.path().join("retrain/outbox.jsonl");
+    let (a, c, d) = {
+        let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&state));
+        let a = trigger(&v, UNICODE_REASON);
+        wait_delivered(&v, &a);
+        let len = std::fs::metadata(&log).unwrap().len();
+        // Room for part of the next record only.
+        limit_file_size(v.pid(), Some(len + 40));
+        let (status, body) = v.post_json(
+            "/v2/models/iris/retrain",
+            &json!({"reason": UNICODE_REASON}),
+        );
+        assert_eq!(status, 500, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("outbox"), "{body}");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), len, "rolled back");
+        // Alertmanager's webhook too: a 5xx, so Alertmanager sends it again.
+        let alert = json!({"version": "4", "status": "firing", "alerts": [{
+            "status": "firing", "fingerprint": "f00d", "startsAt": "2026-12-03T17:00:00Z",
+            "labels": {"alertname": "VigilFleetDrift", "model": "iris"}}]});
+        let (status, body) = v.post_json("/v2/retrain/alertmanager", &alert);
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), len, "rolled back");
+        assert_eq!(listed(&v, "delivered"), [a.as_str()]);
+        assert!(listed(&v, "pending").is_empty());
+        // The cause goes away: the next event is accepted and kept.
+        limit_file_size(v.pid(), None);
+        let c = trigger(&v, UNICODE_REASON);
+        wait_delivered(&v, &c);
+        // The receiver acknowledges but the outbox cannot record it: the delivery task
+        // tries again (the receiver deduplicates on webhook-id), pausing between tries,
+        // and records the delivery once it can. The receiver holds the first POST 2 s, so
+        // the limit is in place before it is answered.
+        rx.script
+            .lock()
+            .unwrap()
+            .push_back((200, Duration::from_secs(2)));
+        let d = trigger(&v, "recorded late");
+        limit_file_size(v.pid(), Some(std::fs::metadata(&log).unwrap().len()));
+        let posts = wait_for(30, "three unrecorded deliveries", || {
+            let at: Vec<_> = rx
+                .seen()
+                .iter()
+                .filter(|s| s.headers["webhook-id"] == d)
+                .map(|s| s.at)
+                .collect();
+            (at.len() >= 3).then_some(at)
+        });
+        for w in posts.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_millis(900),
+                "no pause between tries: {:?}",
+                w[1] - w[0]
+            );
+        }
+        assert!(!listed(&v, "delivered").contains(&d));
+        limit_file_size(v.pid(), None);
+        wait_delivered(&v, &d);
+        (a, c, d)
+    };
+    assert_listed_after_restarts(&repo, &state, &[&a, &c, &d]);
+    let mut want = vec![a, c, d];
+    want.sort();
+    assert_eq!(
+        acknowledged(&rx),
+        want,
+        "nothing unacknowledged was delivered"
+    );
 }

@@ -1173,7 +1173,7 @@ async fn console_js() -> Response {
     asset("text/javascript; charset=utf-8", crate::console::JS)
 }
 
-#[utoipa::path(post, path = "/v2/models/{model}/retrain", tag = "retrain", params(("model" = String, Path, description = "Model name")), request_body(description = "Optional {\"reason\": \"...\"}", content(("application/json"))), responses((status = 202, description = "Event created in the durable outbox; body carries event_id"), (status = 400, description = "No retrain hook configured, or a bad reason", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/models/{model}/retrain", tag = "retrain", params(("model" = String, Path, description = "Model name")), request_body(description = "Optional {\"reason\": \"...\"}", content(("application/json"))), responses((status = 202, description = "Event created in the durable outbox; body carries event_id"), (status = 400, description = "No retrain hook configured, or a bad reason", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = openapi::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = openapi::ErrorBody), (status = 404, description = "No such model or version", body = openapi::ErrorBody), (status = 500, description = "The event could not be stored (a full disk, say); nothing was accepted", body = openapi::ErrorBody)))]
 async fn retrain_trigger(
     State(s): State<AppState>,
     Path(model): Path<String>,

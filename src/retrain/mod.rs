@@ -437,7 +437,7 @@ impl Retrainer {
                     Attempt::GiveUp(err) => ob.dead(&id, record.attempts + 1, err),
                 }
             };
-            if let Err(e) = result {
+            if let Err(e) = &result {
                 tracing::error!(error = %e, "cannot write the retrain outbox");
             }
             let label = match &outcome {
@@ -455,6 +455,14 @@ impl Retrainer {
                 }
             }
             self.export_gauges();
+            if result.is_err() {
+                // The outcome is not recorded (a full disk, say): the event stays due as it
+                // was. Pause before trying it again rather than POST it in a tight loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
         }
     }
 

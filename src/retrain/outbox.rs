@@ -71,45 +71,138 @@ const COMPACT_AFTER: usize = 200;
 
 pub struct Outbox {
     dir: PathBuf,
+    path: PathBuf,
+    /// Opened for appending: every write lands at the end, also after a truncation.
     file: File,
+    /// Bytes of the log up to the end of its last complete record: where the next record
+    /// starts, and what a failed append truncates back to.
+    len: u64,
+    /// The log may hold bytes past `len` (a failed append whose roll-back failed too, or a
+    /// torn tail that could not be cut on open): cut them before the next append.
+    dirty: bool,
+    /// A compaction renamed a new log into place but the directory fsync failed: retried
+    /// before the next record counts as written.
+    dir_unsynced: bool,
     records: BTreeMap<u64, EventRecord>,
     by_id: HashMap<String, u64>,
     last_drift: HashMap<String, f64>,
     seq: u64,
     delivered_in_log: usize,
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Failures a unit test plants in the next write (the real ones, a full disk or a file
+/// size limit, are exercised by tests/retrain.rs).
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// The next append writes this many bytes of its record, then fails.
+    write_after: Option<usize>,
+    /// ... and the roll-back's truncation fails too.
+    truncate: bool,
+    /// The next compaction cannot open its new log.
+    compact_open: bool,
 }
 
 impl Outbox {
+    /// Opens the log under `dir` and replays it. The log is read as bytes, record by
+    /// record: a record counts only if it ends in `\n` and parses. Whatever follows the
+    /// last such record (a record torn by a crash mid-append, whatever its bytes) was
+    /// never acknowledged and is cut off, then the cut is fsynced, so that the next record
+    /// starts on a line of its own. A record that does not parse but is followed by good
+    /// ones (damage inside the log) is skipped with an error in the log; it is gone after
+    /// the next compaction. Nothing in the log's content stops the outbox from opening.
     pub fn open(dir: &Path) -> std::io::Result<Outbox> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("outbox.jsonl");
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        crate::fsutil::sync_dir(dir);
         let mut ob = Outbox {
             dir: dir.to_path_buf(),
-            file: OpenOptions::new().create(true).append(true).open(&path)?,
+            path,
+            file,
+            len: 0,
+            dirty: false,
+            dir_unsynced: false,
             records: BTreeMap::new(),
             by_id: HashMap::new(),
             last_drift: HashMap::new(),
             seq: 0,
             delivered_in_log: 0,
+            #[cfg(test)]
+            faults: Faults::default(),
         };
-        crate::fsutil::sync_dir(dir);
-        let lines: Vec<String> = BufReader::new(File::open(&path)?)
-            .lines()
-            .collect::<Result<_, _>>()?;
-        let n = lines.len();
-        for (i, line) in lines.into_iter().enumerate() {
-            match serde_json::from_str::<Record>(&line) {
-                Ok(r) => ob.apply(r),
-                // A crash can leave the last line half-written: that record never counted.
-                Err(e) if i + 1 == n => {
-                    tracing::warn!(error = %e, "ignoring a torn last outbox record")
+        let mut reader = BufReader::new(&ob.file);
+        let mut line = Vec::new();
+        let (mut pos, mut end, mut line_no) = (0u64, 0u64, 0u64);
+        // Unparseable complete lines since the last good record: damage if a good record
+        // follows, part of the torn tail otherwise.
+        let mut bad: Vec<(u64, String)> = Vec::new();
+        let mut skipped = 0usize;
+        let mut records = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let Some(body) = line.strip_suffix(b"\n") else {
+                break; // torn: no newline, so its append never finished
+            };
+            match serde_json::from_slice::<Record>(body) {
+                Ok(r) => {
+                    for (no, e) in bad.drain(..) {
+                        tracing::error!(path = %ob.path.display(), line = no, error = %e,
+                            "skipping a corrupt record inside the retrain outbox");
+                        skipped += 1;
+                    }
+                    records.push(r);
+                    end = pos + n as u64;
                 }
-                Err(e) => {
-                    tracing::error!(line = i + 1, error = %e, "skipping an unreadable outbox record")
-                }
+                Err(e) => bad.push((line_no, e.to_string())),
+            }
+            pos += n as u64;
+        }
+        let on_disk = ob.file.metadata()?.len();
+        ob.len = end;
+        for r in records {
+            ob.apply(r);
+        }
+        if skipped > 0 {
+            tracing::error!(path = %ob.path.display(), skipped,
+                "the retrain outbox held corrupt records; they were skipped");
+        }
+        if on_disk > end {
+            tracing::warn!(path = %ob.path.display(), bytes = on_disk - end, at = end,
+                "cutting an incomplete tail off the retrain outbox (a write torn by a crash; never acknowledged)");
+            ob.dirty = true;
+            if let Err(e) = ob.heal() {
+                // Not fatal: the next append tries again before it writes.
+                tracing::error!(path = %ob.path.display(), error = %e,
+                    "cannot cut the retrain outbox's incomplete tail");
             }
         }
         Ok(ob)
+    }
+
+    /// Cuts whatever lies past the last complete record, if anything might.
+    fn heal(&mut self) -> std::io::Result<()> {
+        if self.dirty {
+            #[cfg(test)]
+            if std::mem::take(&mut self.faults.truncate) {
+                return Err(std::io::Error::other("injected truncation failure"));
+            }
+            self.file.set_len(self.len)?;
+            self.file.sync_all()?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     fn apply(&mut self, r: Record) {
@@ -193,13 +286,38 @@ impl Outbox {
         self.records.get_mut(&seq)
     }
 
-    /// Appends and fsyncs one record, then applies it.
+    /// Appends and fsyncs one record, then applies it. On error nothing is applied and the
+    /// log is truncated back to where the record began, so a later record never lands on
+    /// the remains of this one.
     fn append(&mut self, r: Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&r).expect("records serialise");
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
+        self.heal()?;
+        if let Err(e) = self.write_durably(&line) {
+            self.dirty = true;
+            if let Err(e2) = self.heal() {
+                tracing::error!(path = %self.path.display(), error = %e2,
+                    "cannot roll back a failed retrain outbox write; retried before the next one");
+            }
+            return Err(e);
+        }
+        self.len += line.len() as u64;
         self.apply(r);
+        Ok(())
+    }
+
+    fn write_durably(&mut self, line: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.faults.write_after.take() {
+            self.file.write_all(&line[..n.min(line.len())])?;
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.file.write_all(line)?;
+        self.file.sync_data()?;
+        if self.dir_unsynced {
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            self.dir_unsynced = false;
+        }
         Ok(())
     }
 
@@ -241,7 +359,12 @@ impl Outbox {
             at: super::now_unix(),
         })?;
         if self.delivered_in_log >= COMPACT_AFTER {
-            self.compact()?;
+            // The record is written; a compaction that fails leaves the old log in place
+            // and is tried again on the next delivery.
+            if let Err(e) = self.compact() {
+                tracing::error!(path = %self.path.display(), error = %e,
+                    "cannot compact the retrain outbox; keeping the current log");
+            }
         }
         Ok(())
     }
@@ -270,14 +393,9 @@ impl Outbox {
             error: error.to_string(),
         })?;
         if let Some(r) = self.get(id) {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("dead-letters.jsonl"))?;
             let mut line = serde_json::to_vec(&r).expect("records serialise");
             line.push(b'\n');
-            f.write_all(&line)?;
-            f.sync_data()?;
+            append_readable(&self.dir.join("dead-letters.jsonl"), &line)?;
         }
         Ok(())
     }
@@ -311,7 +429,10 @@ impl Outbox {
     }
 
     /// Rewrites the log with what still matters: cooldowns, pending and dead events, and
-    /// the last few delivered ones. Written aside, fsynced, renamed into place.
+    /// the last few delivered ones. The new log is written aside and fsynced, and its
+    /// handle opened, before it is renamed over the old one (then the directory is
+    /// fsynced): any failure before the rename leaves the old log, its handle and the
+    /// in-memory state as they were.
     fn compact(&mut self) -> std::io::Result<()> {
         let delivered: Vec<u64> = self
             .records
@@ -320,11 +441,7 @@ impl Outbox {
             .map(|r| r.seq)
             .collect();
         let drop_n = delivered.len().saturating_sub(KEEP_DELIVERED);
-        for seq in &delivered[..drop_n] {
-            if let Some(r) = self.records.remove(seq) {
-                self.by_id.remove(&r.id);
-            }
-        }
+        let dropped = &delivered[..drop_n];
         let mut lines = Vec::new();
         let mut push = |r: &Record| {
             let mut l = serde_json::to_vec(r).expect("records serialise");
@@ -337,7 +454,12 @@ impl Outbox {
                 at: *at,
             });
         }
+        // `delivered` is in seq order, as are the records.
+        let mut dropped_iter = dropped.iter().peekable();
         for r in self.records.values() {
+            if dropped_iter.next_if_eq(&&r.seq).is_some() {
+                continue;
+            }
             push(&Record::Create {
                 event: r.event.clone(),
                 at: r.created_at,
@@ -361,9 +483,32 @@ impl Outbox {
                 }),
             }
         }
-        let path = self.dir.join("outbox.jsonl");
-        crate::fsutil::write_atomic(&path, &lines)?;
-        self.file = OpenOptions::new().append(true).open(&path)?;
+        let tmp = self.dir.join("outbox.jsonl.tmp");
+        let file = match self.write_aside(&tmp, &lines) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // From here on the new log is the one under the name: write only to it.
+        self.file = file;
+        self.len = lines.len() as u64;
+        self.dirty = false;
+        if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+            tracing::error!(path = %self.dir.display(), error = %e,
+                "cannot fsync the retrain directory after a compaction; retried before the next record counts");
+            self.dir_unsynced = true;
+        }
+        for seq in dropped {
+            if let Some(r) = self.records.remove(seq) {
+                self.by_id.remove(&r.id);
+            }
+        }
         self.delivered_in_log = self
             .records
             .values()
@@ -371,6 +516,47 @@ impl Outbox {
             .count();
         Ok(())
     }
+
+    /// Creates `tmp` with `bytes`, fsynced, and returns its handle opened for appending.
+    fn write_aside(&mut self, tmp: &Path, bytes: &[u8]) -> std::io::Result<File> {
+        let _ = std::fs::remove_file(tmp);
+        let mut f = File::create_new(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        #[cfg(test)]
+        if std::mem::take(&mut self.faults.compact_open) {
+            return Err(std::io::Error::other("injected open failure"));
+        }
+        OpenOptions::new().read(true).append(true).open(tmp)
+    }
+}
+
+/// Appends one line to a file that people read (the dead letters): starts it on a line of
+/// its own if a crash left the file without a final newline, and truncates back if the
+/// write fails, so every complete line stays readable.
+fn append_readable(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        f.read_exact_at(&mut last, len - 1)?;
+    }
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    if last[0] != b'\n' {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(line);
+    if let Err(e) = f.write_all(&bytes).and_then(|()| f.sync_data()) {
+        let _ = f.set_len(len);
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -379,6 +565,14 @@ mod tests {
     use crate::retrain::{Event, EventData};
 
     fn event(id: &str) -> Event {
+        event_with(id, "drift")
+    }
+
+    /// Reasons are free text: these make records whose bytes are not all ASCII, so a cut
+    /// can fall inside a character.
+    const REASON: &str = "d\u{e9}rive \u{65e5}\u{672c} \u{1f980} \"quoted\" \\ end";
+
+    fn event_with(id: &str, reason: &str) -> Event {
         Event {
             kind: "vigil.drift.detected".into(),
             timestamp: "t".into(),
@@ -386,7 +580,7 @@ mod tests {
                 event_id: id.into(),
                 model: "m".into(),
                 model_version: "1".into(),
-                reason: "drift".into(),
+                reason: reason.into(),
                 window: None,
                 drift_share: None,
                 features: vec![],
@@ -437,6 +631,178 @@ mod tests {
         );
         assert_eq!(ob.last_drift_event("m"), Some((COMPACT_AFTER + 9) as f64));
         assert_eq!(ob.next_due().unwrap().0, "e0");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vigil-outbox-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn line(r: &Record) -> Vec<u8> {
+        let mut l = serde_json::to_vec(r).unwrap();
+        l.push(b'\n');
+        l
+    }
+
+    fn ids(ob: &Outbox) -> Vec<String> {
+        ob.list().into_iter().map(|r| r.id).collect()
+    }
+
+    /// A crash can cut the last record at any byte, inside a character too. For every cut:
+    /// the outbox opens, the next event is written on a line of its own, and every
+    /// acknowledged event is there after two more restarts.
+    #[test]
+    fn every_cut_of_a_torn_record_keeps_every_acknowledged_event() {
+        let dir = temp_dir("cuts");
+        let path = dir.join("outbox.jsonl");
+        {
+            let mut ob = Outbox::open(&dir).unwrap();
+            ob.create(event_with("a", REASON), 1.0).unwrap();
+            ob.failed("a", 1, REASON, 2.0).unwrap();
+        }
+        let base = std::fs::read(&path).unwrap();
+        let torn = line(&Record::Create {
+            event: event_with("torn", REASON),
+            at: 3.0,
+        });
+        let mut inside_a_char = 0;
+        for cut in 0..=torn.len() {
+            if std::str::from_utf8(&torn[..cut]).is_err() {
+                inside_a_char += 1;
+            }
+            let mut bytes = base.clone();
+            bytes.extend_from_slice(&torn[..cut]);
+            std::fs::write(&path, &bytes).unwrap();
+            let mut ob = Outbox::open(&dir)
+                .unwrap_or_else(|e| panic!("cut at {cut}: the outbox does not open: {e}"));
+            ob.create(event_with("c", REASON), 4.0).unwrap();
+            drop(ob);
+            let want: &[&str] = if cut == torn.len() {
+                &["a", "torn", "c"] // complete: it had been acknowledged
+            } else {
+                &["a", "c"]
+            };
+            for restart in 0..2 {
+                let ob = Outbox::open(&dir).unwrap();
+                assert_eq!(
+                    ids(&ob),
+                    want,
+                    "cut at {cut} of {}, restart {restart}",
+                    torn.len()
+                );
+                let c = ob.get("c").unwrap();
+                assert_eq!(c.event.data.reason, REASON);
+                assert_eq!(ob.get("a").unwrap().attempts, 1);
+            }
+            if cut < torn.len() {
+                let mut clean = base.clone();
+                clean.extend(line(&Record::Create {
+                    event: event_with("c", REASON),
+                    at: 4.0,
+                }));
+                assert_eq!(std::fs::read(&path).unwrap(), clean, "cut at {cut}");
+            }
+        }
+        assert!(inside_a_char >= 6, "some cuts fall inside a character");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Damage inside the log (not at its end) is skipped and counted in the log; the
+    /// records around it, and the next one written, are kept.
+    #[test]
+    fn corrupt_records_inside_the_log_are_skipped() {
+        let dir = temp_dir("corrupt");
+        let mut bytes = line(&Record::Create {
+            event: event_with("a", REASON),
+            at: 1.0,
+        });
+        bytes.extend_from_slice(b"{\"op\":\"create\",\"ev\n");
+        bytes.extend_from_slice(b"\xff\xfe\x00 not json \xe6\x97\n");
+        bytes.extend(line(&Record::Create {
+            event: event_with("b", REASON),
+            at: 2.0,
+        }));
+        // A complete but unparseable last line is part of the tail: cut.
+        bytes.extend_from_slice(b"{\"op\":\"deliver\",\"id\":\"a\"\n");
+        std::fs::write(dir.join("outbox.jsonl"), &bytes).unwrap();
+        let mut ob = Outbox::open(&dir).unwrap();
+        assert_eq!(ids(&ob), ["a", "b"]);
+        assert_eq!(ob.get("a").unwrap().state, EventState::Pending);
+        ob.create(event("c"), 3.0).unwrap();
+        drop(ob);
+        for _ in 0..2 {
+            assert_eq!(ids(&Outbox::open(&dir).unwrap()), ["a", "b", "c"]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A write that fails half-way (a full disk) is truncated back before the error is
+    /// returned: the event was not acknowledged, and the next one is not lost on its
+    /// remains. If the truncation fails too, the next append cuts first.
+    #[test]
+    fn a_failed_append_rolls_back() {
+        let dir = temp_dir("rollback");
+        let path = dir.join("outbox.jsonl");
+        let mut ob = Outbox::open(&dir).unwrap();
+        ob.create(event_with("a", REASON), 1.0).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        ob.faults.write_after = Some(40);
+        assert!(ob.create(event_with("b", REASON), 2.0).is_err());
+        assert!(!ob.knows("b"), "not acknowledged, not applied");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "rolled back");
+        ob.create(event_with("c", REASON), 3.0).unwrap();
+        // Delivery bookkeeping goes through the same path.
+        ob.faults.write_after = Some(7);
+        assert!(ob.failed("a", 1, "x", 9.0).is_err());
+        assert_eq!(ob.get("a").unwrap().attempts, 0);
+        // The roll-back fails as well: the bytes stay until the next append cuts them.
+        ob.faults.write_after = Some(25);
+        ob.faults.truncate = true;
+        assert!(ob.create(event("d"), 4.0).is_err());
+        assert!(std::fs::metadata(&path).unwrap().len() > len);
+        ob.create(event_with("e", REASON), 5.0).unwrap();
+        drop(ob);
+        for _ in 0..2 {
+            let ob = Outbox::open(&dir).unwrap();
+            assert_eq!(ids(&ob), ["a", "c", "e"]);
+            assert_eq!(ob.get("a").unwrap().attempts, 0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A compaction that cannot open its new log leaves the old one in place and in use:
+    /// events written after it survive a restart. The next compaction succeeds.
+    #[test]
+    fn a_failed_compaction_keeps_the_old_log() {
+        let dir = temp_dir("compact");
+        let mut ob = Outbox::open(&dir).unwrap();
+        for i in 0..COMPACT_AFTER {
+            ob.create(event(&format!("e{i}")), i as f64).unwrap();
+        }
+        for i in 0..COMPACT_AFTER - 1 {
+            ob.delivered(&format!("e{i}")).unwrap();
+        }
+        ob.faults.compact_open = true;
+        let last = format!("e{}", COMPACT_AFTER - 1);
+        ob.delivered(&last).unwrap();
+        assert_eq!(ob.list().len(), COMPACT_AFTER, "nothing compacted away");
+        assert!(!dir.join("outbox.jsonl.tmp").exists());
+        ob.create(event_with("after", REASON), 1e6).unwrap();
+        drop(ob);
+        let mut ob = Outbox::open(&dir).unwrap();
+        assert!(ob.knows("after"), "written to the log under the name");
+        assert_eq!(ob.get(&last).unwrap().state, EventState::Delivered);
+        ob.create(event("f0"), 1e6 + 1.0).unwrap();
+        ob.delivered("f0").unwrap(); // compacts now
+        assert_eq!(ob.list().len(), KEEP_DELIVERED + 1);
+        ob.create(event_with("later", REASON), 1e6 + 2.0).unwrap();
+        drop(ob);
+        let ob = Outbox::open(&dir).unwrap();
+        assert!(ob.knows("after") && ob.knows("later") && ob.knows("f0"));
+        assert_eq!(ob.get("after").unwrap().state, EventState::Pending);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
