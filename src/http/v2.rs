@@ -180,13 +180,15 @@ pub fn check_request<'a>(
         None => (body, &[][..]),
     };
     let de = &mut serde_json::Deserializer::from_slice(json);
-    let raw: RawRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let raw: RawRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         bad(format!(
             "invalid inference request JSON at '{}': {}",
             e.path(),
             e.inner()
         ))
     })?;
+    de.end()
+        .map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
 
     if let Some(p) = &raw.parameters {
         if p.contains_key("classification") {
@@ -788,6 +790,7 @@ mod tests {
                 "out of range for FP32",
             ),
             (br#"{"inputs":[]"#, "invalid inference request JSON"),
+            (br#"{"inputs":[]}x"#, "trailing characters"),
             (br#"{"inputz":[]}"#, "missing field `inputs`"),
         ];
         for (body, want) in cases {
@@ -796,6 +799,7 @@ mod tests {
             if !want.contains("JSON")
                 && !want.contains("missing field")
                 && !want.contains("shape[0]")
+                && !want.contains("trailing")
             {
                 assert!(err.contains("input 'x'"), "{err}");
             }
