@@ -4,8 +4,21 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vigil::backend::{ModelSignature, TensorSpec};
 use vigil::http::v2::{decode_request, encode_response};
-use vigil::tensor::{Tensor, TensorData};
+use vigil::tensor::{DataType, Tensor, TensorData};
+
+/// The model the bodies are for: one FP32 input `X` of any rows and columns.
+fn signature() -> ModelSignature {
+    ModelSignature {
+        inputs: vec![TensorSpec {
+            name: "X".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, -1],
+        }],
+        outputs: Vec::new(),
+    }
+}
 
 fn json_body(rows: usize, features: usize) -> Vec<u8> {
     let data: Vec<f32> = (0..rows * features)
@@ -50,13 +63,14 @@ fn codec(c: &mut Criterion) {
     for (rows, features) in [(1usize, 4usize), (64, 32)] {
         let mut g = c.benchmark_group(format!("{rows}x{features}"));
         g.throughput(Throughput::Elements((rows * features) as u64));
+        let sig = signature();
         let json = json_body(rows, features);
         g.bench_function("decode json", |b| {
-            b.iter(|| decode_request(black_box(&json), None).unwrap())
+            b.iter(|| decode_request(black_box(&json), None, &sig, usize::MAX).unwrap())
         });
         let (bin, hlen) = binary_body(rows, features);
         g.bench_function("decode binary", |b| {
-            b.iter(|| decode_request(black_box(&bin), Some(hlen)).unwrap())
+            b.iter(|| decode_request(black_box(&bin), Some(hlen), &sig, usize::MAX).unwrap())
         });
         let outs = outputs(rows, 3);
         let json_out: Vec<(&Tensor, bool)> = outs.iter().map(|t| (t, false)).collect();

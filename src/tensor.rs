@@ -4,6 +4,11 @@
 //! Data is stored typed (`Vec<f32>`, `Vec<i64>`, ...) rather than as raw bytes so that
 //! engines can borrow aligned slices without another copy. Per-datatype code is written
 //! once through the `dispatch!` macro instead of once per type.
+//!
+//! `BYTES` elements live in one buffer with a 4-byte end offset each ([`ByteStrings`]),
+//! not one `Vec` each: a `Vec<Vec<u8>>` costs 24 bytes per element even for empty
+//! strings, so a body of a million `""` (3 bytes each) would decode to eight times its
+//! size. Packed, decoded BYTES never take more than 4/3 of the body that carried them.
 
 use std::fmt;
 
@@ -113,7 +118,134 @@ pub enum TensorData {
     Int64(Vec<i64>),
     Fp32(Vec<f32>),
     Fp64(Vec<f64>),
-    Bytes(Vec<Vec<u8>>),
+    Bytes(ByteStrings),
+}
+
+/// Byte strings packed one after the other in one buffer, with each one's end offset.
+/// Offsets are `u32`, so all the strings of one tensor together hold less than 4 GiB
+/// (the binary format's length prefixes are `u32` too); the constructors refuse more.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ByteStrings {
+    data: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+/// The strings of one tensor would hold 4 GiB or more.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("BYTES elements of one tensor hold 4 GiB or more together")]
+pub struct TooLarge;
+
+impl ByteStrings {
+    pub fn new() -> ByteStrings {
+        ByteStrings::default()
+    }
+
+    /// Room for `elements` strings of `bytes` bytes in total.
+    pub fn with_capacity(elements: usize, bytes: usize) -> ByteStrings {
+        ByteStrings {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(elements),
+        }
+    }
+
+    /// `n` empty strings.
+    pub fn empty_strings(n: usize) -> ByteStrings {
+        ByteStrings {
+            data: Vec::new(),
+            ends: vec![0; n],
+        }
+    }
+
+    /// Collects strings, or [`TooLarge`] if they hold 4 GiB or more together.
+    pub fn try_from_iter<I, S>(items: I) -> Result<ByteStrings, TooLarge>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<[u8]>,
+    {
+        let items = items.into_iter();
+        let mut out = ByteStrings::with_capacity(items.size_hint().0, 0);
+        for s in items {
+            out.push(s.as_ref())?;
+        }
+        Ok(out)
+    }
+
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+
+    pub fn push(&mut self, s: &[u8]) -> Result<(), TooLarge> {
+        let end = u32::try_from(self.data.len() + s.len()).map_err(|_| TooLarge)?;
+        self.data.extend_from_slice(s);
+        self.ends.push(end);
+        Ok(())
+    }
+
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of all strings together.
+    pub fn total_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        }
+    }
+
+    /// String `i`; `None` past the end.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        Some(&self.data[self.start(i)..end])
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| {
+            let end = self.ends[i] as usize;
+            &self.data[self.start(i)..end]
+        })
+    }
+
+    /// Strings `range` on their own. Panics if `range` is out of bounds, as slicing does.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> ByteStrings {
+        let base = self.start(range.start);
+        let end = self.start(range.end);
+        ByteStrings {
+            data: self.data[base..end].to_vec(),
+            ends: self.ends[range].iter().map(|&e| e - base as u32).collect(),
+        }
+    }
+
+    /// The parts one after the other, or [`TooLarge`].
+    pub fn concat(parts: &[&ByteStrings]) -> Result<ByteStrings, TooLarge> {
+        let bytes: usize = parts.iter().map(|p| p.data.len()).sum();
+        u32::try_from(bytes).map_err(|_| TooLarge)?;
+        let mut out = ByteStrings::with_capacity(parts.iter().map(|p| p.len()).sum(), bytes);
+        for p in parts {
+            let base = out.data.len() as u32;
+            out.data.extend_from_slice(&p.data);
+            out.ends.extend(p.ends.iter().map(|&e| e + base));
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for ByteStrings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(String::from_utf8_lossy))
+            .finish()
+    }
 }
 
 /// Runs `$body` with `$v` bound to the inner `Vec` of every variant (BYTES included).
@@ -176,6 +308,29 @@ pub enum DecodeError {
     },
     #[error("BOOL byte {index} is {value}, expected 0 or 1")]
     BadBool { index: usize, value: u8 },
+    #[error("{0}")]
+    TooLarge(#[from] TooLarge),
+}
+
+/// The length of the BYTES element that starts `rest` (its 4-byte prefix), checked
+/// against what is left.
+fn bytes_element(rest: &[u8], index: usize) -> Result<usize, DecodeError> {
+    let Some((prefix, after)) = rest.split_first_chunk::<4>() else {
+        return Err(DecodeError::TruncatedBytes {
+            index,
+            need: 4,
+            left: rest.len(),
+        });
+    };
+    let n = u32::from_le_bytes(*prefix) as usize;
+    if after.len() < n {
+        return Err(DecodeError::TruncatedBytes {
+            index,
+            need: n,
+            left: after.len(),
+        });
+    }
+    Ok(n)
 }
 
 /// Little-endian element conversions for the fixed-size numeric types.
@@ -240,12 +395,23 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// The parts one after the other; `None` if their datatypes differ (or no parts).
+    /// The parts one after the other; `None` if their datatypes differ (or no parts), or
+    /// if BYTES parts would hold 4 GiB or more together.
     pub fn concat(parts: &[&TensorData]) -> Option<TensorData> {
         let total = parts.iter().map(|p| p.len()).sum();
         macro_rules! cat {
             ($($var:ident),*) => {
                 match parts.first()? {
+                    TensorData::Bytes(_) => {
+                        let strings = parts
+                            .iter()
+                            .map(|p| match p {
+                                TensorData::Bytes(s) => Some(s),
+                                _ => None,
+                            })
+                            .collect::<Option<Vec<_>>>()?;
+                        TensorData::Bytes(ByteStrings::concat(&strings).ok()?)
+                    }
                     $(TensorData::$var(_) => {
                         let mut out = Vec::with_capacity(total);
                         for p in parts {
@@ -260,7 +426,7 @@ impl TensorData {
             };
         }
         Some(cat!(
-            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64
         ))
     }
 
@@ -269,11 +435,12 @@ impl TensorData {
         macro_rules! cut {
             ($($var:ident),*) => {
                 match self {
+                    TensorData::Bytes(s) => TensorData::Bytes(s.slice(range)),
                     $(TensorData::$var(v) => TensorData::$var(v[range].to_vec()),)*
                 }
             };
         }
-        cut!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes)
+        cut!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp32, Fp64)
     }
 
     /// `n` zero elements (empty strings for BYTES): the warm-up input.
@@ -290,24 +457,49 @@ impl TensorData {
             DataType::Int64 => TensorData::Int64(vec![0; n]),
             DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
             DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
-            DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+            DataType::Bytes => TensorData::Bytes(ByteStrings::empty_strings(n)),
         }
+    }
+
+    /// An empty vector of `datatype` with room for `elements` elements (and, for BYTES,
+    /// `string_bytes` bytes of strings).
+    pub fn with_capacity(datatype: DataType, elements: usize, string_bytes: usize) -> TensorData {
+        match datatype {
+            DataType::Bool => TensorData::Bool(Vec::with_capacity(elements)),
+            DataType::Uint8 => TensorData::Uint8(Vec::with_capacity(elements)),
+            DataType::Uint16 => TensorData::Uint16(Vec::with_capacity(elements)),
+            DataType::Uint32 => TensorData::Uint32(Vec::with_capacity(elements)),
+            DataType::Uint64 => TensorData::Uint64(Vec::with_capacity(elements)),
+            DataType::Int8 => TensorData::Int8(Vec::with_capacity(elements)),
+            DataType::Int16 => TensorData::Int16(Vec::with_capacity(elements)),
+            DataType::Int32 => TensorData::Int32(Vec::with_capacity(elements)),
+            DataType::Int64 => TensorData::Int64(Vec::with_capacity(elements)),
+            DataType::Fp32 => TensorData::Fp32(Vec::with_capacity(elements)),
+            DataType::Fp64 => TensorData::Fp64(Vec::with_capacity(elements)),
+            DataType::Bytes => {
+                TensorData::Bytes(ByteStrings::with_capacity(elements, string_bytes))
+            }
+        }
+    }
+
+    /// Drops the elements, keeping the allocation.
+    pub fn clear(&mut self) {
+        dispatch!(self, v => v.clear())
     }
 
     /// Decodes the binary tensor extension's layout: little-endian elements, one byte per
     /// BOOL, and for BYTES a 4-byte little-endian length before each element.
     pub fn from_le_bytes(datatype: DataType, raw: &[u8]) -> Result<TensorData, DecodeError> {
         Ok(match datatype {
-            DataType::Bool => TensorData::Bool(
-                raw.iter()
-                    .enumerate()
-                    .map(|(index, &value)| match value {
-                        0 => Ok(false),
-                        1 => Ok(true),
-                        _ => Err(DecodeError::BadBool { index, value }),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+            DataType::Bool => {
+                if let Some(index) = raw.iter().position(|&b| b > 1) {
+                    return Err(DecodeError::BadBool {
+                        index,
+                        value: raw[index],
+                    });
+                }
+                TensorData::Bool(raw.iter().map(|&b| b == 1).collect())
+            }
             DataType::Uint8 => TensorData::Uint8(raw.to_vec()),
             DataType::Uint16 => TensorData::Uint16(decode_le(datatype, raw)?),
             DataType::Uint32 => TensorData::Uint32(decode_le(datatype, raw)?),
@@ -319,28 +511,21 @@ impl TensorData {
             DataType::Fp32 => TensorData::Fp32(decode_le(datatype, raw)?),
             DataType::Fp64 => TensorData::Fp64(decode_le(datatype, raw)?),
             DataType::Bytes => {
-                let mut out = Vec::new();
+                // Walk the length prefixes first, so the strings are stored in buffers of
+                // exactly their size.
+                let (mut count, mut total, mut rest) = (0usize, 0usize, raw);
+                while !rest.is_empty() {
+                    let n = bytes_element(rest, count)?;
+                    rest = &rest[4 + n..];
+                    count += 1;
+                    total += n;
+                }
+                let mut out = ByteStrings::with_capacity(count, total);
                 let mut rest = raw;
                 while !rest.is_empty() {
-                    let index = out.len();
-                    if rest.len() < 4 {
-                        return Err(DecodeError::TruncatedBytes {
-                            index,
-                            need: 4,
-                            left: rest.len(),
-                        });
-                    }
-                    let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-                    rest = &rest[4..];
-                    if rest.len() < n {
-                        return Err(DecodeError::TruncatedBytes {
-                            index,
-                            need: n,
-                            left: rest.len(),
-                        });
-                    }
-                    out.push(rest[..n].to_vec());
-                    rest = &rest[n..];
+                    let n = bytes_element(rest, out.len())?;
+                    out.push(&rest[4..4 + n])?;
+                    rest = &rest[4 + n..];
                 }
                 TensorData::Bytes(out)
             }
@@ -358,7 +543,7 @@ impl TensorData {
             },
             bool b => out.extend(b.iter().map(|&x| x as u8)),
             bytes s => {
-                for e in s {
+                for e in s.iter() {
                     out.extend_from_slice(&(e.len() as u32).to_le_bytes());
                     out.extend_from_slice(e);
                 }
@@ -369,7 +554,7 @@ impl TensorData {
     /// Size of [`write_le_bytes`](Self::write_le_bytes)'s output.
     pub fn byte_size(&self) -> usize {
         match self {
-            TensorData::Bytes(s) => s.iter().map(|e| 4 + e.len()).sum(),
+            TensorData::Bytes(s) => 4 * s.len() + s.total_bytes(),
             other => other.len() * other.datatype().element_size().expect("fixed-size type"),
         }
     }
@@ -412,7 +597,9 @@ mod tests {
             TensorData::Int64(vec![i64::MIN, i64::MAX]),
             TensorData::Fp32(vec![1.5, -0.0, f32::INFINITY]),
             TensorData::Fp64(vec![std::f64::consts::PI]),
-            TensorData::Bytes(vec![b"ab".to_vec(), vec![], "é".as_bytes().to_vec()]),
+            TensorData::Bytes(
+                ByteStrings::try_from_iter([&b"ab"[..], b"", "é".as_bytes()]).unwrap(),
+            ),
         ];
         for data in cases {
             let mut raw = Vec::new();
@@ -431,9 +618,35 @@ mod tests {
         assert_eq!(ab, TensorData::Fp32(vec![1.0, 2.0, 3.0]));
         assert_eq!(ab.slice(0..2), a);
         assert_eq!(ab.slice(2..3), b);
-        let s = TensorData::Bytes(vec![b"x".to_vec()]);
+        let s = TensorData::Bytes(ByteStrings::try_from_iter(["x"]).unwrap());
         assert_eq!(TensorData::concat(&[&a, &s]), None);
         assert_eq!(TensorData::concat(&[]), None);
+    }
+
+    #[test]
+    fn packed_strings_concat_slice_and_index() {
+        let strs = |items: &[&str]| ByteStrings::try_from_iter(items).unwrap();
+        let a = TensorData::Bytes(strs(&["ab", "", "c"]));
+        let b = TensorData::Bytes(strs(&["", "def"]));
+        let ab = TensorData::concat(&[&a, &b]).unwrap();
+        assert_eq!(ab, TensorData::Bytes(strs(&["ab", "", "c", "", "def"])));
+        assert_eq!(ab.len(), 5);
+        assert_eq!(ab.slice(0..3), a);
+        assert_eq!(ab.slice(3..5), b);
+        assert_eq!(ab.slice(1..4), TensorData::Bytes(strs(&["", "c", ""])));
+        assert_eq!(ab.slice(2..2).len(), 0);
+        let TensorData::Bytes(packed) = &ab else {
+            unreachable!()
+        };
+        assert_eq!(packed.get(4), Some(&b"def"[..]));
+        assert_eq!(packed.get(5), None);
+        assert_eq!(packed.total_bytes(), 6);
+        assert_eq!(ab.byte_size(), 5 * 4 + 6);
+        assert_eq!(
+            TensorData::zeros(DataType::Bytes, 3),
+            TensorData::Bytes(strs(&["", "", ""]))
+        );
+        assert_eq!(format!("{packed:?}"), r#"["ab", "", "c", "", "def"]"#);
     }
 
     #[test]

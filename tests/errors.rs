@@ -199,6 +199,23 @@ fn fixed_dimensions_are_enforced() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("UTF-8"));
+    // A BYTES length prefix past the end of the input's data.
+    let header = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}).to_string();
+    let mut raw = header.clone().into_bytes();
+    raw.extend([200, 0, 0, 0, b'a', b'b', b'c', b'd']);
+    let r = v
+        .client
+        .post(v.url("/v2/models/strings/infer"))
+        .header("Inference-Header-Content-Length", header.len())
+        .body(raw)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("input 'text': BYTES element 0 is truncated"),
+        "{text}"
+    );
 }
 
 #[test]

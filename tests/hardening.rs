@@ -204,12 +204,13 @@ fn limits_and_malformed_requests() {
             None,
             "large",
         ),
-        // a BYTES length prefix past the end
+        // a BYTES length prefix past the end, to an FP32 input: the datatype is refused
+        // before the data is read (tests/errors.rs sends it to a BYTES model)
         (
             json!({"inputs": [{"name": "X", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}),
             &[200, 0, 0, 0, b'a', b'b', b'c', b'd'],
             None,
-            "truncated",
+            "datatype bytes, the model expects fp32",
         ),
     ];
     for (header, payload, hlen, want) in bin_cases {
@@ -355,15 +356,33 @@ fn decoders_and_parsers_never_panic() {
         }
         b
     };
+    // Signatures the valid bodies satisfy, so that mutations reach the data decoders.
+    let spec = |name: &str, datatype, rank| vigil::backend::TensorSpec {
+        name: name.into(),
+        datatype,
+        shape: vec![-1; rank],
+    };
+    use vigil::tensor::DataType;
+    let json_sig = vigil::backend::ModelSignature {
+        inputs: vec![spec("X", DataType::Int8, 2), spec("s", DataType::Bytes, 1)],
+        outputs: Vec::new(),
+    };
+    let bin_sig = vigil::backend::ModelSignature {
+        inputs: vec![spec("X", DataType::Fp64, 1), spec("b", DataType::Bytes, 1)],
+        outputs: Vec::new(),
+    };
+    let decode = vigil::http::v2::decode_request;
+    assert!(decode(&valid_json, None, &json_sig, 1 << 20).is_ok());
+    assert!(decode(&valid_bin, Some(header.len()), &bin_sig, 1 << 20).is_ok());
     let started = Instant::now();
     let mut cases = 0;
     for _ in 0..rounds {
         let j = mutate(&valid_json);
-        let _ = vigil::http::v2::decode_request_limited(&j, None, 1 << 20);
+        let _ = decode(&j, None, &json_sig, 1 << 20);
         let b = mutate(&valid_bin);
         let hl = (next() as usize) % (b.len() + 4);
-        let _ = vigil::http::v2::decode_request_limited(&b, Some(hl), 1 << 20);
-        let _ = vigil::http::v2::decode_request_limited(&b, Some(header.len()), 1 << 20);
+        let _ = decode(&b, Some(hl), &bin_sig, 1 << 20);
+        let _ = decode(&b, Some(header.len()), &bin_sig, 1 << 20);
         cases += 3;
     }
     for _ in 0..rounds / 10 {
@@ -956,4 +975,161 @@ fn duration_flags_take_units_and_refuse_nonsense() {
             assert!(err.contains(flag), "{flag} {bad}: {err}");
         }
     }
+}
+
+/// Peak resident set (VmHWM) of process `pid`, in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/<pid>/status");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// `n` copies of `element` joined by commas, in brackets.
+fn json_list(element: &str, n: usize) -> String {
+    let mut s = String::with_capacity(n * (element.len() + 1) + 2);
+    s.push('[');
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(element);
+    }
+    s.push(']');
+    s
+}
+
+/// Worst-case bodies (many of the smallest elements, huge shapes with tiny bodies), each
+/// sent to a fresh server: every one is refused with a clear 400, and the server's peak
+/// RSS grows by at most 3 × the body + 30 MB when the data is decoded (2-byte JSON
+/// numbers become 4-byte FP32), and by at most 1.25 × the body + 16 MB when the signature
+/// refuses it first (the body, read once). Before descriptors were checked against the
+/// signature ahead of decoding, 15 M empty BYTES strings to the FP32 model took ~24 bytes
+/// each (~430 MB for a 45 MB body); before the body was read into one buffer, reading it
+/// took twice its size.
+#[test]
+fn memory_per_request_is_bounded_by_the_body() {
+    const N: usize = 15_000_000;
+    // Bounds on peak RSS growth for a body of `len` bytes.
+    let decoded = |len: u64| 3 * len + (30 << 20);
+    let refused_first = |len: u64| len + len / 4 + (16 << 20);
+    let json_input = |datatype: &str, shape: serde_json::Value, data: &str| {
+        format!(
+            r#"{{"inputs":[{{"name":"X","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#
+        )
+        .into_bytes()
+    };
+    let binary_input = |datatype: &str, shape: serde_json::Value, payload: Vec<u8>| {
+        let header = json!({"inputs": [{"name": "X", "shape": shape, "datatype": datatype,
+            "parameters": {"binary_data_size": payload.len()}}]})
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&payload);
+        (body, Some(header.len()))
+    };
+    let mut fp32_then_bad = json_list("0", N);
+    fp32_then_bad.replace_range(fp32_then_bad.len() - 2.., "\"x\"]");
+    type Case = (&'static str, Vec<u8>, Option<usize>, &'static str, bool);
+    let cases: Vec<Box<dyn Fn() -> Case>> = vec![
+        Box::new(|| {
+            let body = json_input("BYTES", json!([N / 4, 4]), &json_list(r#""""#, N));
+            (
+                "15 M empty BYTES, JSON",
+                body,
+                None,
+                "has datatype BYTES, the model expects FP32",
+                false,
+            )
+        }),
+        Box::new(|| {
+            let (body, h) = binary_input("BYTES", json!([N / 4, 4]), vec![0; 4 * N]);
+            (
+                "15 M empty BYTES, binary",
+                body,
+                h,
+                "has datatype BYTES, the model expects FP32",
+                false,
+            )
+        }),
+        Box::new(|| {
+            let body = json_input("FP64", json!([N / 4, 4]), &json_list("0", N));
+            (
+                "15 M FP64 of 2 bytes, JSON",
+                body,
+                None,
+                "has datatype FP64, the model expects FP32",
+                false,
+            )
+        }),
+        Box::new(|| {
+            let body = json_input("FP32", json!([N / 4, 4]), &fp32_then_bad);
+            (
+                "15 M FP32 of 2 bytes, JSON, all decoded",
+                body,
+                None,
+                "element 14999999",
+                true,
+            )
+        }),
+        Box::new(|| {
+            let body = json_input("FP32", json!([16_000_000, 4]), "[1]");
+            (
+                "huge shape, JSON",
+                body,
+                None,
+                "needs 64000000 elements, got 1",
+                false,
+            )
+        }),
+        Box::new(|| {
+            let (body, h) = binary_input("FP32", json!([16_000_000, 4]), vec![0; 16]);
+            (
+                "huge shape, binary",
+                body,
+                h,
+                "needs 64000000 elements",
+                false,
+            )
+        }),
+    ];
+    let started = Instant::now();
+    for make in cases {
+        let (what, body, header_len, want, is_decoded) = make();
+        let v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+        assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+        let before = peak_rss(v.pid());
+        let mut req = v.client.post(v.url("/v2/models/iris/infer"));
+        if let Some(n) = header_len {
+            req = req.header("Inference-Header-Content-Length", n.to_string());
+        }
+        let len = body.len() as u64;
+        let r = req.body(body).send().unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        let growth = peak_rss(v.pid()).saturating_sub(before);
+        println!(
+            "{what}: body {:.1} MB, peak RSS +{:.1} MB ({:.2} x body), {status} {text}",
+            len as f64 / 1e6,
+            growth as f64 / 1e6,
+            growth as f64 / len as f64
+        );
+        assert_eq!(status, 400, "{what}: {text}");
+        assert!(
+            text.contains(want),
+            "{what}: {text} should contain {want:?}"
+        );
+        let bound = if is_decoded {
+            decoded(len)
+        } else {
+            refused_first(len)
+        };
+        assert!(
+            growth <= bound,
+            "{what}: peak RSS grew by {growth} bytes for a body of {len} (bound {bound})"
+        );
+    }
+    println!("{:?}", started.elapsed());
 }

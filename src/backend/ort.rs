@@ -16,7 +16,7 @@ use ort::session::{Session as OrtInner, SessionInputValue};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 
 use super::{BackendError, ModelFile, Session, TensorSpec};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{ByteStrings, Tensor, TensorData};
 
 static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
 
@@ -138,7 +138,7 @@ impl OrtSession {
                 bytes s => {
                     let strings = s
                         .iter()
-                        .map(|e| String::from_utf8(e.clone()))
+                        .map(|e| std::str::from_utf8(e).map(str::to_owned))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|_| BackendError::Run(format!("input '{}': BYTES elements must be UTF-8 for this model", spec.name)))?;
                     OrtTensor::from_string_array((shape, strings.as_slice())).map_err(run_err)?.into()
@@ -192,7 +192,10 @@ fn from_ort(spec: &TensorSpec, value: &DynValue) -> Result<Tensor, BackendError>
             let (shape, strings) = value.try_extract_strings().map_err(err)?;
             (
                 shape.iter().map(|&d| d as usize).collect(),
-                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+                TensorData::Bytes(
+                    ByteStrings::try_from_iter(&strings)
+                        .map_err(|e| BackendError::Run(format!("output '{}': {e}", spec.name)))?,
+                ),
             )
         }
         other => {

@@ -11,7 +11,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{DimFact, ShapeFactoid};
 
 use super::{BackendError, ModelFile, Session, TensorSpec};
-use crate::tensor::{DataType, Tensor as VTensor, TensorData};
+use crate::tensor::{ByteStrings, DataType, Tensor as VTensor, TensorData};
 
 pub struct TractSession {
     plan: Arc<TypedSimplePlan>,
@@ -143,7 +143,7 @@ fn to_tract(t: &VTensor) -> Result<TValue, BackendError> {
         bytes s => {
             let strings = s
                 .iter()
-                .map(|e| String::from_utf8(e.clone()))
+                .map(|e| std::str::from_utf8(e).map(str::to_owned))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| BackendError::Run(format!("input '{}': BYTES elements must be UTF-8 for this model", t.name)))?;
             tract_ndarray::ArrayD::from_shape_vec(shape.clone(), strings)
@@ -182,12 +182,8 @@ fn from_tract(spec: &TensorSpec, value: &Tensor) -> Result<VTensor, BackendError
         DataType::Fp32 => take!(Fp32, f32),
         DataType::Fp64 => take!(Fp64, f64),
         DataType::Bytes => TensorData::Bytes(
-            value
-                .to_plain_array_view::<String>()
-                .map_err(err)?
-                .iter()
-                .map(|s| s.as_bytes().to_vec())
-                .collect(),
+            ByteStrings::try_from_iter(value.to_plain_array_view::<String>().map_err(err)?.iter())
+                .map_err(|e| BackendError::Run(format!("output '{}': {e}", spec.name)))?,
         ),
     };
     Ok(VTensor {

@@ -580,16 +580,16 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Reads the body, refusing anything over the limit with 413 (before reading, when the
-/// client declared its length).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers
+/// client declared its length). The frames are copied into one buffer of the declared
+/// size as they arrive: collecting them first and joining them after would hold the
+/// body twice.
+async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
     }
     match headers
         .get(header::CONTENT_ENCODING)
@@ -602,15 +602,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             )))
         }
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge(limit))
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - buf.len() {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "cannot read the request body: {e}"
-        ))),
     }
+    Ok(buf.freeze())
 }
 
 fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
@@ -650,7 +653,10 @@ async fn infer(
                 .observe(start.elapsed().as_secs_f64());
         }
         // Errors inside `serving` are already counted there.
-        Err(InferOnError::Api(_)) => served.metrics.count(crate::metrics::Outcome::BadRequest),
+        Err(InferOnError::Api(_)) => {
+            served.metrics.count(crate::metrics::Outcome::BadRequest);
+            served.stats.record_failure();
+        }
         Err(InferOnError::Serving(_)) => {}
     }
     result.map_err(|e| match e {
@@ -685,11 +691,12 @@ async fn infer_on(
         )))
     })?
     .map_err(api)?;
-    let req = v2::decode_request_limited(&body, header_len, s.opts.max_tensor_elements)
-        .map_err(|e| api(e.into()))?;
-    drop(body);
-    // Which outputs, in which order, and how: checked before running anything.
+    // Every descriptor is checked against the version's signature before any data is
+    // decoded, so that the memory a request takes stays a small multiple of its body.
     let sig = &served.signature;
+    let req = v2::check_request(&body, header_len, sig, s.opts.max_tensor_elements)
+        .map_err(|e| api(e.into()))?;
+    // Which outputs, in which order, and how: checked before decoding anything.
     let chosen: Vec<(usize, bool)> = match &req.outputs {
         None => (0..sig.outputs.len())
             .map(|i| (i, req.binary_output))
@@ -712,6 +719,8 @@ async fn infer_on(
             })
             .collect::<Result<_, _>>()?,
     };
+    let req = req.decode().map_err(|e| api(e.into()))?;
+    drop(body);
     let outputs = s
         .server
         .infer_routed(route, req.inputs)

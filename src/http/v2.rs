@@ -2,12 +2,19 @@
 //! binary tensor extension: `Inference-Header-Content-Length`, `binary_data_size`,
 //! `binary_data`, `binary_data_output`).
 //!
-//! Decoding knows nothing of models: it only turns bytes into [`Tensor`]s and says which
-//! outputs the client wants and how. Matching them to a model is `serving`'s job.
+//! Decoding happens in two steps so that memory per request is bounded before anything is
+//! decoded: [`check_request`] reads the JSON header and checks every input's descriptor
+//! against the target version's signature (name, datatype, shape, element limit) and
+//! its data's size against its shape; only then [`CheckedRequest::decode`] turns the data
+//! into [`Tensor`]s, each allocated once at its final size. Decoded data then takes at
+//! most 4/3 of the body for BYTES and the binary layout's size for numbers; JSON numbers
+//! take up to 4 bytes (FP32) or 8 bytes (64-bit types) per element of at least 2 bytes.
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::backend::ModelSignature;
+use crate::serving::InputCheck;
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// A decoded inference request.
@@ -101,18 +108,66 @@ fn param_usize(
     }
 }
 
-/// Decodes a request body. `header_len` is `Inference-Header-Content-Length` when present:
-/// the JSON is the first `header_len` bytes and binary tensor data follows.
-pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeError> {
-    decode_request_limited(body, header_len, usize::MAX)
+/// A request whose JSON header has been read and checked against the model's signature
+/// (every input's name, datatype and shape, the element limit, and that each input's
+/// data is large enough for its shape), with no tensor data decoded yet.
+pub struct CheckedRequest<'a> {
+    pub id: Option<String>,
+    /// Outputs asked for, in order; `None` means all, in the model's order.
+    pub outputs: Option<Vec<OutputRequest>>,
+    /// Default for outputs without their own `binary_data` (top-level `binary_data_output`).
+    pub binary_output: bool,
+    inputs: Vec<PendingInput<'a>>,
 }
 
-/// [`decode_request`] with a cap on the elements of all inputs together.
-pub fn decode_request_limited(
+/// An input whose descriptor passed the checks; its data is still the body's bytes.
+struct PendingInput<'a> {
+    name: String,
+    shape: Vec<usize>,
+    datatype: DataType,
+    elements: usize,
+    data: Source<'a>,
+}
+
+enum Source<'a> {
+    /// The text of the JSON `data` value.
+    Json(&'a str),
+    /// The input's slice of the binary part.
+    Binary(&'a [u8]),
+}
+
+/// Decodes a request body for a model with `signature`: [`check_request`], then
+/// [`CheckedRequest::decode`].
+pub fn decode_request(
     body: &[u8],
     header_len: Option<usize>,
+    signature: &ModelSignature,
     max_elements: usize,
 ) -> Result<InferRequest, DecodeError> {
+    check_request(body, header_len, signature, max_elements)?.decode()
+}
+
+/// The smallest number of JSON text bytes one element of `datatype` takes (`0`, `""`,
+/// `true`), for the most elements a `data` text can hold.
+fn min_json_element(datatype: DataType) -> usize {
+    match datatype {
+        DataType::Bool => 4,
+        DataType::Bytes => 2,
+        _ => 1,
+    }
+}
+
+/// Reads the JSON header of a body and checks it against `signature` and the element
+/// limit, before any tensor data is decoded; the memory the data will take is then
+/// known to be within a small multiple of the body. `header_len` is
+/// `Inference-Header-Content-Length` when present: the JSON is the first `header_len`
+/// bytes and binary tensor data follows.
+pub fn check_request<'a>(
+    body: &'a [u8],
+    header_len: Option<usize>,
+    signature: &ModelSignature,
+    max_elements: usize,
+) -> Result<CheckedRequest<'a>, DecodeError> {
     let mut total_elements = 0usize;
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
@@ -125,13 +180,15 @@ pub fn decode_request_limited(
         None => (body, &[][..]),
     };
     let de = &mut serde_json::Deserializer::from_slice(json);
-    let raw: RawRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let raw: RawRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         bad(format!(
             "invalid inference request JSON at '{}': {}",
             e.path(),
             e.inner()
         ))
     })?;
+    de.end()
+        .map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
 
     if let Some(p) = &raw.parameters {
         if p.contains_key("classification") {
@@ -140,6 +197,7 @@ pub fn decode_request_limited(
     }
     let binary_output =
         param_bool(&raw.parameters, "binary_data_output", "request")?.unwrap_or(false);
+    let mut check = InputCheck::new(signature);
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for input in raw.inputs {
         let whose = format!("input '{}'", input.name);
@@ -165,6 +223,9 @@ pub fn decode_request_limited(
                 "{whose}: shape {shape:?} brings the request to {total_elements} elements, more than the limit of {max_elements} (--max-tensor-elements)"
             )));
         }
+        check
+            .input(&input.name, datatype, &shape)
+            .map_err(|e| bad(e.to_string()))?;
         let data = match param_usize(&input.parameters, "binary_data_size", &whose)? {
             Some(size) => {
                 if input.data.is_some() {
@@ -183,28 +244,51 @@ pub fn decode_request_limited(
                         binary.len()
                     )));
                 }
+                match datatype.element_size() {
+                    Some(width) if expected.checked_mul(width) != Some(size) => {
+                        return Err(bad(format!(
+                            "{whose}: shape {shape:?} needs {expected} elements ({} bytes of {datatype}), but binary_data_size is {size}",
+                            expected.saturating_mul(width)
+                        )))
+                    }
+                    // Each BYTES element has a 4-byte length before it.
+                    None if expected > size / 4 => {
+                        return Err(bad(format!(
+                            "{whose}: shape {shape:?} needs {expected} elements, but binary_data_size {size} holds at most {} BYTES elements (4-byte length each)",
+                            size / 4
+                        )))
+                    }
+                    _ => {}
+                }
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
-                TensorData::from_le_bytes(datatype, mine)
-                    .map_err(|e| bad(format!("{whose}: {e}")))?
+                Source::Binary(mine)
             }
             None => {
                 let raw = input
                     .data
                     .ok_or_else(|| bad(format!("{whose}: no 'data' and no binary_data_size")))?;
-                json_data(datatype, raw.get(), expected)
-                    .map_err(|e| bad(format!("{whose}: {}", e.0)))?
+                let text = raw.get();
+                // Elements are separated by commas: n of them take at least
+                // n * (min + 1) - 1 bytes.
+                let most = (text.len() + 1) / (min_json_element(datatype) + 1);
+                if expected > most {
+                    // Count what is there (with a bounded scratch buffer) for a
+                    // precise message.
+                    let got = json_data(datatype, text, usize::MAX, Mode::Count)
+                        .map_err(|e| bad(format!("{whose}: {}", e.0)))?;
+                    return Err(bad(format!(
+                        "{whose}: shape {shape:?} needs {expected} elements, got {got}"
+                    )));
+                }
+                Source::Json(text)
             }
         };
-        if data.len() != expected {
-            return Err(bad(format!(
-                "{whose}: shape {shape:?} needs {expected} elements, got {}",
-                data.len()
-            )));
-        }
-        inputs.push(Tensor {
+        inputs.push(PendingInput {
             name: input.name,
             shape,
+            datatype,
+            elements: expected,
             data,
         });
     }
@@ -214,6 +298,7 @@ pub fn decode_request_limited(
             binary.len()
         )));
     }
+    check.finish().map_err(|e| bad(e.to_string()))?;
     let outputs = match raw.outputs {
         None => None,
         Some(list) => Some(
@@ -237,23 +322,94 @@ pub fn decode_request_limited(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    Ok(InferRequest {
+    Ok(CheckedRequest {
         id: raw.id,
-        inputs,
         outputs,
         binary_output,
+        inputs,
     })
 }
 
+impl CheckedRequest<'_> {
+    /// Decodes the inputs' data into tensors, each allocated once at its final size.
+    pub fn decode(self) -> Result<InferRequest, DecodeError> {
+        let inputs = self
+            .inputs
+            .into_iter()
+            .map(|input| {
+                let whose = format!("input '{}'", input.name);
+                let data = match input.data {
+                    Source::Binary(raw) => TensorData::from_le_bytes(input.datatype, raw)
+                        .map_err(|e| bad(format!("{whose}: {e}")))?,
+                    Source::Json(text) => {
+                        let mut data = TensorData::with_capacity(
+                            input.datatype,
+                            input.elements,
+                            text.len().saturating_sub(2 * input.elements),
+                        );
+                        json_data(input.datatype, text, input.elements, Mode::Keep(&mut data))
+                            .map_err(|e| bad(format!("{whose}: {}", e.0)))?;
+                        data
+                    }
+                };
+                if data.len() != input.elements {
+                    return Err(bad(format!(
+                        "{whose}: shape {:?} needs {} elements, got {}",
+                        input.shape,
+                        input.elements,
+                        data.len()
+                    )));
+                }
+                Ok(Tensor {
+                    name: input.name,
+                    shape: input.shape,
+                    data,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(InferRequest {
+            id: self.id,
+            inputs,
+            outputs: self.outputs,
+            binary_output: self.binary_output,
+        })
+    }
+}
+
+/// What [`json_data`] does with the elements it parses.
+enum Mode<'d> {
+    /// Appends them to the vector (allocated beforehand at the shape's size).
+    Keep(&'d mut TensorData),
+    /// Only checks and counts them.
+    Count,
+}
+
+/// Elements a counting pass holds at once before it empties its scratch vector.
+const COUNT_SCRATCH: usize = 4096;
+
 /// Parses an input's `data` (nested or flat JSON arrays, row-major, or one scalar)
 /// straight into a typed vector, checking each element against the datatype and never
-/// taking more than the shape's `expected` elements.
-fn json_data(datatype: DataType, text: &str, expected: usize) -> Result<TensorData, DecodeError> {
+/// taking more than `limit` elements. Returns how many elements it saw.
+fn json_data(
+    datatype: DataType,
+    text: &str,
+    limit: usize,
+    mode: Mode<'_>,
+) -> Result<usize, DecodeError> {
+    let mut scratch;
+    let (data, counting) = match mode {
+        Mode::Keep(data) => (data, false),
+        Mode::Count => {
+            scratch = TensorData::with_capacity(datatype, COUNT_SCRATCH, 0);
+            (&mut scratch, true)
+        }
+    };
     let mut builder = DataBuilder {
-        data: TensorData::zeros(datatype, 0),
+        data,
+        counting,
         datatype,
         count: 0,
-        limit: expected,
+        limit,
         error: None,
     };
     let mut de = serde_json::Deserializer::from_str(text);
@@ -264,12 +420,14 @@ fn json_data(datatype: DataType, text: &str, expected: usize) -> Result<TensorDa
     parsed
         .and_then(|()| de.end())
         .map_err(|e| bad(format!("invalid data: {e}")))?;
-    Ok(builder.data)
+    Ok(builder.count)
 }
 
 /// Receives the elements of `data` as serde_json parses them.
-struct DataBuilder {
-    data: TensorData,
+struct DataBuilder<'d> {
+    data: &'d mut TensorData,
+    /// Only counting: `data` is a scratch vector, emptied every [`COUNT_SCRATCH`] elements.
+    counting: bool,
     datatype: DataType,
     count: usize,
     limit: usize,
@@ -300,7 +458,7 @@ impl std::fmt::Display for Seen<'_> {
     }
 }
 
-impl DataBuilder {
+impl DataBuilder<'_> {
     fn fail<E: serde::de::Error>(&mut self, e: DecodeError) -> Result<(), E> {
         self.error = Some(e);
         Err(E::custom("invalid tensor data"))
@@ -342,7 +500,10 @@ impl DataBuilder {
             Seen::Str("-Infinity" | "-inf") => Some(f64::NEG_INFINITY),
             _ => None,
         };
-        match &mut self.data {
+        if self.counting && self.data.len() >= COUNT_SCRATCH {
+            self.data.clear();
+        }
+        match &mut *self.data {
             TensorData::Bool(v) => match seen {
                 Seen::Bool(b) => v.push(b),
                 _ => return self.fail(wrong(&seen)),
@@ -369,7 +530,11 @@ impl DataBuilder {
                 None => return self.fail(wrong(&seen)),
             },
             TensorData::Bytes(v) => match seen {
-                Seen::Str(s) => v.push(s.as_bytes().to_vec()),
+                Seen::Str(s) => {
+                    if let Err(e) = v.push(s.as_bytes()) {
+                        return self.fail(bad(format!("element {i}: {e}")));
+                    }
+                }
                 _ => return self.fail(wrong(&seen)),
             },
         }
@@ -378,7 +543,7 @@ impl DataBuilder {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for &mut DataBuilder {
+impl<'de> serde::de::DeserializeSeed<'de> for &mut DataBuilder<'_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -386,7 +551,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for &mut DataBuilder {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for &mut DataBuilder {
+impl<'de> serde::de::Visitor<'de> for &mut DataBuilder<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -439,7 +604,7 @@ impl Serialize for JsonData<'_> {
         crate::dispatch_numeric!(self.0,
             v => { for x in v { seq.serialize_element(x)?; } },
             bool b => { for x in b { seq.serialize_element(x)?; } },
-            bytes st => { for x in st { seq.serialize_element(&String::from_utf8_lossy(x))?; } }
+            bytes st => { for x in st.iter() { seq.serialize_element(&String::from_utf8_lossy(x))?; } }
         );
         seq.end()
     }
@@ -514,6 +679,35 @@ pub fn encode_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::TensorSpec;
+    use crate::tensor::ByteStrings;
+
+    /// A signature that accepts whatever the body's header declares (any size in every
+    /// dimension), so that these tests reach the data.
+    fn lenient(body: &[u8], header_len: Option<usize>) -> ModelSignature {
+        let json = &body[..header_len.unwrap_or(body.len()).min(body.len())];
+        let header: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
+        let inputs = header["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                Some(TensorSpec {
+                    name: i["name"].as_str()?.to_string(),
+                    datatype: DataType::parse(i["datatype"].as_str()?)?,
+                    shape: vec![-1; i["shape"].as_array()?.len()],
+                })
+            })
+            .collect();
+        ModelSignature {
+            inputs,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn decode(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeError> {
+        decode_request(body, header_len, &lenient(body, header_len), usize::MAX)
+    }
 
     #[test]
     fn json_nested_and_flat_agree() {
@@ -521,8 +715,8 @@ mod tests {
             br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#;
         let flat =
             br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#;
-        let a = decode_request(nested, None).unwrap();
-        let b = decode_request(flat, None).unwrap();
+        let a = decode(nested, None).unwrap();
+        let b = decode(flat, None).unwrap();
         assert_eq!(a.inputs, b.inputs);
         assert_eq!(a.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.5]));
     }
@@ -534,22 +728,22 @@ mod tests {
         body.extend_from_slice(&7i32.to_le_bytes());
         body.extend_from_slice(&(-1i32).to_le_bytes());
         body.push(1);
-        let req = decode_request(&body, Some(header.len())).unwrap();
+        let req = decode(&body, Some(header.len())).unwrap();
         assert_eq!(req.inputs[0].data, TensorData::Int32(vec![7, -1]));
         assert_eq!(req.inputs[1].data, TensorData::Bool(vec![true]));
         assert!(req.binary_output);
         // One byte too many, one too few.
         let mut extra = body.clone();
         extra.push(0);
-        assert!(decode_request(&extra, Some(header.len()))
+        assert!(decode(&extra, Some(header.len()))
             .unwrap_err()
             .0
             .contains("no input claims"));
-        assert!(decode_request(&body[..body.len() - 1], Some(header.len()))
+        assert!(decode(&body[..body.len() - 1], Some(header.len()))
             .unwrap_err()
             .0
             .contains("binary_data_size is 1"));
-        assert!(decode_request(&body, Some(body.len() + 1)).is_err());
+        assert!(decode(&body, Some(body.len() + 1)).is_err());
     }
 
     #[test]
@@ -596,14 +790,16 @@ mod tests {
                 "out of range for FP32",
             ),
             (br#"{"inputs":[]"#, "invalid inference request JSON"),
+            (br#"{"inputs":[]}x"#, "trailing characters"),
             (br#"{"inputz":[]}"#, "missing field `inputs`"),
         ];
         for (body, want) in cases {
-            let err = decode_request(body, None).unwrap_err().0;
+            let err = decode(body, None).unwrap_err().0;
             assert!(err.contains(want), "{err:?} should contain {want:?}");
             if !want.contains("JSON")
                 && !want.contains("missing field")
                 && !want.contains("shape[0]")
+                && !want.contains("trailing")
             {
                 assert!(err.contains("input 'x'"), "{err}");
             }
@@ -613,16 +809,90 @@ mod tests {
     #[test]
     fn element_limit_is_checked_before_decoding() {
         let body = br#"{"inputs":[{"name":"x","shape":[10000000],"datatype":"FP32","data":[1]}]}"#;
-        let err = decode_request_limited(body, None, 1000).unwrap_err().0;
+        let err = decode_request(body, None, &lenient(body, None), 1000)
+            .unwrap_err()
+            .0;
         assert!(err.contains("limit of 1000"), "{err}");
         // Without the limit, a tiny body claiming a huge shape is a clean mismatch.
-        let err = decode_request(body, None).unwrap_err().0;
+        let err = decode(body, None).unwrap_err().0;
         assert!(err.contains("needs 10000000 elements, got 1"), "{err}");
     }
 
     #[test]
+    fn descriptors_are_checked_against_the_signature_before_the_data() {
+        let sig = ModelSignature {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                datatype: DataType::Fp32,
+                shape: vec![-1, 2],
+            }],
+            outputs: Vec::new(),
+        };
+        // The data is not even numbers: the descriptor is refused first.
+        let cases: &[(&[u8], &str)] = &[
+            (
+                br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"BYTES","data":["",""]}]}"#,
+                "input 'x' has datatype BYTES, the model expects FP32",
+            ),
+            (
+                br#"{"inputs":[{"name":"y","shape":[1,2],"datatype":"FP32","data":["nope"]}]}"#,
+                "unexpected input 'y'",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":["nope"]}]}"#,
+                "the model expects [-1, 2]",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[0,2],"datatype":"FP32","data":["nope"]}]}"#,
+                "empty tensors",
+            ),
+            (br#"{"inputs":[]}"#, "missing input 'x'"),
+            // 10⁸ elements claimed, 3 bytes of data: refused without decoding anything.
+            (
+                br#"{"inputs":[{"name":"x","shape":[50000000,2],"datatype":"FP32","data":[1]}]}"#,
+                "needs 100000000 elements, got 1",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = decode_request(body, None, &sig, usize::MAX).unwrap_err().0;
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+        // Binary sizes are checked against the shape before the data is read.
+        let binary = |datatype: &str, size: usize, shape: &str| {
+            let header = format!(
+                r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","parameters":{{"binary_data_size":{size}}}}}]}}"#
+            );
+            let mut body = header.clone().into_bytes();
+            body.resize(header.len() + size, 0);
+            decode(&body, Some(header.len())).map_err(|e| e.0)
+        };
+        let err = binary("FP32", 12, "[2,2]").unwrap_err();
+        assert!(
+            err.contains("needs 4 elements (16 bytes of FP32), but binary_data_size is 12"),
+            "{err}"
+        );
+        let err = binary("BYTES", 12, "[4]").unwrap_err();
+        assert!(err.contains("holds at most 3 BYTES elements"), "{err}");
+        assert_eq!(binary("BYTES", 12, "[3]").unwrap().inputs[0].data.len(), 3);
+    }
+
+    #[test]
+    fn bytes_are_packed_both_ways() {
+        let json = br#"{"inputs":[{"name":"s","shape":[2,2],"datatype":"BYTES","data":[["","a"],["\u00e9x","bc"]]}]}"#;
+        let from_json = decode(json, None).unwrap();
+        let want = ByteStrings::try_from_iter(["", "a", "éx", "bc"]).unwrap();
+        assert_eq!(from_json.inputs[0].data, TensorData::Bytes(want.clone()));
+        let header = br#"{"inputs":[{"name":"s","shape":[4],"datatype":"BYTES","parameters":{"binary_data_size":22}}]}"#;
+        let mut body = header.to_vec();
+        TensorData::Bytes(want.clone()).write_le_bytes(&mut body);
+        assert_eq!(body.len(), header.len() + 22);
+        let from_binary = decode(&body, Some(header.len())).unwrap();
+        assert_eq!(from_binary.inputs[0].data, TensorData::Bytes(want));
+    }
+
+    #[test]
     fn special_floats_in_and_out() {
-        let req = decode_request(
+        let req = decode(
             br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":["NaN","Infinity","-inf"]}]}"#,
             None,
         )

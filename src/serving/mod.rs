@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, Outcome, Role, VersionMetrics};
 use crate::monitor::{DriftEvent, Monitor, MonitorSetup, Scorer};
 use crate::repository::{Fingerprint, VersionSource};
 use crate::retrain::Retrainer;
-use crate::tensor::Tensor;
+use crate::tensor::{DataType, Tensor};
 
 pub use pool::WorkerPool;
 pub use stats::{StatsSnapshot, VersionStats};
@@ -774,64 +774,94 @@ fn build_entry(
     }
 }
 
+/// Checks a request's inputs against a signature one descriptor at a time (name known
+/// and given once, datatype, shape), before any data is decoded: the HTTP decoder runs it
+/// on the header, so data that cannot be served is never turned into tensors.
+pub struct InputCheck<'a> {
+    signature: &'a ModelSignature,
+    seen: Vec<bool>,
+}
+
+impl<'a> InputCheck<'a> {
+    pub fn new(signature: &'a ModelSignature) -> InputCheck<'a> {
+        InputCheck {
+            signature,
+            seen: vec![false; signature.inputs.len()],
+        }
+    }
+
+    /// Checks one input's descriptor; returns its position in the signature.
+    pub fn input(
+        &mut self,
+        name: &str,
+        datatype: DataType,
+        shape: &[usize],
+    ) -> Result<usize, InferError> {
+        let inputs = &self.signature.inputs;
+        let Some(i) = inputs.iter().position(|s| s.name == name) else {
+            let expected: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(InferError::Invalid(format!(
+                "unexpected input '{name}': the model's inputs are {expected:?}"
+            )));
+        };
+        if std::mem::replace(&mut self.seen[i], true) {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' is given twice"
+            )));
+        }
+        let spec = &inputs[i];
+        if datatype != spec.datatype {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' has datatype {datatype}, the model expects {}",
+                spec.datatype
+            )));
+        }
+        if shape.contains(&0) {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' has shape {shape:?}: empty tensors are not served"
+            )));
+        }
+        if !spec.accepts_shape(shape) {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' has shape {shape:?}, the model expects {} (-1 = any size)",
+                spec.shape_str()
+            )));
+        }
+        Ok(i)
+    }
+
+    /// Every declared input was given.
+    pub fn finish(self) -> Result<(), InferError> {
+        match self.seen.iter().position(|&seen| !seen) {
+            Some(i) => Err(InferError::Invalid(format!(
+                "missing input '{}'",
+                self.signature.inputs[i].name
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Checks every input against the signature (present once, no strangers, datatype,
 /// shape, element count) and returns them in signature order.
 pub fn order_inputs(
     signature: &ModelSignature,
     inputs: Vec<Tensor>,
 ) -> Result<Vec<Tensor>, InferError> {
-    let mut by_name: HashMap<String, Tensor> = HashMap::with_capacity(inputs.len());
+    let mut check = InputCheck::new(signature);
+    let mut slots: Vec<Option<Tensor>> = (0..signature.inputs.len()).map(|_| None).collect();
     for t in inputs {
-        if !signature.inputs.iter().any(|s| s.name == t.name) {
-            let expected: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(InferError::Invalid(format!(
-                "unexpected input '{}': the model's inputs are {expected:?}",
-                t.name
-            )));
-        }
-        let name = t.name.clone();
-        if by_name.insert(name.clone(), t).is_some() {
-            return Err(InferError::Invalid(format!(
-                "input '{name}' is given twice"
-            )));
-        }
-    }
-    let mut ordered = Vec::with_capacity(signature.inputs.len());
-    for spec in &signature.inputs {
-        let t = by_name
-            .remove(&spec.name)
-            .ok_or_else(|| InferError::Invalid(format!("missing input '{}'", spec.name)))?;
-        if t.datatype() != spec.datatype {
-            return Err(InferError::Invalid(format!(
-                "input '{}' has datatype {}, the model expects {}",
-                spec.name,
-                t.datatype(),
-                spec.datatype
-            )));
-        }
+        let i = check.input(&t.name, t.datatype(), &t.shape)?;
         if Tensor::shape_elements(&t.shape) != Some(t.data.len()) {
             return Err(InferError::Invalid(format!(
                 "input '{}' has shape {:?} but {} elements",
-                spec.name,
+                t.name,
                 t.shape,
                 t.data.len()
             )));
         }
-        if t.shape.contains(&0) {
-            return Err(InferError::Invalid(format!(
-                "input '{}' has shape {:?}: empty tensors are not served",
-                spec.name, t.shape
-            )));
-        }
-        if !spec.accepts_shape(&t.shape) {
-            return Err(InferError::Invalid(format!(
-                "input '{}' has shape {:?}, the model expects {} (-1 = any size)",
-                spec.name,
-                t.shape,
-                spec.shape_str()
-            )));
-        }
-        ordered.push(t);
+        slots[i] = Some(t);
     }
-    Ok(ordered)
+    check.finish()?;
+    Ok(slots.into_iter().flatten().collect())
 }
