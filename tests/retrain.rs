@@ -607,14 +607,17 @@ fn fleet_trigger_needs_a_reference_json() {
     assert_eq!(v1["state"], "READY");
 }
 
+/// What a receiver answered, in order: (status, webhook id).
+type Answered = Arc<Mutex<Vec<(u16, String)>>>;
+
 /// A receiver whose first answer is a 503 with an absurd `Retry-After`; every later one
 /// is 200. Returns its URL and the webhook ids it acknowledged.
 fn absurd_retry_after_receiver(
     retry_after: &'static str,
-) -> (String, Arc<Mutex<Vec<(u16, String)>>>) {
+) -> (String, Answered) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let answered: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let answered: Answered = Arc::default();
     let seen = answered.clone();
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().flatten().enumerate() {
