@@ -364,8 +364,11 @@ impl Mlflow {
                     // Models new in the listing start now, not a tick later.
                     Ok(Finished::Listing) => self.start_due(&mut tasks, true),
                     Ok(Finished::Model) => {}
-                    Err(e) if e.is_panic() => tracing::error!(error = %e,
-                        "model registry: a sync panicked; it is retried at the next poll"),
+                    // Logged and counted as the task's panic; the model (its claim
+                    // dropped) is synced again at the next poll.
+                    Err(e) if e.is_panic() => {
+                        crate::supervise::panicked("registry_sync", e.into_panic().as_ref());
+                    }
                     Err(_) => {}
                 },
                 _ = stop.changed() => {
