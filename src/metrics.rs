@@ -81,6 +81,8 @@ pub struct Metrics {
     pub registry_errors: IntCounterVec,
     /// 1 while the last sync with a model registry succeeded.
     pub registry_up: IntGaugeVec,
+    /// Per registry-followed model: 1 while its last sync succeeded.
+    pub registry_model_up: IntGaugeVec,
     model_loads: IntCounterVec,
     model_load_duration: HistogramVec,
     /// Versions of a model that cannot be served now (failed loads, a rejected config).
@@ -289,9 +291,17 @@ impl Metrics {
         let registry_up = IntGaugeVec::new(
             Opts::new(
                 "vigil_registry_up",
-                "1 while the last sync with the model registry succeeded, by source.",
+                "1 while the model registry answers (0 after it was unreachable or answered a server error), by source.",
             ),
             &["source"],
+        )
+        .expect("valid gauge definition");
+        let registry_model_up = IntGaugeVec::new(
+            Opts::new(
+                "vigil_registry_model_up",
+                "1 while the last sync of a registry-followed model succeeded (0: see the log and the repository index), by source and model.",
+            ),
+            &["source", "model"],
         )
         .expect("valid gauge definition");
         let model_loads = IntCounterVec::new(
@@ -456,6 +466,7 @@ impl Metrics {
             Box::new(http_connection_limit_waits.clone()),
             Box::new(registry_errors.clone()),
             Box::new(registry_up.clone()),
+            Box::new(registry_model_up.clone()),
             Box::new(model_loads.clone()),
             Box::new(model_load_duration.clone()),
             Box::new(versions_unavailable.clone()),
@@ -485,6 +496,7 @@ impl Metrics {
             http_connection_limit_waits,
             registry_errors,
             registry_up,
+            registry_model_up,
             model_loads,
             model_load_duration,
             versions_unavailable,

@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, reference, root, wait_for, Engine, TempDir, Vigil};
+use common::{assert_output_close, free_port, reference, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 
 struct Mlflow {
@@ -31,6 +32,9 @@ impl Mlflow {
         use std::os::unix::process::CommandExt;
         let child = Command::new(bin)
             .process_group(0)
+            // No telemetry threads (they race on os.environ: one run failed with a
+            // KeyError '_MLFLOW_TELEMETRY_SESSION_ID' in a REST call).
+            .env("MLFLOW_DISABLE_TELEMETRY", "true")
             .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
@@ -96,6 +100,50 @@ impl Drop for Mlflow {
     }
 }
 
+/// Logs and registers the test models with MLflow's own client (tests/python/mlflow_log.py);
+/// `more` adds `sklearn_only` and `cnn`. Returns the versions registered, per model.
+fn log_models(mlflow: &Mlflow, more: bool) -> Value {
+    let out = Command::new(root().join(".venv-mlflow/bin/python"))
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .arg(root().join("tests/python/mlflow_log.py"))
+        .arg(&mlflow.uri)
+        .arg(root().join("models"))
+        .args(more.then_some("--more"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "logging models failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(
+        out.stdout
+            .split(|&b| b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// `vigil serve` arguments following `models` in MLflow at `uri`, polling every 0.5 s.
+fn follow(uri: &str, models: &str, state: &std::path::Path) -> Vec<String> {
+    [
+        "--registry",
+        "mlflow",
+        "--mlflow-uri",
+        uri,
+        "--mlflow-models",
+        models,
+        "--poll-interval",
+        "0.5",
+        "--state-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([state.display().to_string()])
+    .collect()
+}
+
 fn iris_body() -> Value {
     json!({"inputs": reference("iris_v2")["inputs"]})
 }
@@ -117,24 +165,7 @@ fn serves_from_the_mlflow_registry_by_alias() {
     let mut mlflow = Mlflow::start(dir.path(), free_port());
 
     // A training pipeline logs and registers two ONNX versions (and a non-ONNX model).
-    let out = Command::new(root().join(".venv-mlflow/bin/python"))
-        .arg(root().join("tests/python/mlflow_log.py"))
-        .arg(&mlflow.uri)
-        .arg(root().join("models"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "logging models failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let logged: Value = serde_json::from_slice(
-        out.stdout
-            .split(|&b| b == b'\n')
-            .rfind(|l| l.starts_with(b"{"))
-            .unwrap(),
-    )
-    .unwrap();
+    let logged = log_models(&mlflow, false);
     assert_eq!(logged["iris"], json!([1, 2]));
     mlflow.alias("iris", "champion", Some(1));
     mlflow.alias("notonnx", "champion", Some(1));
@@ -297,4 +328,210 @@ fn serves_from_the_mlflow_registry_by_alias() {
         "restart with MLflow down served the cached version after {:?}",
         started.elapsed()
     );
+}
+
+/// The model-level rows of the repository index (`reason` by model) and the state of
+/// each version row (`"model/version"` -> state).
+fn index(v: &Vigil) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let (status, rows) = v.post_json("/v2/repository/index", &json!({}));
+    assert_eq!(status, 200, "{rows}");
+    let (mut models, mut versions) = (BTreeMap::new(), BTreeMap::new());
+    for r in rows.as_array().unwrap() {
+        let name = r["name"].as_str().unwrap().to_string();
+        match r["version"].as_str() {
+            Some(ver) => {
+                versions.insert(format!("{name}/{ver}"), r["state"].as_str().unwrap().into());
+            }
+            None => {
+                assert_eq!(r["state"], "UNAVAILABLE", "{r}");
+                models.insert(name, r["reason"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    (models, versions)
+}
+
+/// Waits for `done`, at most `bound`, and says how long it took.
+fn within(bound: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    wait_for(bound.as_secs(), what, || done().then_some(()));
+    let took = t0.elapsed();
+    println!("{what}: {took:?}");
+    took
+}
+
+/// Models that cannot be served (a scikit-learn model without an ONNX flavour; a model
+/// with no `champion` alias yet) fail and back off on their own: a healthy model's alias
+/// moves still take effect within about one poll interval, and the bad ones are reported
+/// per model (log, repository index, `vigil_registry_model_up`). Before per-model backoff,
+/// every failed pass doubled one shared delay (up to 60 s), and moves took 9 s and more.
+#[test]
+fn one_broken_model_never_delays_another() {
+    let dir = TempDir::new("mlflow-isolation");
+    let mlflow = Mlflow::start(dir.path(), free_port());
+    let logged = log_models(&mlflow, true);
+    assert_eq!(logged["sklearn_only"], json!([1]));
+    assert_eq!(logged["cnn"], json!([1]));
+    mlflow.alias("iris", "champion", Some(1));
+    mlflow.alias("sklearn_only", "champion", Some(1));
+    // cnn is registered, but its champion alias is not set yet.
+
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let a = follow(
+        &mlflow.uri,
+        "iris,sklearn_only,cnn",
+        &dir.path().join("state"),
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let v = Vigil::start(&cache, Engine::Tract, &a);
+    assert_eq!(served(&v), "1");
+
+    // Each bad model is reported on its own: the index, a metric, one log line each.
+    let (models, versions) = wait_for(20, "both bad models in the repository index", || {
+        let (m, ver) = index(&v);
+        (m.contains_key("sklearn_only") && m.contains_key("cnn")).then_some((m, ver))
+    });
+    assert!(
+        models["sklearn_only"].contains("not an ONNX model"),
+        "{models:?}"
+    );
+    assert!(models["sklearn_only"].contains("sklearn"), "{models:?}");
+    assert!(models["cnn"].contains("no 'champion' alias"), "{models:?}");
+    assert!(!models.contains_key("iris"), "{models:?}");
+    assert_eq!(versions.get("iris/1").map(String::as_str), Some("READY"));
+    let up = |m: &str| {
+        v.metric(&format!(
+            "vigil_registry_model_up{{model=\"{m}\",source=\"mlflow\"}}"
+        ))
+    };
+    assert_eq!(up("iris"), Some(1.0));
+    assert_eq!(up("sklearn_only"), Some(0.0));
+    assert_eq!(up("cnn"), Some(0.0));
+    // The registry answers: only the models are failing.
+    assert_eq!(v.metric("vigil_registry_up{source=\"mlflow\"}"), Some(1.0));
+
+    // Let the bad models fail a few times (each retry doubles a delay: with one shared
+    // delay, it is several seconds by now).
+    wait_for(30, "the bad models to fail three times each", || {
+        (v.metric("vigil_registry_errors_total{source=\"mlflow\"}")? >= 6.0).then_some(())
+    });
+
+    // The healthy model's moves take effect within about one poll interval (0.5 s).
+    let bound = Duration::from_secs(5);
+    let mut took = Vec::new();
+    mlflow.alias("iris", "champion", Some(2));
+    took.push(within(bound, "champion move to 2", || {
+        rollout(&v)["stable"] == json!(2)
+    }));
+    mlflow.alias("iris", "challenger", Some(1));
+    took.push(within(bound, "challenger 1 as canary", || {
+        rollout(&v)["canary"] == json!(1)
+    }));
+    mlflow.alias("iris", "challenger", None);
+    took.push(within(bound, "challenger deletion", || {
+        rollout(&v)["canary"] == Value::Null
+    }));
+    assert!((0..20).all(|_| served(&v) == "2"));
+
+    // Setting the missing alias serves the model at once (its backoff does not hold
+    // back a move of its own aliases): an ONNX model with its weights in external data.
+    mlflow.alias("cnn", "champion", Some(1));
+    took.push(within(bound, "the newly aliased cnn to serve", || {
+        v.get("/v2/models/cnn/ready").0 == 200
+    }));
+    let case = reference("cnn_v1");
+    let (status, body) = v.post_json("/v2/models/cnn/infer", &json!({"inputs": case["inputs"]}));
+    assert_eq!(status, 200, "{body}");
+    assert_output_close(&body["outputs"][0], &case["outputs"][0], 1e-4);
+    let cached: Vec<String> = std::fs::read_dir(cache.join("cnn/1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached.iter().any(|f| f.ends_with(".data")),
+        "cnn's external data file is cached beside model.onnx: {cached:?}"
+    );
+    wait_for(5, "cnn to leave the index's failures", || {
+        (!index(&v).0.contains_key("cnn")).then_some(())
+    });
+    assert_eq!(up("cnn"), Some(1.0));
+    // sklearn_only still fails, reported once in the log however often it is retried.
+    assert!(index(&v).0["sklearn_only"].contains("not an ONNX model"));
+    let refusals = v
+        .drain_logs()
+        .iter()
+        .filter(|l| l.contains("sklearn_only") && l.contains("not an ONNX model"))
+        .count();
+    assert_eq!(refusals, 1, "one log line per change of state");
+    println!("alias moves took {took:?} with poll interval 0.5 s");
+}
+
+/// A cached `model.onnx` cut short (a crash before the data reached the disk, in a vigil
+/// that did not fsync) is found by comparing the cache with the registry's listing at
+/// the next start, downloaded again, and served correctly: with or without the size
+/// manifest vigil now writes beside the files.
+#[test]
+fn a_truncated_cached_model_is_downloaded_again() {
+    let dir = TempDir::new("mlflow-cache");
+    let mlflow = Mlflow::start(dir.path(), free_port());
+    log_models(&mlflow, false);
+    mlflow.alias("iris", "champion", Some(1));
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let a = follow(&mlflow.uri, "iris", &dir.path().join("state"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let case = reference("iris_v1");
+    let answers_right = |v: &Vigil| {
+        let (status, body) =
+            v.post_json("/v2/models/iris/infer", &json!({"inputs": case["inputs"]}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model_version"], "1");
+        for (got, want) in body["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["outputs"].as_array().unwrap())
+        {
+            assert_output_close(got, want, 1e-5);
+        }
+    };
+    let onnx = cache.join("iris/1/model.onnx");
+    let size = {
+        let v = Vigil::start(&cache, Engine::Tract, &a);
+        answers_right(&v);
+        std::fs::metadata(&onnx).unwrap().len()
+        // Dropping the handle kills vigil (SIGKILL): a crash.
+    };
+    assert!(cache.join("iris/1/.vigil-artifacts.json").is_file());
+
+    for with_manifest in [false, true] {
+        if !with_manifest {
+            // A cache written before the manifest existed: only the registry can tell.
+            std::fs::remove_file(cache.join("iris/1/.vigil-artifacts.json")).unwrap();
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(&onnx).unwrap();
+        f.set_len(size / 2).unwrap();
+        drop(f);
+        let v = Vigil::start(&cache, Engine::Tract, &a);
+        answers_right(&v);
+        assert_eq!(
+            std::fs::metadata(&onnx).unwrap().len(),
+            size,
+            "manifest {with_manifest}"
+        );
+        let logs = v.drain_logs().join("\n");
+        assert!(
+            logs.contains("version downloaded"),
+            "manifest {with_manifest}: {logs}"
+        );
+        assert!(
+            logs.contains("does not match the registry's listing"),
+            "manifest {with_manifest}: {logs}"
+        );
+        assert!(
+            logs.contains(&format!("model.onnx is {} bytes", size / 2)),
+            "{logs}"
+        );
+    }
 }

@@ -7,13 +7,15 @@
 //! and canary ([`Assignment`]) and asks the reloader to reconcile the model: one table
 //! swap, as for any other change. The assignments are kept in
 //! `<state-dir>/registry.json`, so a restart with the registry down serves the cached
-//! versions in their last roles.
+//! versions in their last roles. Beside each cached version's files, [`MANIFEST`] keeps
+//! the sizes the registry listed, so that a restart can tell a damaged cache (a file cut
+//! short by a crash) from a good one without asking the registry.
 
 pub mod mlflow;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::serving::reload::Reloader;
 use crate::serving::{Assignment, Server};
@@ -50,17 +52,76 @@ impl AssignmentStore {
     }
 }
 
+/// The file, in a cached version's directory, listing the files the registry listed for
+/// it and their sizes (`{"source": "...", "files": {"model.onnx": 518, ...}}`).
+pub const MANIFEST: &str = ".vigil-artifacts.json";
+
+/// What a cached version was downloaded from, and the size of each of its files.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub source: String,
+    /// Paths relative to the version's directory; `None` where the registry gave no size.
+    pub files: BTreeMap<String, Option<u64>>,
+}
+
+/// Checks that every file of `files` is in `dir` as a regular file (no symbolic link on
+/// the way) with the size listed. `Err` names the first file that is not.
+pub fn check_files(dir: &Path, files: &BTreeMap<String, Option<u64>>) -> Result<(), String> {
+    for (rel, size) in files {
+        let mut path = dir.to_path_buf();
+        for part in rel.split('/') {
+            path.push(part);
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{rel}: {e}"))?;
+            if meta.file_type().is_symlink() {
+                return Err(format!("{rel}: {} is a symbolic link", path.display()));
+            }
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{rel}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{rel} is not a regular file"));
+        }
+        if let Some(want) = size.filter(|&s| s != meta.len()) {
+            return Err(format!(
+                "{rel} is {} bytes, the registry lists {want}",
+                meta.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a cached version can be used without asking the registry: its `model.onnx` is
+/// a regular file and, if it has a [`MANIFEST`], every file listed there is intact.
+pub fn check_cached(dir: &Path) -> Result<(), String> {
+    let mut files = BTreeMap::from([("model.onnx".to_string(), None)]);
+    match std::fs::read(dir.join(MANIFEST)) {
+        Ok(bytes) => {
+            let m: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{MANIFEST} is unreadable: {e}"))?;
+            files.extend(m.files);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{MANIFEST}: {e}")),
+    }
+    check_files(dir, &files)
+}
+
 /// At start, before the first load: restores the saved roles of models whose assigned
-/// versions are in the cache, so they serve even when the registry is unreachable.
+/// versions are in the cache, intact, so they serve even when the registry is
+/// unreachable. A damaged version is left for the first sync to download again.
 pub fn restore(store: &AssignmentStore, server: &Server, repository: &Path) {
     for (model, a) in store.load() {
         let cached = |v: Option<u64>| {
             v.is_none_or(|v| {
-                repository
-                    .join(&model)
-                    .join(v.to_string())
-                    .join("model.onnx")
-                    .is_file()
+                let dir = repository.join(&model).join(v.to_string());
+                match check_cached(&dir) {
+                    Ok(()) => true,
+                    Err(problem) => {
+                        tracing::warn!(model = %model, version = v, %problem,
+                            "model registry: the cached version is damaged or missing; not serving it until it is downloaded again");
+                        false
+                    }
+                }
             })
         };
         let a = Assignment {
@@ -76,18 +137,24 @@ pub fn restore(store: &AssignmentStore, server: &Server, repository: &Path) {
 
 /// Applies a new assignment: saves it, hands it to serving and reconciles the model
 /// (loading newly downloaded versions at once, unloading ones no longer assigned).
+/// `all` is locked only while it is updated and saved, so models apply independently.
 pub async fn apply(
     server: &Arc<Server>,
     reloader: &Arc<Reloader>,
     store: &AssignmentStore,
-    all: &mut BTreeMap<String, Assignment>,
+    all: &Mutex<BTreeMap<String, Assignment>>,
     model: &str,
     assignment: Assignment,
 ) -> Result<(), String> {
-    all.insert(model.to_string(), assignment);
-    store
-        .save(all)
-        .map_err(|e| format!("saving {}: {e}", store.path.display()))?;
+    {
+        let mut all = all
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.insert(model.to_string(), assignment);
+        store
+            .save(&all)
+            .map_err(|e| format!("saving {}: {e}", store.path.display()))?;
+    }
     server.set_assignment(model, Some(assignment));
     let (reloader, name) = (reloader.clone(), model.to_string());
     tokio::task::spawn_blocking(move || reloader.load(&name))

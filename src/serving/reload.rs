@@ -48,6 +48,8 @@ struct ReloadState {
     pending: HashMap<String, BTreeSet<u64>>,
     /// Explicit mode: the models asked for.
     wanted: BTreeSet<String>,
+    /// Why a model's source (a model registry) cannot provide it now, by model.
+    source_errors: BTreeMap<String, String>,
 }
 
 pub struct Reloader {
@@ -331,7 +333,18 @@ impl Reloader {
         Ok(())
     }
 
-    /// `POST /v2/repository/index`: every model and version on disk, and its state.
+    /// Records (or, with `None`, clears) why a model's source cannot provide it now, for
+    /// the repository index: a model registry reports each model's failure here.
+    pub fn set_source_error(&self, name: &str, error: Option<String>) {
+        let mut state = self.lock();
+        match error {
+            Some(e) => state.source_errors.insert(name.to_string(), e),
+            None => state.source_errors.remove(name),
+        };
+    }
+
+    /// `POST /v2/repository/index`: every model and version on disk, and its state; and
+    /// every model its source failed to provide, with why.
     pub fn index(&self) -> Vec<IndexRow> {
         let sources = repository::scan(&self.root).unwrap_or_default();
         let table = self.server.table();
@@ -346,6 +359,9 @@ impl Reloader {
         for source in &sources {
             let name = source.name.as_str();
             let entry = table.models.get(name);
+            if let Some(reason) = state.source_errors.get(name) {
+                rows.push(row(name, None, "UNAVAILABLE", reason.clone()));
+            }
             if let Some(reason) = entry.and_then(|e| e.failures.get(&0)) {
                 rows.push(row(name, None, "UNAVAILABLE", reason.clone()));
             } else if let Err(e) = &source.config {
@@ -384,6 +400,11 @@ impl Reloader {
                     )
                 };
                 rows.push(row(name, Some(v.version), st, reason));
+            }
+        }
+        for (name, reason) in &state.source_errors {
+            if !sources.iter().any(|s| &s.name == name) {
+                rows.push(row(name, None, "UNAVAILABLE", reason.clone()));
             }
         }
         rows
