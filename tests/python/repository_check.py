@@ -22,7 +22,14 @@ if token:
         assert "bearer token" in str(e), e
 assert "model_repository" in client.get_server_metadata()["extensions"]
 
-index = client.get_model_repository_index()
+if token:
+    # The whole repository API is behind the admin token, the index included.
+    try:
+        client.get_model_repository_index()
+        raise SystemExit("the repository index answered without the admin token")
+    except InferenceServerException as e:
+        assert "bearer token" in str(e), e
+index = client.get_model_repository_index(headers=admin)
 rows = {(r["name"], r.get("version")): r for r in index}
 assert rows[("iris", "2")]["state"] == "READY", index
 assert rows[("iris", "1")]["state"] == "UNAVAILABLE", index
@@ -35,7 +42,7 @@ assert client.is_model_ready("cnn")
 x = httpclient.InferInput("input", [2, 1, 28, 28], "FP32")
 x.set_data_from_numpy(np.zeros((2, 1, 28, 28), np.float32))
 assert client.infer("cnn", [x]).as_numpy("logits").shape == (2, 10)
-ready = client.get_model_repository_index()
+ready = client.get_model_repository_index(headers=admin)
 assert any(r["name"] == "cnn" and r["state"] == "READY" for r in ready), ready
 
 client.unload_model("cnn", headers=admin)
