@@ -59,6 +59,13 @@ fn build_server(
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // A write past a file-size limit (`ulimit -f`, systemd's LimitFSIZE) must fail with
+    // EFBIG, which the outbox rolls back and answers 5xx, not kill the server.
+    // SAFETY: sets a signal disposition to SIG_IGN before any thread starts; no handler.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let repository = args.engine.repository.clone();
     let mlflow = mlflow_options(&args)?;
     if mlflow.is_some() {

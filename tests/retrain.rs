@@ -607,12 +607,12 @@ fn fleet_trigger_needs_a_reference_json() {
     assert_eq!(v1["state"], "READY");
 }
 
-/// What a receiver answered, in order: (status, webhook id).
-type Answered = Arc<Mutex<Vec<(u16, String)>>>;
+/// What a receiver answered, in order: (status, webhook id, when).
+type Answered = Arc<Mutex<Vec<(u16, String, std::time::Instant)>>>;
 
 /// A receiver whose first answer is a 503 with an absurd `Retry-After`; every later one
 /// is 200. Returns its URL and the webhook ids it acknowledged.
-fn absurd_retry_after_receiver(retry_after: &'static str) -> (String, Answered) {
+fn absurd_retry_after_receiver(retry_after: &'static str, refusals: usize) -> (String, Answered) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let answered: Answered = Arc::default();
@@ -636,14 +636,15 @@ fn absurd_retry_after_receiver(retry_after: &'static str) -> (String, Answered) 
             let mut body = vec![0; len];
             let _ = reader.read_exact(&mut body);
             let mut stream = stream;
-            if n == 0 {
+            let now = std::time::Instant::now();
+            if n < refusals {
                 let _ = write!(
                     stream,
                     "HTTP/1.1 503 X\r\nretry-after: {retry_after}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 );
-                seen.lock().unwrap().push((503, id));
+                seen.lock().unwrap().push((503, id, now));
             } else {
-                seen.lock().unwrap().push((200, id));
+                seen.lock().unwrap().push((200, id, now));
                 let _ = write!(
                     stream,
                     "HTTP/1.1 200 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -662,13 +663,13 @@ fn an_absurd_retry_after_never_stops_delivery() {
         "-7",
         "Fri, 31 Dec 9999 23:59:59 GMT",
     ] {
-        let (url, answered) = absurd_retry_after_receiver(retry_after);
+        let (url, answered) = absurd_retry_after_receiver(retry_after, 1);
         let acked = |id: &str| {
             answered
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|(status, seen)| *status == 200 && seen == id)
+                .any(|(status, seen, _)| *status == 200 && seen == id)
         };
         let repo = repo(&format!("url = \"{url}\"\nsecret = \"{SECRET}\"\n"));
         let state = TempDir::new("state");
@@ -678,7 +679,9 @@ fn an_absurd_retry_after_never_stops_delivery() {
         // The first event meets the absurd answer and waits at most the retry cap.
         let first = trigger(&v, "first");
         wait_for(20, "the first attempt to be answered", || {
-            (answered.lock().unwrap().first()? == &(503, first.clone())).then_some(())
+            let a = answered.lock().unwrap();
+            let (status, id, _) = a.first()?;
+            (*status == 503 && *id == first).then_some(())
         });
         // The delivery task is alive: a second event is delivered.
         let second = trigger(&v, "second");
@@ -848,10 +851,8 @@ fn limit_file_size(pid: i32, bytes: Option<u64>) {
 /// delivered, and the next event, once the cause is gone, is kept across restarts.
 #[test]
 fn a_failed_outbox_append_is_a_5xx_and_leaves_nothing_behind() {
-    // A write past the limit then fails with EFBIG instead of killing vigil (SIGXFSZ);
-    // an ignored signal stays ignored in the children this process spawns.
-    // SAFETY: sets a signal disposition to SIG_IGN; no handler runs.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // vigil ignores SIGXFSZ itself, so a write past the limit fails with EFBIG instead of
+    // killing it: this test process leaves the signal at its default for the child.
     let rx = Receiver::start(&[], 200);
     let repo = repo(&format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url()));
     let state = TempDir::new("retrain-full");
@@ -922,4 +923,34 @@ fn a_failed_outbox_append_is_a_5xx_and_leaves_nothing_behind() {
         want,
         "nothing unacknowledged was delivered"
     );
+}
+
+/// A receiver that asks for no wait at all (`Retry-After: 0`, a negative value, a past
+/// date) gets the backoff anyway: a blip must not burn every attempt in milliseconds.
+#[test]
+fn a_zero_retry_after_still_backs_off() {
+    for retry_after in ["0", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+        let (url, answered) = absurd_retry_after_receiver(retry_after, 2);
+        let repo = repo(&format!("url = \"{url}\"\nmax_attempts = 3\n"));
+        let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+        let id = trigger(&v, "blip");
+        let seen = wait_for(30, "the third attempt", || {
+            let a = answered.lock().unwrap().clone();
+            (a.len() >= 3).then_some(a)
+        });
+        assert_eq!(
+            seen[2].0, 200,
+            "delivered on the third attempt ({retry_after})"
+        );
+        assert!(seen.iter().all(|(_, seen_id, _)| *seen_id == id));
+        // backoff(1) and backoff(2) are at least 0.5 s and 1 s.
+        let gaps: Vec<f64> = seen
+            .windows(2)
+            .map(|w| (w[1].2 - w[0].2).as_secs_f64())
+            .collect();
+        assert!(
+            gaps[0] >= 0.45 && gaps[1] >= 0.9,
+            "{retry_after}: attempts {gaps:?} s apart"
+        );
+    }
 }

@@ -428,8 +428,12 @@ impl Retrainer {
                         if failures >= max_attempts {
                             ob.dead(&id, failures, err)
                         } else {
+                            // A receiver may ask for a longer wait, never a shorter one
+                            // than the backoff: `Retry-After: 0` (or a past date) from a
+                            // blip must not burn every attempt in milliseconds.
                             let delay = retry_after
-                                .unwrap_or_else(|| backoff(failures, jitter))
+                                .unwrap_or_default()
+                                .max(backoff(failures, jitter))
                                 .min(MAX_RETRY_DELAY);
                             ob.failed(&id, failures, err, now_unix() + delay.as_secs_f64())
                         }
