@@ -48,7 +48,7 @@ impl Plan {
 
 /// The ONNX file of a logged model, from its `MLmodel` file (YAML as MLflow writes it:
 /// block style, two-space indent). Refuses models without an `onnx` flavour.
-pub fn onnx_data_file(mlmodel: &str) -> Result<String, String> {
+pub(super) fn onnx_data_file(mlmodel: &str) -> Result<String, String> {
     let mut flavors = Vec::new();
     let mut in_flavors = false;
     let mut current = None::<String>;

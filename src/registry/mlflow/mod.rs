@@ -33,8 +33,6 @@ mod roles;
 #[cfg(test)]
 mod tests;
 
-pub use download::onnx_data_file;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
