@@ -33,6 +33,25 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Writes a file and fsyncs it (not atomic: for files in a directory published later).
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Fsyncs a directory and every directory under it (deepest first), so that the
+/// entries of a finished download are durable before it is renamed into place.
+pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            sync_tree(&e.path())?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

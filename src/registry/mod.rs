@@ -7,10 +7,16 @@
 //! and canary ([`Assignment`]) and asks the reloader to reconcile the model: one table
 //! swap, as for any other change. The assignments are kept in
 //! `<state-dir>/registry.json`, so a restart with the registry down serves the cached
-//! versions in their last roles. Beside each cached version's files, [`MANIFEST`] keeps
-//! the sizes the registry listed, so that a restart can tell a damaged cache (a file cut
-//! short by a crash) from a good one without asking the registry.
+//! versions in their last roles. Beside each cached version's files,
+//! [`cache::MANIFEST`] keeps the sizes the registry listed, so that a restart can tell a
+//! damaged cache (a file cut short by a crash) from a good one without asking the
+//! registry.
+//!
+//! Rooms: this file owns the saved roles ([`AssignmentStore`]), [`restore`] at start and
+//! [`apply`]; [`cache`] the on-disk cache; [`mlflow`] the MLflow source. The registry
+//! imports serving (roles are applied there) and ground-floor utilities, never http.
 
+pub mod cache;
 pub mod mlflow;
 
 use std::collections::BTreeMap;
@@ -52,60 +58,6 @@ impl AssignmentStore {
     }
 }
 
-/// The file, in a cached version's directory, listing the files the registry listed for
-/// it and their sizes (`{"source": "...", "files": {"model.onnx": 518, ...}}`).
-pub const MANIFEST: &str = ".vigil-artifacts.json";
-
-/// What a cached version was downloaded from, and the size of each of its files.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Manifest {
-    pub source: String,
-    /// Paths relative to the version's directory; `None` where the registry gave no size.
-    pub files: BTreeMap<String, Option<u64>>,
-}
-
-/// Checks that every file of `files` is in `dir` as a regular file (no symbolic link on
-/// the way) with the size listed. `Err` names the first file that is not.
-pub fn check_files(dir: &Path, files: &BTreeMap<String, Option<u64>>) -> Result<(), String> {
-    for (rel, size) in files {
-        let mut path = dir.to_path_buf();
-        for part in rel.split('/') {
-            path.push(part);
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{rel}: {e}"))?;
-            if meta.file_type().is_symlink() {
-                return Err(format!("{rel}: {} is a symbolic link", path.display()));
-            }
-        }
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{rel}: {e}"))?;
-        if !meta.is_file() {
-            return Err(format!("{rel} is not a regular file"));
-        }
-        if let Some(want) = size.filter(|&s| s != meta.len()) {
-            return Err(format!(
-                "{rel} is {} bytes, the registry lists {want}",
-                meta.len()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Whether a cached version can be used without asking the registry: its `model.onnx` is
-/// a regular file and, if it has a [`MANIFEST`], every file listed there is intact.
-pub fn check_cached(dir: &Path) -> Result<(), String> {
-    let mut files = BTreeMap::from([("model.onnx".to_string(), None)]);
-    match std::fs::read(dir.join(MANIFEST)) {
-        Ok(bytes) => {
-            let m: Manifest = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{MANIFEST} is unreadable: {e}"))?;
-            files.extend(m.files);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{MANIFEST}: {e}")),
-    }
-    check_files(dir, &files)
-}
-
 /// At start, before the first load: restores the saved roles of models whose assigned
 /// versions are in the cache, intact, so they serve even when the registry is
 /// unreachable. A damaged version is left for the first sync to download again.
@@ -114,7 +66,7 @@ pub fn restore(store: &AssignmentStore, server: &Server, repository: &Path) {
         let cached = |v: Option<u64>| {
             v.is_none_or(|v| {
                 let dir = repository.join(&model).join(v.to_string());
-                match check_cached(&dir) {
+                match cache::check_cached(&dir) {
                     Ok(()) => true,
                     Err(problem) => {
                         tracing::warn!(model = %model, version = v, %problem,
