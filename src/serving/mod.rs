@@ -255,7 +255,13 @@ impl Server {
             Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         let resolver: crate::retrain::Resolver = {
             let (table, defaults) = (table.clone(), options.retrain_defaults.clone());
-            Arc::new(move |model: &str| retrain_config(&table.load(), &defaults, model).target())
+            Arc::new(move |model: &str| {
+                crate::retrain::Target::from_config(&retrain_config(
+                    &table.load(),
+                    &defaults,
+                    model,
+                ))
+            })
         };
         let server_name = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
