@@ -4,6 +4,7 @@
 //! `metrics` are shared by all.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod duration;

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use vigil::backend::{BackendOptions, Backends, TensorSpec};
-use vigil::config::{Cli, Command, EngineArgs, ModelControl, ProfileArgs, ServeArgs};
+use vigil::cli::{Cli, Command, EngineArgs, ProfileArgs, ServeArgs};
+use vigil::config::ModelControl;
 use vigil::http::HttpOptions;
 use vigil::metrics::Metrics;
 use vigil::serving::reload::Reloader;
@@ -217,7 +218,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn mlflow_options(
     args: &ServeArgs,
 ) -> anyhow::Result<Option<vigil::registry::mlflow::MlflowOptions>> {
-    if args.registry != vigil::config::RegistryKind::Mlflow {
+    if args.registry != vigil::cli::RegistryKind::Mlflow {
         return Ok(None);
     }
     let uri = args

@@ -19,6 +19,8 @@ use std::path::Path;
 
 use crate::tensor::{DataType, Tensor};
 
+/// The engine choice is settings vocabulary (`--backend`, `config.toml`); it lives in `config`.
+pub use crate::config::BackendChoice;
 pub use onnx_meta::{read_signature, ModelFile};
 
 /// A declared input or output: name, datatype and shape, `-1` for a dynamic dimension.
@@ -74,15 +76,6 @@ impl fmt::Display for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Which engine to use: a fixed one, or `auto` (ort when its library loaded, else tract).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    Auto,
-    Tract,
-    Ort,
 }
 
 /// Errors of loading or running a model, without HTTP in sight.

@@ -20,6 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Format;
+use crate::config::RetrainConfig;
+
 pub use outbox::{EventRecord, EventState};
 
 /// Where and how one model's events are delivered (secrets resolved at send time).
@@ -35,6 +38,42 @@ pub struct Target {
     pub token: Option<String>,
 }
 
+impl Target {
+    /// The delivery target, with secrets read now (from the config or the environment).
+    pub fn from_config(config: &RetrainConfig) -> Option<Target> {
+        let url = config.url.clone()?;
+        let secret = config
+            .secret
+            .clone()
+            .or_else(|| {
+                config
+                    .secret_env
+                    .as_ref()
+                    .and_then(|v| std::env::var(v).ok())
+            })
+            .and_then(|s| sign::key_of(&s).ok());
+        let token = config.token.clone().or_else(|| {
+            config
+                .token_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        });
+        Some(Target {
+            url,
+            secret,
+            timeout: config
+                .timeout
+                .as_deref()
+                .and_then(|t| crate::duration::parse(t).ok())
+                .unwrap_or(std::time::Duration::from_secs(15)),
+            max_attempts: config.max_attempts.unwrap_or(10),
+            format: config.format.unwrap_or_default(),
+            dag_id: config.dag_id.clone(),
+            token,
+        })
+    }
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
@@ -47,14 +86,6 @@ impl std::fmt::Debug for Target {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Standard,
-    Airflow,
 }
 
 /// Resolves a model's delivery target now; `None`: no hook configured.

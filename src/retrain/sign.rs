@@ -3,16 +3,8 @@
 use base64::Engine;
 use hmac::{Hmac, Mac};
 
-/// The key of a `whsec_<base64>` secret; any other string is used as raw bytes.
-pub fn key_of(secret: &str) -> Result<Vec<u8>, String> {
-    match secret.strip_prefix("whsec_") {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| "the webhook secret after 'whsec_' is not valid base64".to_string()),
-        None if secret.is_empty() => Err("the webhook secret is empty".into()),
-        None => Ok(secret.as_bytes().to_vec()),
-    }
-}
+/// The secret's text format is part of the `[retrain]` schema, checked at load.
+pub use crate::config::key_of;
 
 /// The `webhook-signature` header value.
 pub fn signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {

@@ -1,0 +1,287 @@
+//! The command line: `vigil serve`, `vigil check`, `vigil profile`, every flag also a
+//! `VIGIL_*` environment variable. Parsed once by clap here; `main` turns the result into
+//! the typed settings the rooms below take (a model's `config.toml` schema is `config`).
+//! Only `main` imports this; it must never be imported by `serving`, `http` or anything
+//! below them, and it imports only the ground floor (`config`, `duration`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{BackendChoice, ModelControl, RetrainConfig, RetrainTrigger};
+
+/// vigil: a low-latency ONNX inference server (KServe V2 protocol) that watches what it serves.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve every model in the repository over HTTP (KServe V2 / Open Inference Protocol).
+    Serve(Box<ServeArgs>),
+    /// Load every model in the repository, print what was loaded, exit non-zero on any failure.
+    Check(CheckArgs),
+    /// Build a drift reference profile (reference.json) from training data.
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProfileArgs {
+    /// Training data: CSV (numbers; an optional header row names the features) or .npy.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The model version directory (DIR/N) the profile is for: checks the column count
+    /// against its input and names the input.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Bins per numeric feature (inner quantile edges: bins - 1).
+    #[arg(long, default_value_t = 10)]
+    pub bins: usize,
+    /// Raw values kept per feature (drawn reproducibly), for KS and Wasserstein.
+    #[arg(long, default_value_t = 5000)]
+    pub sample: usize,
+    /// Features to treat as categorical whatever their values (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub categorical: Vec<String>,
+    /// Features to treat as numeric whatever their values (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub numeric: Vec<String>,
+    /// Where to write the profile.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Where models come from and which engine runs them (shared by `serve` and `check`).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Model repository: <DIR>/<model>/<version>/model.onnx, optional <DIR>/<model>/config.toml.
+    #[arg(long, env = "VIGIL_REPOSITORY", default_value = "models")]
+    pub repository: PathBuf,
+
+    /// Inference engine: `auto` uses ONNX Runtime when its library loads, else tract.
+    /// A model's own `backend` in its config.toml takes precedence.
+    #[arg(long, env = "VIGIL_BACKEND", value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// Path to libonnxruntime.so (default: $ORT_DYLIB_PATH, then libonnxruntime.so* next to the binary).
+    #[arg(long, env = "VIGIL_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+
+    /// Inference worker threads (default: one per CPU core).
+    #[arg(long, env = "VIGIL_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Address to listen on for HTTP (port 0 picks a free port; the log says which).
+    #[arg(long, env = "VIGIL_HTTP_ADDR", default_value = "0.0.0.0:8000")]
+    pub http_addr: SocketAddr,
+
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "VIGIL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most tensor elements (all inputs together) one request may carry; more is a 400
+    /// before anything is allocated for them.
+    #[arg(long, env = "VIGIL_MAX_TENSOR_ELEMENTS", default_value_t = 64 * 1024 * 1024)]
+    pub max_tensor_elements: usize,
+
+    /// How long a client may take to send a request body, on every route (408 after
+    /// that). Durations take `250ms`, `1.5s`, `2m`, `1h30m`, `2d` or bare seconds.
+    #[arg(long, env = "VIGIL_BODY_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse_flag)]
+    pub body_timeout: Duration,
+
+    /// Requests waiting for a worker before new ones are refused with 503.
+    #[arg(long, env = "VIGIL_QUEUE_SIZE", default_value_t = 1024)]
+    pub queue_size: usize,
+
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
+    #[arg(
+        long,
+        alias = "shutdown-timeout",
+        env = "VIGIL_SHUTDOWN_GRACE",
+        default_value = "30s",
+        value_parser = crate::duration::parse_flag
+    )]
+    pub shutdown_grace: Duration,
+
+    /// How long a client may take to send a request's headers (the connection is closed
+    /// after that: slowloris); also how long an idle keep-alive connection stays open.
+    #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_flag)]
+    pub header_timeout: Duration,
+
+    /// HTTP connections served at once, both listeners together. At the limit vigil stops
+    /// accepting until one closes (new clients wait in the kernel's accept queue).
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Where models come from: `local` (the repository directory as it is) or `mlflow`
+    /// (the MLflow Model Registry's aliases, cached in the repository directory).
+    #[arg(long, env = "VIGIL_REGISTRY", value_enum, default_value = "local")]
+    pub registry: RegistryKind,
+
+    /// MLflow tracking server (with --registry mlflow); default: `MLFLOW_TRACKING_URI`.
+    #[arg(long, env = "VIGIL_MLFLOW_URI")]
+    pub mlflow_uri: Option<String>,
+
+    /// Registered models to serve (comma-separated); default: every registered model
+    /// carrying the stable or canary alias.
+    #[arg(long, env = "VIGIL_MLFLOW_MODELS", value_delimiter = ',')]
+    pub mlflow_models: Vec<String>,
+
+    /// The MLflow alias whose version serves as stable.
+    #[arg(long, env = "VIGIL_MLFLOW_STABLE_ALIAS", default_value = "champion")]
+    pub mlflow_stable_alias: String,
+
+    /// The MLflow alias whose version serves as canary.
+    #[arg(long, env = "VIGIL_MLFLOW_CANARY_ALIAS", default_value = "challenger")]
+    pub mlflow_canary_alias: String,
+
+    /// A second listener for the control plane (repository, rollout and retrain changes,
+    /// the retrain outbox) and `/metrics`, e.g. on an internal interface. When set, the
+    /// main listener serves inference, metadata and health only.
+    #[arg(long, env = "VIGIL_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Time between repository scans (0: scan only when asked through the repository API).
+    #[arg(long, env = "VIGIL_POLL_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_flag)]
+    pub poll_interval: Duration,
+
+    /// `poll`: serve what the repository holds, following changes. `explicit`: serve only
+    /// models named by --load-model or loaded through POST /v2/repository/models/{m}/load.
+    #[arg(long, env = "VIGIL_MODEL_CONTROL", value_enum, default_value = "poll")]
+    pub model_control: ModelControl,
+
+    /// In explicit mode, a model to load at start (repeatable; `*` for all).
+    #[arg(long = "load-model", env = "VIGIL_LOAD_MODEL", value_delimiter = ',')]
+    pub load_models: Vec<String>,
+
+    /// Directory for state that must survive a restart (run-time rollout changes).
+    #[arg(long, env = "VIGIL_STATE_DIR", default_value = "vigil-state")]
+    pub state_dir: PathBuf,
+
+    /// Bearer token required by endpoints that change state (repository load/unload,
+    /// rollout, retrain). Without one, those endpoints accept only loopback clients.
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin token (first line), instead of --admin-token.
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Bearer token required by inference and metadata endpoints (default: open).
+    #[arg(long, env = "VIGIL_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Bearer token required by /metrics (default: open). Health endpoints stay open.
+    #[arg(long, env = "VIGIL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Default retrain webhook URL for models without `[retrain] url`.
+    #[arg(long, env = "VIGIL_RETRAIN_URL")]
+    pub retrain_url: Option<String>,
+
+    /// Default Standard Webhooks secret (`whsec_...`) for retrain webhooks.
+    #[arg(long, env = "VIGIL_RETRAIN_SECRET", hide_env_values = true)]
+    pub retrain_secret: Option<String>,
+
+    /// Default cooldown between drift events of one model ("24h", "90s").
+    #[arg(long, env = "VIGIL_RETRAIN_COOLDOWN", default_value = "24h", value_parser = crate::duration::check_flag)]
+    pub retrain_cooldown: String,
+
+    /// Default timeout of one delivery attempt.
+    #[arg(long, env = "VIGIL_RETRAIN_TIMEOUT", default_value = "15s", value_parser = crate::duration::check_flag)]
+    pub retrain_timeout: String,
+
+    /// Default delivery attempts before an event is dead-lettered.
+    #[arg(long, env = "VIGIL_RETRAIN_MAX_ATTEMPTS", default_value_t = 10)]
+    pub retrain_max_attempts: u32,
+
+    /// Default drift trigger: `local` (each replica's windows) or `fleet` (the
+    /// VigilFleetDrift alert through Alertmanager).
+    #[arg(
+        long,
+        env = "VIGIL_RETRAIN_TRIGGER",
+        value_enum,
+        default_value = "local"
+    )]
+    pub retrain_trigger: RetrainTrigger,
+}
+
+impl ServeArgs {
+    /// The server-wide `[retrain]` defaults.
+    pub fn retrain_defaults(&self) -> Result<RetrainConfig, String> {
+        let c = RetrainConfig {
+            url: self.retrain_url.clone(),
+            secret: self.retrain_secret.clone(),
+            cooldown: Some(self.retrain_cooldown.clone()),
+            timeout: Some(self.retrain_timeout.clone()),
+            max_attempts: Some(self.retrain_max_attempts),
+            trigger: Some(self.retrain_trigger),
+            ..RetrainConfig::default()
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Where models come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistryKind {
+    Local,
+    Mlflow,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_every_flag() {
+        let cli = Cli::try_parse_from([
+            "vigil",
+            "serve",
+            "--repository",
+            "/tmp/r",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--backend",
+            "tract",
+            "--workers",
+            "3",
+            "--max-body-bytes",
+            "10",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.engine.backend, BackendChoice::Tract);
+        assert_eq!(s.engine.worker_count(), 3);
+        assert_eq!(s.max_body_bytes, 10);
+        assert_eq!(s.http_addr.port(), 0);
+    }
+}

@@ -1,0 +1,205 @@
+//! Running a routed request: inputs checked against the version's signature
+//! (`InputCheck`, `order_inputs`) and put in its order, queued for a worker, the shadow
+//! copy sent on; and the one error type of a request (`InferError`).
+//! Must never import `http`: the HTTP layer maps `InferError` to a status.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Route, ServedVersion, Server};
+use crate::backend::{BackendError, ModelSignature};
+use crate::metrics::Outcome;
+use crate::tensor::{DataType, Tensor};
+
+/// Why a request could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the server is overloaded: the inference queue is full")]
+    Overloaded,
+    #[error("model '{model}' is not ready: {reason}")]
+    NotReady { model: String, reason: String },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl InferError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            InferError::NotFound(_) | InferError::Invalid(_) => Outcome::BadRequest,
+            InferError::Overloaded | InferError::NotReady { .. } => Outcome::Overloaded,
+            InferError::Backend(BackendError::Run(_)) => Outcome::BadRequest,
+            InferError::Backend(_) => Outcome::Error,
+        }
+    }
+}
+
+impl Server {
+    /// Runs a routed request; in shadow mode the canary gets a copy once the stable
+    /// answer exists, on a bounded number of slots, never delaying or failing the caller.
+    pub async fn infer_routed(
+        self: &Arc<Self>,
+        route: &Route,
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<Tensor>, InferError> {
+        let shadow_copy = route.shadow.as_ref().and_then(|canary| {
+            let permit = self.shadow_slots.clone().try_acquire_owned().ok()?;
+            Some((canary.clone(), inputs.clone(), permit))
+        });
+        let result = self.infer(&route.version, inputs).await;
+        if let Some((canary, copy, permit)) = shadow_copy {
+            let server = self.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                if server.infer(&canary, copy).await.is_ok() {
+                    canary.metrics.count(Outcome::Success);
+                    canary
+                        .metrics
+                        .request
+                        .observe(start.elapsed().as_secs_f64());
+                }
+                drop(permit);
+            });
+        }
+        result
+    }
+
+    /// Validates `inputs` against the version's signature, puts them in its order, runs
+    /// them on a worker and returns every declared output.
+    pub async fn infer(
+        &self,
+        version: &Arc<ServedVersion>,
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<Tensor>, InferError> {
+        // A guard, not inc/dec: a client that hangs up drops this future mid-await.
+        let in_flight = crate::metrics::GaugeGuard::raise(&self.metrics.in_flight);
+        let result = self.infer_inner(version, inputs).await;
+        drop(in_flight);
+        if let Err(e) = &result {
+            version.metrics.count(e.outcome());
+            version.stats.record_failure();
+        }
+        result
+    }
+
+    async fn infer_inner(
+        &self,
+        version: &Arc<ServedVersion>,
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<Tensor>, InferError> {
+        let ordered = order_inputs(&version.signature, inputs)?;
+        let rows = ordered
+            .first()
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(1);
+        let rx = self
+            .pool
+            .submit(version.clone(), ordered)
+            .map_err(|_| InferError::Overloaded)?;
+        let done = rx.await.map_err(|_| {
+            InferError::Backend(BackendError::Run("the inference worker stopped".into()))
+        })?;
+        version.metrics.queue.observe(done.queued.as_secs_f64());
+        version.metrics.compute.observe(done.compute.as_secs_f64());
+        let outputs = done.outputs?;
+        version
+            .stats
+            .record_success(rows as u64, done.queued, done.compute);
+        Ok(outputs)
+    }
+}
+
+/// Checks a request's inputs against a signature one descriptor at a time (name known
+/// and given once, datatype, shape), before any data is decoded: the HTTP decoder runs it
+/// on the header, so data that cannot be served is never turned into tensors.
+pub struct InputCheck<'a> {
+    signature: &'a ModelSignature,
+    seen: Vec<bool>,
+}
+
+impl<'a> InputCheck<'a> {
+    pub fn new(signature: &'a ModelSignature) -> InputCheck<'a> {
+        InputCheck {
+            signature,
+            seen: vec![false; signature.inputs.len()],
+        }
+    }
+
+    /// Checks one input's descriptor; returns its position in the signature.
+    pub fn input(
+        &mut self,
+        name: &str,
+        datatype: DataType,
+        shape: &[usize],
+    ) -> Result<usize, InferError> {
+        let inputs = &self.signature.inputs;
+        let Some(i) = inputs.iter().position(|s| s.name == name) else {
+            let expected: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(InferError::Invalid(format!(
+                "unexpected input '{name}': the model's inputs are {expected:?}"
+            )));
+        };
+        if std::mem::replace(&mut self.seen[i], true) {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' is given twice"
+            )));
+        }
+        let spec = &inputs[i];
+        if datatype != spec.datatype {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' has datatype {datatype}, the model expects {}",
+                spec.datatype
+            )));
+        }
+        if shape.contains(&0) {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' has shape {shape:?}: empty tensors are not served"
+            )));
+        }
+        if !spec.accepts_shape(shape) {
+            return Err(InferError::Invalid(format!(
+                "input '{name}' has shape {shape:?}, the model expects {} (-1 = any size)",
+                spec.shape_str()
+            )));
+        }
+        Ok(i)
+    }
+
+    /// Every declared input was given.
+    pub fn finish(self) -> Result<(), InferError> {
+        match self.seen.iter().position(|&seen| !seen) {
+            Some(i) => Err(InferError::Invalid(format!(
+                "missing input '{}'",
+                self.signature.inputs[i].name
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks every input against the signature (present once, no strangers, datatype,
+/// shape, element count) and returns them in signature order.
+pub fn order_inputs(
+    signature: &ModelSignature,
+    inputs: Vec<Tensor>,
+) -> Result<Vec<Tensor>, InferError> {
+    let mut check = InputCheck::new(signature);
+    let mut slots: Vec<Option<Tensor>> = (0..signature.inputs.len()).map(|_| None).collect();
+    for t in inputs {
+        let i = check.input(&t.name, t.datatype(), &t.shape)?;
+        if Tensor::shape_elements(&t.shape) != Some(t.data.len()) {
+            return Err(InferError::Invalid(format!(
+                "input '{}' has shape {:?} but {} elements",
+                t.name,
+                t.shape,
+                t.data.len()
+            )));
+        }
+        slots[i] = Some(t);
+    }
+    check.finish()?;
+    Ok(slots.into_iter().flatten().collect())
+}
