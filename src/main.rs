@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use vigil::backend::{BackendOptions, Backends, TensorSpec};
+use vigil::backend::{BackendOptions, Backends};
 use vigil::config::{Cli, Command, EngineArgs, ModelControl, ProfileArgs, ServeArgs};
 use vigil::http::HttpOptions;
 use vigil::metrics::Metrics;
 use vigil::serving::reload::Reloader;
 use vigil::serving::{Server, ServerOptions, WorkerPool};
+use vigil::tensor::spec::TensorSpec;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

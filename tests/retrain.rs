@@ -612,9 +612,7 @@ type Answered = Arc<Mutex<Vec<(u16, String)>>>;
 
 /// A receiver whose first answer is a 503 with an absurd `Retry-After`; every later one
 /// is 200. Returns its URL and the webhook ids it acknowledged.
-fn absurd_retry_after_receiver(
-    retry_after: &'static str,
-) -> (String, Answered) {
+fn absurd_retry_after_receiver(retry_after: &'static str) -> (String, Answered) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let answered: Answered = Arc::default();
