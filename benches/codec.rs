@@ -4,8 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vigil::backend::{ModelSignature, TensorSpec};
+use vigil::backend::ModelSignature;
 use vigil::http::v2::{decode_request, encode_response};
+use vigil::tensor::spec::TensorSpec;
 use vigil::tensor::{DataType, Tensor, TensorData};
 
 /// The model the bodies are for: one FP32 input `X` of any rows and columns.

@@ -4,11 +4,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vigil::backend::TensorSpec;
 use vigil::config::DriftConfig;
 use vigil::metrics::Metrics;
 use vigil::monitor::profile::{Column, Profile, ProfileOptions};
 use vigil::monitor::{Monitor, MonitorSetup, Scorer};
+use vigil::tensor::spec::TensorSpec;
 use vigil::tensor::{DataType, Tensor, TensorData};
 
 fn monitor(features: usize) -> std::sync::Arc<Monitor> {

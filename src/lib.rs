@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod registry;
 pub mod repository;
 pub mod retrain;
+pub mod rng;
 pub mod serving;
 pub mod supervise;
 pub mod tensor;

@@ -6,13 +6,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use vigil::backend::{BackendOptions, Backends, TensorSpec};
+use vigil::backend::{BackendOptions, Backends};
 use vigil::cli::{Cli, Command, EngineArgs, ProfileArgs, ServeArgs};
 use vigil::config::ModelControl;
 use vigil::http::HttpOptions;
 use vigil::metrics::Metrics;
 use vigil::serving::reload::Reloader;
 use vigil::serving::{Server, ServerOptions, WorkerPool};
+use vigil::tensor::spec::TensorSpec;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

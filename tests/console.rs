@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::{iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
-use vigil::monitor::profile::Rng;
+use vigil::rng::Rng;
 
 const SECRET_TOKEN: &str = "querysecret123";
 const SECRET_PASSWORD: &str = "hookpassword456";

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use common::{iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
-use vigil::monitor::profile::Rng;
+use vigil::rng::Rng;
 
 fn repo_with(config: &str, reference: Option<&[u8]>) -> TempDir {
     let dir = TempDir::new("drift");

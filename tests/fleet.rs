@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::{free_port, iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
-use vigil::monitor::profile::Rng;
+use vigil::rng::Rng;
 
 const TOKEN: &str = "fleet-admin-token";
 const SECRET: &str = "whsec_ZmxlZXQtd2ViaG9vay1zZWNyZXQtMTIzNDU2";

@@ -357,7 +357,7 @@ fn decoders_and_parsers_never_panic() {
         b
     };
     // Signatures the valid bodies satisfy, so that mutations reach the data decoders.
-    let spec = |name: &str, datatype, rank| vigil::backend::TensorSpec {
+    let spec = |name: &str, datatype, rank| vigil::tensor::spec::TensorSpec {
         name: name.into(),
         datatype,
         shape: vec![-1; rank],

@@ -17,36 +17,12 @@ pub mod tract;
 use std::fmt;
 use std::path::Path;
 
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::spec::TensorSpec;
+use crate::tensor::Tensor;
 
 /// The engine choice is settings vocabulary (`--backend`, `config.toml`); it lives in `config`.
 pub use crate::config::BackendChoice;
 pub use onnx_meta::{read_signature, ModelFile};
-
-/// A declared input or output: name, datatype and shape, `-1` for a dynamic dimension.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorSpec {
-    pub name: String,
-    pub datatype: DataType,
-    pub shape: Vec<i64>,
-}
-
-impl TensorSpec {
-    /// Whether `shape` fits the declared shape (same rank, fixed dimensions equal).
-    pub fn accepts_shape(&self, shape: &[usize]) -> bool {
-        shape.len() == self.shape.len()
-            && self
-                .shape
-                .iter()
-                .zip(shape)
-                .all(|(&want, &got)| want < 0 || want as usize == got)
-    }
-
-    /// The shape with dynamic dimensions shown as `-1`, for error messages.
-    pub fn shape_str(&self) -> String {
-        format!("{:?}", self.shape)
-    }
-}
 
 /// A model's declared inputs and outputs, in declaration order.
 #[derive(Clone, Debug, PartialEq, Eq)]

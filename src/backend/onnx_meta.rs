@@ -7,7 +7,8 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
 use tract_onnx::prelude::Framework;
 
-use super::{BackendError, ModelSignature, TensorSpec};
+use super::{BackendError, ModelSignature};
+use crate::tensor::spec::TensorSpec;
 use crate::tensor::DataType;
 
 /// A model file read into memory (never mapped: a file replaced while it is being

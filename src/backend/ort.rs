@@ -15,8 +15,10 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session as OrtInner, SessionInputValue};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 
-use super::{BackendError, ModelFile, Session, TensorSpec};
-use crate::tensor::{ByteStrings, Tensor, TensorData};
+use super::{BackendError, ModelFile, Session};
+use crate::tensor::bytes::ByteStrings;
+use crate::tensor::spec::TensorSpec;
+use crate::tensor::{Tensor, TensorData};
 
 static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
 

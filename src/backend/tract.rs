@@ -10,8 +10,10 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{DimFact, ShapeFactoid};
 
-use super::{BackendError, ModelFile, Session, TensorSpec};
-use crate::tensor::{ByteStrings, DataType, Tensor as VTensor, TensorData};
+use super::{BackendError, ModelFile, Session};
+use crate::tensor::bytes::ByteStrings;
+use crate::tensor::spec::TensorSpec;
+use crate::tensor::{DataType, Tensor as VTensor, TensorData};
 
 pub struct TractSession {
     plan: Arc<TypedSimplePlan>,

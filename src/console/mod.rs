@@ -71,7 +71,7 @@ pub struct VersionView {
     pub drift: Option<VersionReport>,
 }
 
-fn spec_text(s: &crate::backend::TensorSpec) -> String {
+fn spec_text(s: &crate::tensor::spec::TensorSpec) -> String {
     let dims: Vec<String> = s
         .shape
         .iter()

@@ -429,7 +429,7 @@ async fn ready(State(s): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
-fn tensor_specs(specs: &[crate::backend::TensorSpec]) -> Value {
+fn tensor_specs(specs: &[crate::tensor::spec::TensorSpec]) -> Value {
     specs
         .iter()
         .map(|s| json!({ "name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape }))
@@ -476,7 +476,7 @@ async fn model_ready(
     Ok((status, Json(body)).into_response())
 }
 
-fn config_io(specs: &[crate::backend::TensorSpec]) -> Value {
+fn config_io(specs: &[crate::tensor::spec::TensorSpec]) -> Value {
     specs
         .iter()
         .map(|s| json!({ "name": s.name, "data_type": s.datatype.triton_config_name(), "dims": s.shape }))

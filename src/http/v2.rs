@@ -679,8 +679,8 @@ pub fn encode_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::TensorSpec;
-    use crate::tensor::ByteStrings;
+    use crate::tensor::bytes::ByteStrings;
+    use crate::tensor::spec::TensorSpec;
 
     /// A signature that accepts whatever the body's header declares (any size in every
     /// dimension), so that these tests reach the data.

@@ -16,11 +16,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::backend::TensorSpec;
 use crate::config::{DriftConfig, DriftMethod};
 use crate::metrics::DriftMetrics;
+use crate::rng::Rng;
+use crate::tensor::spec::TensorSpec;
 use crate::tensor::{DataType, Tensor};
-use profile::{Column, FeatureProfile, Kind, Profile, ProfileOptions, Rng};
+use profile::{Column, FeatureProfile, Kind, Profile, ProfileOptions};
 
 /// How a feature's value is read from a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::stats::{bin_of, quantile_sorted};
+use crate::rng::Rng;
 
 /// Integer-valued features with at most this many distinct values are categorical.
 pub const MAX_CATEGORIES: usize = 20;
@@ -84,27 +85,6 @@ pub struct Column {
     pub input: String,
     pub index: usize,
     pub values: Vec<f64>,
-}
-
-/// A small, seeded PRNG (xorshift64*): reproducible samples without a dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in 0..n.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
 }
 
 /// Up to `k` of `values`, chosen reproducibly (partial Fisher-Yates, seed fixed).

@@ -772,7 +772,7 @@ mod tests {
     }
 
     /// Multinomial counts of `n` draws with these shares.
-    fn draw(rng: &mut crate::monitor::profile::Rng, shares: &[f64], n: u64) -> Vec<u64> {
+    fn draw(rng: &mut crate::rng::Rng, shares: &[f64], n: u64) -> Vec<u64> {
         let total: f64 = shares.iter().sum();
         let mut counts = vec![0u64; shares.len()];
         for _ in 0..n {
@@ -792,7 +792,7 @@ mod tests {
 
     #[test]
     fn sparse_bins_are_pooled_until_every_bin_can_carry_the_test() {
-        let mut rng = crate::monitor::profile::Rng::new(77);
+        let mut rng = crate::rng::Rng::new(77);
         let mut tested = 0;
         for case in 0..3000 {
             // 1 to 12 categories, some rare, then "other" (share 0); 1 to 3000 rows, a
@@ -864,7 +864,7 @@ mod tests {
         // Under the null hypothesis (rare and unseen categories included) the test
         // rejects at its level: 0.05 of 4000 windows of 1000 rows, within 3.5 standard
         // deviations.
-        let mut rng = crate::monitor::profile::Rng::new(5);
+        let mut rng = crate::rng::Rng::new(5);
         let windows = 4000;
         let rejected = (0..windows)
             .filter(|_| {
@@ -958,7 +958,7 @@ mod scipy_oracle {
     fn generated(gen: &Value) -> Vec<f64> {
         let g = floats(gen);
         let (seed, n, shift, scale, ties) = (g[0] as u64, g[1] as usize, g[2], g[3], g[4]);
-        let mut rng = crate::monitor::profile::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         (0..n)
             .map(|_| {
                 let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;

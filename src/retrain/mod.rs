@@ -422,7 +422,7 @@ impl Retrainer {
 
     /// Delivers pending events until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut rng = crate::monitor::profile::Rng::new(now_unix().to_bits());
+        let mut rng = crate::rng::Rng::new(now_unix().to_bits());
         loop {
             let now = now_unix();
             let next = self.lock().next_due();
