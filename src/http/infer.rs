@@ -1,0 +1,164 @@
+//! Inference: `POST /v2/models/{model}[/versions/{v}]/infer`. Routes the request
+//! (`serving` picks the version), reads the body within its deadline, checks and decodes
+//! it with [`v2`], hands the tensors to `serving`, encodes the chosen outputs, and counts
+//! the outcome. Never imports the router or another handler room.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+
+use super::body::read_body;
+use super::error::ApiError;
+use super::schema;
+use super::state::{target, AppState};
+use super::v2;
+use crate::serving::{InferError, Route};
+
+/// The header that says how long the JSON part of a binary-tensor body is.
+pub const HEADER_LEN: &str = "inference-header-content-length";
+
+fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    headers
+        .get(HEADER_LEN)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
+                })
+        })
+        .transpose()
+}
+
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "inference", params(("model" = String, Path, description = "Model name"), ("x-vigil-routing-key" = Option<String>, Header, description = "Sticky routing key (the header name is configurable)")), request_body(description = "A V2 request: JSON, or a JSON header followed by binary tensors (Inference-Header-Content-Length gives the header length)", content((schema::InferRequest = "application/json"), ("application/octet-stream"))), responses((status = 200, description = "Outputs (JSON, or JSON header + binary tensors)", body = schema::InferResponse), (status = 400, description = "Bad request: the message says what is wrong", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody), (status = 413, description = "Body larger than --max-body-bytes", body = schema::ErrorBody), (status = 503, description = "Queue full or not ready; retry after Retry-After", body = schema::ErrorBody)))]
+pub(super) async fn infer(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (model, version) = target(&p)?;
+    let route = s.server.route(model, version, |name| {
+        headers.get(name).map(|v| v.as_bytes().to_vec())
+    })?;
+    let served = route.version.clone();
+    let start = Instant::now();
+    let result = infer_on(&s, &route, &headers, body).await;
+    match &result {
+        Ok(_) => {
+            served.metrics.count(crate::metrics::Outcome::Success);
+            served
+                .metrics
+                .request
+                .observe(start.elapsed().as_secs_f64());
+        }
+        // Errors inside `serving` are already counted there.
+        Err(InferOnError::Api(_)) => {
+            served.metrics.count(crate::metrics::Outcome::BadRequest);
+            served.stats.record_failure();
+        }
+        Err(InferOnError::Serving(_)) => {}
+    }
+    result.map_err(|e| match e {
+        InferOnError::Api(a) => a,
+        InferOnError::Serving(s) => s.into(),
+    })
+}
+
+enum InferOnError {
+    Api(ApiError),
+    Serving(InferError),
+}
+
+async fn infer_on(
+    s: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, InferOnError> {
+    let served = &route.version;
+    let api = InferOnError::Api;
+    let header_len = header_len(headers).map_err(api)?;
+    let body = tokio::time::timeout(
+        s.opts.body_timeout,
+        read_body(headers, body, s.opts.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        api(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {:?}",
+            s.opts.body_timeout
+        )))
+    })?
+    .map_err(api)?;
+    // Every descriptor is checked against the version's signature before any data is
+    // decoded, so that the memory a request takes stays a small multiple of its body.
+    let sig = &served.signature;
+    let req = v2::check_request(&body, header_len, sig, s.opts.max_tensor_elements)
+        .map_err(|e| api(e.into()))?;
+    // Which outputs, in which order, and how: checked before decoding anything.
+    let chosen: Vec<(usize, bool)> = match &req.outputs {
+        None => (0..sig.outputs.len())
+            .map(|i| (i, req.binary_output))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|o| {
+                sig.outputs
+                    .iter()
+                    .position(|spec| spec.name == o.name)
+                    .map(|i| (i, o.binary.unwrap_or(req.binary_output)))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            sig.outputs.iter().map(|o| o.name.as_str()).collect();
+                        api(ApiError::BadRequest(format!(
+                            "unknown output '{}': the model's outputs are {names:?}",
+                            o.name
+                        )))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let req = req.decode().map_err(|e| api(e.into()))?;
+    drop(body);
+    let outputs = s
+        .server
+        .infer_routed(route, req.inputs)
+        .await
+        .map_err(InferOnError::Serving)?;
+    let selected: Vec<_> = chosen.iter().map(|&(i, b)| (&outputs[i], b)).collect();
+    let encoded = v2::encode_response(&served.model, served.version, req.id.as_deref(), &selected);
+    let mut resp = Response::new(Body::from(encoded.body));
+    let h = resp.headers_mut();
+    match encoded.header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(HEADER_LEN, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(resp)
+}
+
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "inference", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), request_body(description = "As for /v2/models/{model}/infer; the version is pinned (the rollout is bypassed)", content((schema::InferRequest = "application/json"), ("application/octet-stream"))), responses((status = 200, description = "Outputs of this version", body = schema::InferResponse), (status = 400, description = "Bad request", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody), (status = 503, description = "Queue full or not ready", body = schema::ErrorBody)))]
+pub(super) async fn version_infer(
+    state: State<AppState>,
+    path: Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer(state, path, headers, body).await
+}

@@ -1,0 +1,257 @@
+use serde_json::Value;
+
+use super::*;
+use crate::backend::ModelSignature;
+use crate::tensor::bytes::ByteStrings;
+use crate::tensor::spec::TensorSpec;
+use crate::tensor::{DataType, Tensor, TensorData};
+
+/// A signature that accepts whatever the body's header declares (any size in every
+/// dimension), so that these tests reach the data.
+fn lenient(body: &[u8], header_len: Option<usize>) -> ModelSignature {
+    let json = &body[..header_len.unwrap_or(body.len()).min(body.len())];
+    let header: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
+    let inputs = header["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some(TensorSpec {
+                name: i["name"].as_str()?.to_string(),
+                datatype: DataType::parse(i["datatype"].as_str()?)?,
+                shape: vec![-1; i["shape"].as_array()?.len()],
+            })
+        })
+        .collect();
+    ModelSignature {
+        inputs,
+        outputs: Vec::new(),
+    }
+}
+
+fn decode(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeError> {
+    decode_request(body, header_len, &lenient(body, header_len), usize::MAX)
+}
+
+#[test]
+fn json_nested_and_flat_agree() {
+    let nested =
+        br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#;
+    let flat = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#;
+    let a = decode(nested, None).unwrap();
+    let b = decode(flat, None).unwrap();
+    assert_eq!(a.inputs, b.inputs);
+    assert_eq!(a.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.5]));
+}
+
+#[test]
+fn binary_inputs_are_sliced_in_order() {
+    let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"b","shape":[1],"datatype":"BOOL","parameters":{"binary_data_size":1}}],"parameters":{"binary_data_output":true}}"#;
+    let mut body = header.to_vec();
+    body.extend_from_slice(&7i32.to_le_bytes());
+    body.extend_from_slice(&(-1i32).to_le_bytes());
+    body.push(1);
+    let req = decode(&body, Some(header.len())).unwrap();
+    assert_eq!(req.inputs[0].data, TensorData::Int32(vec![7, -1]));
+    assert_eq!(req.inputs[1].data, TensorData::Bool(vec![true]));
+    assert!(req.binary_output);
+    // One byte too many, one too few.
+    let mut extra = body.clone();
+    extra.push(0);
+    assert!(decode(&extra, Some(header.len()))
+        .unwrap_err()
+        .0
+        .contains("no input claims"));
+    assert!(decode(&body[..body.len() - 1], Some(header.len()))
+        .unwrap_err()
+        .0
+        .contains("binary_data_size is 1"));
+    assert!(decode(&body, Some(body.len() + 1)).is_err());
+}
+
+#[test]
+fn errors_name_the_input() {
+    let cases: &[(&[u8], &str)] = &[
+        (
+            br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+            "needs 3 elements, got 2",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+            "more data elements",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#,
+            "not a valid INT8",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+            "not a valid INT32",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP17","data":[1]}]}"#,
+            "unknown datatype 'FP17'",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[1]}]}"#,
+            "not a valid BOOL",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+            "inputs[0].shape[0]",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+            "no 'data'",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+            "not a valid FP32",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e300]}]}"#,
+            "out of range for FP32",
+        ),
+        (br#"{"inputs":[]"#, "invalid inference request JSON"),
+        (br#"{"inputs":[]}x"#, "trailing characters"),
+        (br#"{"inputz":[]}"#, "missing field `inputs`"),
+    ];
+    for (body, want) in cases {
+        let err = decode(body, None).unwrap_err().0;
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+        if !want.contains("JSON")
+            && !want.contains("missing field")
+            && !want.contains("shape[0]")
+            && !want.contains("trailing")
+        {
+            assert!(err.contains("input 'x'"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn element_limit_is_checked_before_decoding() {
+    let body = br#"{"inputs":[{"name":"x","shape":[10000000],"datatype":"FP32","data":[1]}]}"#;
+    let err = decode_request(body, None, &lenient(body, None), 1000)
+        .unwrap_err()
+        .0;
+    assert!(err.contains("limit of 1000"), "{err}");
+    // Without the limit, a tiny body claiming a huge shape is a clean mismatch.
+    let err = decode(body, None).unwrap_err().0;
+    assert!(err.contains("needs 10000000 elements, got 1"), "{err}");
+}
+
+#[test]
+fn descriptors_are_checked_against_the_signature_before_the_data() {
+    let sig = ModelSignature {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        }],
+        outputs: Vec::new(),
+    };
+    // The data is not even numbers: the descriptor is refused first.
+    let cases: &[(&[u8], &str)] = &[
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"BYTES","data":["",""]}]}"#,
+            "input 'x' has datatype BYTES, the model expects FP32",
+        ),
+        (
+            br#"{"inputs":[{"name":"y","shape":[1,2],"datatype":"FP32","data":["nope"]}]}"#,
+            "unexpected input 'y'",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":["nope"]}]}"#,
+            "the model expects [-1, 2]",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[0,2],"datatype":"FP32","data":["nope"]}]}"#,
+            "empty tensors",
+        ),
+        (br#"{"inputs":[]}"#, "missing input 'x'"),
+        // 10⁸ elements claimed, 3 bytes of data: refused without decoding anything.
+        (
+            br#"{"inputs":[{"name":"x","shape":[50000000,2],"datatype":"FP32","data":[1]}]}"#,
+            "needs 100000000 elements, got 1",
+        ),
+    ];
+    for (body, want) in cases {
+        let err = decode_request(body, None, &sig, usize::MAX).unwrap_err().0;
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+    }
+    // Binary sizes are checked against the shape before the data is read.
+    let binary = |datatype: &str, size: usize, shape: &str| {
+        let header = format!(
+            r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","parameters":{{"binary_data_size":{size}}}}}]}}"#
+        );
+        let mut body = header.clone().into_bytes();
+        body.resize(header.len() + size, 0);
+        decode(&body, Some(header.len())).map_err(|e| e.0)
+    };
+    let err = binary("FP32", 12, "[2,2]").unwrap_err();
+    assert!(
+        err.contains("needs 4 elements (16 bytes of FP32), but binary_data_size is 12"),
+        "{err}"
+    );
+    let err = binary("BYTES", 12, "[4]").unwrap_err();
+    assert!(err.contains("holds at most 3 BYTES elements"), "{err}");
+    assert_eq!(binary("BYTES", 12, "[3]").unwrap().inputs[0].data.len(), 3);
+}
+
+#[test]
+fn bytes_are_packed_both_ways() {
+    let json = br#"{"inputs":[{"name":"s","shape":[2,2],"datatype":"BYTES","data":[["","a"],["\u00e9x","bc"]]}]}"#;
+    let from_json = decode(json, None).unwrap();
+    let want = ByteStrings::try_from_iter(["", "a", "éx", "bc"]).unwrap();
+    assert_eq!(from_json.inputs[0].data, TensorData::Bytes(want.clone()));
+    let header = br#"{"inputs":[{"name":"s","shape":[4],"datatype":"BYTES","parameters":{"binary_data_size":22}}]}"#;
+    let mut body = header.to_vec();
+    TensorData::Bytes(want.clone()).write_le_bytes(&mut body);
+    assert_eq!(body.len(), header.len() + 22);
+    let from_binary = decode(&body, Some(header.len())).unwrap();
+    assert_eq!(from_binary.inputs[0].data, TensorData::Bytes(want));
+}
+
+#[test]
+fn special_floats_in_and_out() {
+    let req = decode(
+        br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":["NaN","Infinity","-inf"]}]}"#,
+        None,
+    )
+    .unwrap();
+    let TensorData::Fp64(v) = &req.inputs[0].data else {
+        panic!()
+    };
+    assert!(v[0].is_nan() && v[1] == f64::INFINITY && v[2] == f64::NEG_INFINITY);
+    let out = encode_response("m", 1, None, &[(&req.inputs[0], false)]);
+    let s = String::from_utf8(out.body).unwrap();
+    assert!(s.contains("[null,null,null]"), "{s}");
+}
+
+#[test]
+fn response_mixes_json_and_binary() {
+    let a = Tensor {
+        name: "a".into(),
+        shape: vec![2],
+        data: TensorData::Fp32(vec![0.1, 2.0]),
+    };
+    let b = Tensor {
+        name: "b".into(),
+        shape: vec![1],
+        data: TensorData::Int64(vec![5]),
+    };
+    let out = encode_response("m", 3, Some("req-1"), &[(&a, false), (&b, true)]);
+    let n = out.header_len.unwrap();
+    let header: Value = serde_json::from_slice(&out.body[..n]).unwrap();
+    assert_eq!(header["model_version"], "3");
+    assert_eq!(header["id"], "req-1");
+    assert_eq!(
+        header["outputs"][0]["data"][0].as_f64().unwrap() as f32,
+        0.1f32
+    );
+    assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 8);
+    assert_eq!(&out.body[n..], &5i64.to_le_bytes());
+    let json_only = encode_response("m", 3, None, &[(&a, false)]);
+    assert!(json_only.header_len.is_none());
+}
