@@ -84,7 +84,7 @@ fn iris_v1_drift(v: &Vigil) -> Value {
 #[test]
 fn console_shows_models_drift_and_events_in_chromium() {
     let repo = repository();
-    // ONNX Runtime: breast_cancer is a two-class tree ensemble, which tract refuses.
+    // On ONNX Runtime (tract serves these models too).
     let v = Vigil::start(repo.path(), Engine::Ort, &[]);
     let mut rng = Rng::new(7);
 

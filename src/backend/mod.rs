@@ -13,6 +13,7 @@ mod onnx_meta;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod tract;
+mod tract_trees;
 
 use std::fmt;
 use std::path::Path;

@@ -2,11 +2,11 @@
 //!
 //! The optimized plan is immutable and shared by every worker; each run gets its own
 //! state. Dimensions an exporter left unnamed (skl2onnx's batch dimension) become
-//! symbols, so one plan serves any batch size.
+//! symbols, so one plan serves any batch size. Two-class tree ensembles, which tract
+//! gets wrong, are rewritten first (`tract_trees`) or refused.
 
 use std::sync::Arc;
 
-use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{DimFact, ShapeFactoid};
 
@@ -39,42 +39,22 @@ fn datum_type(d: DataType) -> DatumType {
     }
 }
 
-/// tract evaluates two-class `TreeEnsembleClassifier`s wrongly (wrong labels from random
-/// forests, a load failure on gradient boosting). Such a model must be refused, not
-/// served wrong.
-fn binary_tree_ensemble(proto: &pb::ModelProto) -> Option<String> {
-    let graph = proto.graph.as_ref()?;
-    graph
-        .node
-        .iter()
-        .find(|n| {
-            n.op_type == "TreeEnsembleClassifier" && {
-                let classes = n
-                    .attribute
-                    .iter()
-                    .filter(|a| a.name == "classlabels_int64s" || a.name == "classlabels_strings")
-                    .map(|a| a.ints.len() + a.strings.len())
-                    .max()
-                    .unwrap_or(0);
-                classes <= 2
-            }
-        })
-        .map(|n| n.name.clone())
-}
-
 impl TractSession {
     pub fn load(file: &ModelFile) -> Result<TractSession, BackendError> {
-        if let Some(node) = binary_tree_ensemble(&file.proto) {
-            return Err(BackendError::Unsupported(format!(
-                "node '{node}' is a two-class TreeEnsembleClassifier, which tract evaluates \
-                 incorrectly; serve this model with ONNX Runtime (backend = \"ort\" in its \
-                 config.toml, or --backend ort)"
-            )));
-        }
+        // tract gets two-class tree ensembles wrong: rewrite them, or refuse the model.
+        let rewritten = super::tract_trees::rewrite(&file.proto).map_err(|r| {
+            BackendError::Unsupported(format!(
+                "node '{}' is a two-class TreeEnsembleClassifier that tract cannot evaluate \
+                 the way ONNX Runtime does ({}); serve this model with ONNX Runtime \
+                 (backend = \"ort\" in its config.toml, or --backend ort)",
+                r.node, r.reason
+            ))
+        })?;
+        let proto = rewritten.as_ref().unwrap_or(&file.proto);
         let load = |e: TractError| BackendError::Load(format!("{e:#}"));
         let dir = file.dir().to_str();
         let onnx = tract_onnx::onnx();
-        let parsed = onnx.parse(&file.proto, dir).map_err(load)?;
+        let parsed = onnx.parse(proto, dir).map_err(load)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(BackendError::Load(format!(
                 "unresolved inputs: {:?}",
