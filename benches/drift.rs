@@ -44,7 +44,7 @@ fn monitor(features: usize) -> std::sync::Arc<Monitor> {
             ..DriftConfig::default()
         },
         reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
-        metrics: Metrics::new().drift("bench", 1),
+        metrics: Metrics::new().drift(),
         scorer: Scorer::start(),
         events: None,
     })

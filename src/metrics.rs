@@ -3,14 +3,19 @@
 //! Label values come from enums, never from client input, so a client cannot grow the
 //! series count. Per-version handles are resolved once at load ([`VersionMetrics`]) so
 //! the request path never looks a label up.
+//!
+//! Metrics receive numbers, not domain reports: this file imports nothing of vigil but
+//! `supervise` (ground floor). Domains that export richer things resolve their own
+//! handles from the families registered here: `monitor::metrics` (drift) and
+//! `retrain::metrics` (the hook's counters).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// What a loaded version does, as the `role` label.
@@ -99,17 +104,32 @@ pub struct Metrics {
     retrain: RetrainCounters,
 }
 
+/// The drift families a version's monitor exports to (`monitor::metrics` resolves its
+/// handles from them). It notes the series it creates in `names` and `fleet.series`, so
+/// that [`Metrics::remove_version`] removes them with the version.
+#[derive(Clone)]
+pub struct DriftFamilies {
+    pub score: GaugeVec,
+    pub share: GaugeVec,
+    pub status: IntGaugeVec,
+    pub windows: IntCounterVec,
+    pub window_rows: IntGaugeVec,
+    /// Where the feature names are noted, so the series go when the version goes.
+    pub names: FeatureNames,
+    pub fleet: FleetFamilies,
+}
+
 /// The per-bin families fleet drift is computed from (by Prometheus, across replicas).
 #[derive(Clone)]
-struct FleetFamilies {
-    bin_rows: IntCounterVec,
-    reference: GaugeVec,
+pub struct FleetFamilies {
+    pub bin_rows: IntCounterVec,
+    pub reference: GaugeVec,
     /// The (side, feature, bin) labels each version exported, to remove them with it.
-    series: BinSeries,
+    pub series: BinSeries,
 }
 
 /// Per (model, version): the (side, feature, bin) labels exported.
-type BinSeries = Arc<Mutex<HashMap<(String, u64), Vec<(Side, String, String)>>>>;
+pub type BinSeries = Arc<Mutex<HashMap<(String, u64), Vec<(Side, String, String)>>>>;
 
 /// Which end of the model a drift series is about: the `side` label of every drift
 /// family. Input and output features are named independently (a model with one input
@@ -129,63 +149,17 @@ impl Side {
     }
 }
 
-/// One version's per-bin row counters: `counters[feature][bin]`, the last bin of each
-/// feature being "nan" (NaN and infinite values).
-pub struct FleetBins {
-    pub counters: Vec<Vec<IntCounter>>,
-}
-
-/// The `bin` label values of a reference feature, in the order of the window's bins
-/// (numeric: bin indexes; categorical: the categories and "other"), then "nan".
-fn bin_labels(f: &crate::monitor::profile::FeatureProfile) -> Vec<String> {
-    use crate::monitor::profile::Kind;
-    let mut out: Vec<String> = match f.kind {
-        Kind::Numeric => (0..=f.edges.len()).map(|i| i.to_string()).collect(),
-        Kind::Categorical => f
-            .categories
-            .iter()
-            .map(|c| {
-                if c.fract() == 0.0 && c.abs() < 1e15 {
-                    format!("{c:.0}")
-                } else {
-                    c.to_string()
-                }
-            })
-            .chain(["other".to_string()])
-            .collect(),
-    };
-    out.push("nan".into());
-    out
-}
-
-/// The retrain hook's families.
+/// The retrain hook's families (the hook reports through them: `retrain::metrics`).
 #[derive(Clone)]
 pub struct RetrainCounters {
-    events: IntCounterVec,
-    deliveries: IntCounterVec,
-    pending: IntGaugeVec,
-    dead: IntGaugeVec,
-}
-
-impl crate::retrain::RetrainMetrics for RetrainCounters {
-    fn event(&self, model: &str, reason: &str) {
-        self.events.with_label_values(&[model, reason]).inc();
-    }
-    fn delivery(&self, model: &str, outcome: &str) {
-        self.deliveries.with_label_values(&[model, outcome]).inc();
-    }
-    fn gauges(&self, pending: &HashMap<String, i64>, dead: &HashMap<String, i64>) {
-        for (m, n) in pending {
-            self.pending.with_label_values(&[m]).set(*n);
-        }
-        for (m, n) in dead {
-            self.dead.with_label_values(&[m]).set(*n);
-        }
-    }
+    pub events: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub pending: IntGaugeVec,
+    pub dead: IntGaugeVec,
 }
 
 /// Per (model, version): the (side, feature, method) labels of the scores exported.
-type FeatureNames = Arc<Mutex<HashMap<(String, u64), Vec<(Side, String, &'static str)>>>>;
+pub type FeatureNames = Arc<Mutex<HashMap<(String, u64), Vec<(Side, String, &'static str)>>>>;
 
 /// The drift methods, as the `method` label of `vigil_drift_score`.
 pub const DRIFT_METHODS: [&str; 7] = [
@@ -517,19 +491,14 @@ impl Metrics {
         self.retrain.clone()
     }
 
-    /// A version's drift metric handles.
-    pub fn drift(&self, model: &str, version: u64) -> DriftMetrics {
-        let v = version.to_string();
-        DriftMetrics {
-            model: model.to_string(),
-            version: v.clone(),
-            version_n: version,
+    /// The drift families, from which the monitor resolves a version's handles.
+    pub fn drift(&self) -> DriftFamilies {
+        DriftFamilies {
             score: self.drift_score.clone(),
-            share: self.drift_share.with_label_values(&[model, &v]),
-            status: self.drift_status.with_label_values(&[model, &v]),
-            windows_ok: self.drift_windows.with_label_values(&[model, &v, "ok"]),
-            windows_drift: self.drift_windows.with_label_values(&[model, &v, "drift"]),
-            window_rows: self.drift_window_rows.with_label_values(&[model, &v]),
+            share: self.drift_share.clone(),
+            status: self.drift_status.clone(),
+            windows: self.drift_windows.clone(),
+            window_rows: self.drift_window_rows.clone(),
             names: self.drift_features.clone(),
             fleet: self.fleet.clone(),
         }
@@ -760,121 +729,6 @@ impl VersionMetrics {
             Outcome::Error => &self.error,
         }
         .inc()
-    }
-}
-
-/// One version's drift metrics.
-pub struct DriftMetrics {
-    model: String,
-    version: String,
-    version_n: u64,
-    score: GaugeVec,
-    share: Gauge,
-    pub status: IntGauge,
-    windows_ok: IntCounter,
-    windows_drift: IntCounter,
-    pub window_rows: IntGauge,
-    /// Where the feature names are noted, so the series go when the version goes.
-    names: FeatureNames,
-    fleet: FleetFamilies,
-}
-
-impl DriftMetrics {
-    /// Creates the version's per-bin counters of one side's features (at zero, so that
-    /// every bin has a series from the start) and sets the reference shares.
-    pub fn fleet_bins(
-        &self,
-        side: Side,
-        features: &[crate::monitor::profile::FeatureProfile],
-    ) -> FleetBins {
-        let mut noted = Vec::new();
-        let counters = features
-            .iter()
-            .map(|f| {
-                let labels = bin_labels(f);
-                labels
-                    .iter()
-                    .enumerate()
-                    .map(|(i, bin)| {
-                        let l = [
-                            self.model.as_str(),
-                            &self.version,
-                            side.as_str(),
-                            &f.name,
-                            bin,
-                        ];
-                        if bin != "nan" {
-                            let share = f.proportions.get(i).copied().unwrap_or(0.0);
-                            self.fleet.reference.with_label_values(&l).set(share);
-                        }
-                        noted.push((side, f.name.clone(), bin.clone()));
-                        self.fleet.bin_rows.with_label_values(&l)
-                    })
-                    .collect()
-            })
-            .collect();
-        self.fleet
-            .series
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((self.model.clone(), self.version_n))
-            .or_default()
-            .extend(noted);
-        FleetBins { counters }
-    }
-
-    /// Exports a scored window (scorer thread, once per window: label lookups are fine).
-    /// Every series then holds this window's value: a method the window has no value
-    /// for (no rows, a numeric-only method on a categorical feature) loses its series
-    /// rather than keep an older window's.
-    pub fn observe_window(&self, w: &crate::monitor::WindowReport) {
-        let mut names = Vec::new();
-        let sides = w
-            .features
-            .iter()
-            .map(|f| (Side::Input, f))
-            .chain(w.outputs.iter().map(|f| (Side::Output, f)));
-        for (side, f) in sides {
-            let values = [
-                f.psi,
-                f.js,
-                f.ks_statistic,
-                f.ks_pvalue,
-                f.wasserstein,
-                f.chi2_statistic,
-                f.chi2_pvalue,
-            ];
-            for (m, v) in DRIFT_METHODS.iter().zip(values) {
-                let l = [
-                    self.model.as_str(),
-                    &self.version,
-                    side.as_str(),
-                    &f.name,
-                    m,
-                ];
-                match v {
-                    Some(v) => {
-                        self.score.with_label_values(&l).set(v);
-                        names.push((side, f.name.clone(), *m));
-                    }
-                    None => {
-                        let _ = self.score.remove_label_values(&l);
-                    }
-                }
-            }
-        }
-        let mut noted = self
-            .names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (self.model.clone(), self.version_n);
-        noted.insert(key, names);
-        self.share.set(w.drift_share);
-        if w.drifted {
-            self.windows_drift.inc();
-        } else {
-            self.windows_ok.inc();
-        }
     }
 }
 

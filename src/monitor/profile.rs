@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::plan::{Extract, FeatureDef};
 use super::stats::{bin_of, quantile_sorted};
 use crate::rng::Rng;
 
@@ -248,7 +249,7 @@ impl Profile {
 /// monitored features when the model's inputs are known.
 pub fn columns_for(
     data: &super::data::Dataset,
-    defs: Option<&[super::FeatureDef]>,
+    defs: Option<&[FeatureDef]>,
 ) -> Result<Vec<Column>, String> {
     let rows = data.rows();
     if rows == 0 {
@@ -270,7 +271,7 @@ pub fn columns_for(
         }
         let want_summary = defs
             .iter()
-            .all(|d| matches!(d.extract, super::Extract::Summary(_)));
+            .all(|d| matches!(d.extract, Extract::Summary(_)));
         if summaries != want_summary || (!summaries && defs.len() != width) {
             return Err(format!(
                 "the data has {} per row, the model's input '{input_name}' takes {}",

@@ -10,6 +10,7 @@
 //! This module knows nothing of models or HTTP routes: the serving layer hands it
 //! events and a resolver that says, at send time, where and how a model's events go.
 
+mod metrics;
 mod outbox;
 pub mod sign;
 

@@ -291,7 +291,7 @@ impl Server {
             outputs: &loaded.signature.outputs,
             config: config.drift.clone(),
             reference_json,
-            metrics: self.metrics.drift(model, version.version),
+            metrics: self.metrics.drift(),
             scorer: self.scorer.clone(),
             events: Some(self.drift_events.clone()),
         });

@@ -1,0 +1,189 @@
+//! The scorer: one background thread, fed by a bounded queue, that scores closed windows
+//! off the request path and ticks every watched monitor once a second; and the scoring
+//! itself, each feature's tests against the reference. Knows nothing of the detector or
+//! metrics, nor of the monitor but through [`Watched`].
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::plan::FeatureDef;
+use super::profile::{FeatureProfile, Kind, Profile};
+use super::report::{FeatureScore, WindowReport};
+use super::stats;
+use super::window::{FeatureAcc, Side};
+use crate::config::{DriftConfig, DriftMethod};
+
+/// What the scorer's clock ticks once a second (a monitor: it closes a window that is due).
+pub(super) trait Watched: Send + Sync {
+    fn tick(self: Arc<Self>);
+}
+
+/// Runs scoring jobs on one background thread, fed by a bounded queue. Once a second
+/// it also closes windows whose `window_seconds` have passed, so a window does not wait
+/// for the next request to close.
+#[derive(Clone)]
+pub struct Scorer {
+    tx: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+    monitors: Arc<Mutex<Vec<Weak<dyn Watched>>>>,
+}
+
+impl Scorer {
+    pub fn start() -> Scorer {
+        let (tx, rx) = crossbeam_channel::bounded::<Box<dyn FnOnce() + Send>>(256);
+        let monitors: Arc<Mutex<Vec<Weak<dyn Watched>>>> = Arc::default();
+        let watched = monitors.clone();
+        crate::supervise::spawn_thread("drift_scorer", "vigil-drift", move || loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(job) => {
+                    // One job's panic costs that window only.
+                    let _ = crate::supervise::guard("drift_scorer", job);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let alive: Vec<Arc<dyn Watched>> = {
+                        let mut list = watched
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        list.retain(|w| w.strong_count() > 0);
+                        list.iter().filter_map(Weak::upgrade).collect()
+                    };
+                    for m in alive {
+                        m.tick();
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+        });
+        Scorer { tx, monitors }
+    }
+
+    pub(super) fn watch(&self, m: Weak<dyn Watched>) {
+        self.monitors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(m);
+    }
+
+    pub(super) fn submit(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+        self.tx.try_send(job).is_ok()
+    }
+}
+
+/// Scores a closed window against the reference (on the scorer thread): each feature's
+/// tests, then the share of input features that drifted.
+pub(super) fn score_window(
+    cfg: &DriftConfig,
+    reference: &Profile,
+    out_ref: Option<&[FeatureProfile]>,
+    inputs: Side,
+    outputs: Option<Side>,
+    rows: u64,
+) -> WindowReport {
+    let n_features = inputs.defs.len().max(1) as f64;
+    let alpha = cfg.ks_alpha / n_features;
+    let features: Vec<FeatureScore> = inputs
+        .defs
+        .iter()
+        .zip(inputs.accs)
+        .zip(&reference.features)
+        .map(|((def, acc), r)| score_feature(def, acc, r, cfg, alpha))
+        .collect();
+    let out_scores: Vec<FeatureScore> = match (outputs, out_ref) {
+        (Some(o), Some(r)) => o
+            .defs
+            .iter()
+            .zip(o.accs)
+            .zip(r)
+            .map(|((def, acc), r)| score_feature(def, acc, r, cfg, alpha))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let drifted_n = features.iter().filter(|f| f.drifted).count() as f64;
+    let share = drifted_n / n_features;
+    let drifted = share >= cfg.drift_share;
+    WindowReport {
+        closed_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        rows,
+        drift_share: share,
+        drifted,
+        features,
+        outputs: out_scores,
+    }
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+fn score_feature(
+    def: &FeatureDef,
+    acc: FeatureAcc,
+    r: &FeatureProfile,
+    cfg: &DriftConfig,
+    alpha: f64,
+) -> FeatureScore {
+    let n = acc.n;
+    let mut s = FeatureScore {
+        name: def.name.clone(),
+        input: def.tensor_name.clone(),
+        index: def.index,
+        kind: r.kind,
+        rows: n,
+        psi: None,
+        js: None,
+        ks_statistic: None,
+        ks_pvalue: None,
+        wasserstein: None,
+        chi2_statistic: None,
+        chi2_pvalue: None,
+        unseen_share: None,
+        mean: finite(acc.mean).filter(|_| n > 0),
+        std: finite(acc.std()),
+        nonfinite: acc.nonfinite,
+        drifted: false,
+        edges: r.edges.clone(),
+        categories: r.categories.clone(),
+        reference_proportions: r.proportions.clone(),
+        window_counts: acc.bins.clone(),
+    };
+    if n == 0 {
+        return s;
+    }
+    let cur: Vec<f64> = acc.bins.iter().map(|&c| c as f64 / n as f64).collect();
+    match r.kind {
+        Kind::Numeric => {
+            s.psi = finite(stats::psi(&r.proportions, &cur));
+            s.js = finite(stats::js_distance(&r.proportions, &cur));
+            let mut reference = r.sample.clone();
+            let mut window = acc.sample;
+            let (d, p) = stats::ks::ks_2samp(&mut reference, &mut window);
+            s.ks_statistic = finite(d);
+            s.ks_pvalue = finite(p);
+            let (_, ref_std) = stats::mean_std(&reference);
+            s.wasserstein =
+                finite(stats::wasserstein_sorted(&reference, &window) / ref_std.max(1e-3));
+            let ks_drift = s.ks_pvalue.is_some_and(|p| p < alpha);
+            let psi_drift = s.psi.is_some_and(|v| v >= cfg.psi_threshold);
+            s.drifted = match cfg.method {
+                DriftMethod::Auto => ks_drift || psi_drift,
+                DriftMethod::Ks => ks_drift,
+                DriftMethod::Psi => psi_drift,
+            };
+        }
+        Kind::Categorical => {
+            // The reference's shares, then an empty "other" bin (categories it never saw).
+            let ref_props: Vec<f64> = r.proportions.iter().copied().chain([0.0]).collect();
+            s.psi = finite(stats::psi(&ref_props, &cur));
+            s.js = finite(stats::js_distance(&ref_props, &cur));
+            s.unseen_share = cur.last().copied();
+            // Sparse bins and "other" are pooled until every bin can carry the test.
+            if let Some(c) = stats::chisquare_pooled(&acc.bins, &ref_props) {
+                s.chi2_statistic = finite(c.statistic);
+                s.chi2_pvalue = finite(c.pvalue);
+            }
+            s.drifted = s.chi2_pvalue.is_some_and(|p| p < alpha);
+        }
+    }
+    s
+}
