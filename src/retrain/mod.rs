@@ -9,6 +9,9 @@
 //!
 //! This module knows nothing of models or HTTP routes: the serving layer hands it
 //! events and a resolver that says, at send time, where and how a model's events go.
+//! It reads the `[retrain]` schema from `config` (and turns it into a [`Target`] here);
+//! it must never import `serving`, `http` or `monitor`. Rooms: `outbox`
+//! (the durable log), `sign` (Standard Webhooks signatures), this file (delivery).
 
 mod metrics;
 mod outbox;
