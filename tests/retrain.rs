@@ -697,7 +697,9 @@ fn an_absurd_retry_after_never_stops_delivery() {
             assert_eq!(p["id"], first.as_str(), "{e}");
             let wait = p["next_attempt"].as_f64().unwrap() - p["created_at"].as_f64().unwrap();
             assert!(
-                (0.0..=301.0).contains(&wait),
+                // The cap (300 s) from the attempt, which may come a little after
+                // the event's creation on a loaded machine.
+                (0.0..=330.0).contains(&wait),
                 "{retry_after}: waits {wait} s"
             );
         }
