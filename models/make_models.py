@@ -100,7 +100,7 @@ def breast_cancer():
     m = to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}}, target_opset=OPSET)
     save_version("breast_cancer", 1, m, X)
     # No config.toml: with ONNX Runtime present `auto` serves it on ort; on tract vigil
-    # refuses it (tract gets two-class TreeEnsembleClassifier wrong).
+    # rewrites the two-class TreeEnsembleClassifier (which tract gets wrong) first.
     rng = np.random.default_rng(2)
     idx = rng.choice(len(X), 9, replace=False)
     write_reference(os.path.join(MODELS, "breast_cancer", "1", "model.onnx"),
