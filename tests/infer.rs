@@ -262,8 +262,8 @@ fn metadata_config_and_stats() {
     let (_, all) = v.get("/v2/models/stats");
     assert_eq!(
         all["model_stats"].as_array().unwrap().len(),
-        3,
-        "iris, mlp, cnn loaded on tract"
+        4,
+        "iris, mlp, cnn and breast_cancer loaded on tract"
     );
 
     // Metrics carry the model and version labels.
