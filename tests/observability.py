@@ -63,7 +63,8 @@ def wait(what, cond, timeout=60):
             v = cond()
             if v:
                 return v
-        except OSError:
+        except (OSError, ValueError):
+            # Not up yet: refused, or Prometheus's plain-text 503 while it starts.
             pass
         time.sleep(0.2)
     raise SystemExit(f"timed out waiting for {what}")
