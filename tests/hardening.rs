@@ -423,6 +423,11 @@ fn closed_by_peer(s: &mut TcpStream, limit: Duration) -> bool {
 fn request_on(s: &mut TcpStream, limit: Duration) -> Option<String> {
     s.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
+    status_line(s, limit)
+}
+
+/// The status line of the next answer on `s`, or `None` if none came in `limit`.
+fn status_line(s: &mut TcpStream, limit: Duration) -> Option<String> {
     s.set_read_timeout(Some(limit)).unwrap();
     let mut buf = [0u8; 4096];
     match s.read(&mut buf) {
@@ -678,18 +683,7 @@ fn sustained_overload_sheds_and_recovers() {
 fn status_after_head(addr: &str, head: &str, limit: Duration) -> Option<String> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(head.as_bytes()).unwrap();
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 4096];
-    match s.read(&mut buf) {
-        Ok(n) if n > 0 => Some(
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        ),
-        _ => None,
-    }
+    status_line(&mut s, limit)
 }
 
 const CONTROL_ROUTES: &[(&str, &str)] = &[
