@@ -85,7 +85,7 @@ pub(super) fn score_window(
         .iter()
         .zip(inputs.accs)
         .zip(&reference.features)
-        .map(|((def, acc), r)| score_feature(def, acc, r, cfg, alpha))
+        .map(|((def, acc), r)| score_feature(def, acc, r, reference.rows, cfg, alpha))
         .collect();
     let out_scores: Vec<FeatureScore> = match (outputs, out_ref) {
         (Some(o), Some(r)) => o
@@ -93,7 +93,7 @@ pub(super) fn score_window(
             .iter()
             .zip(o.accs)
             .zip(r)
-            .map(|((def, acc), r)| score_feature(def, acc, r, cfg, alpha))
+            .map(|((def, acc), r)| score_feature(def, acc, r, reference.rows, cfg, alpha))
             .collect(),
         _ => Vec::new(),
     };
@@ -120,6 +120,7 @@ fn score_feature(
     def: &FeatureDef,
     acc: FeatureAcc,
     r: &FeatureProfile,
+    reference_rows: u64,
     cfg: &DriftConfig,
     alpha: f64,
 ) -> FeatureScore {
@@ -177,8 +178,19 @@ fn score_feature(
             s.psi = finite(stats::psi(&ref_props, &cur));
             s.js = finite(stats::js_distance(&ref_props, &cur));
             s.unseen_share = cur.last().copied();
-            // Sparse bins and "other" are pooled until every bin can carry the test.
-            if let Some(c) = stats::chisquare_pooled(&acc.bins, &ref_props) {
+            // Sparse bins and "other" are pooled until every bin can carry the test. The
+            // reference is a sample of `reference_rows` rows (a training set, or the first
+            // rows served): two samples compared (homogeneity), unless its size is unknown.
+            let test = if reference_rows > 0 {
+                let counts: Vec<f64> = ref_props
+                    .iter()
+                    .map(|p| (p * reference_rows as f64).round())
+                    .collect();
+                stats::chi2_homogeneity_pooled(&acc.bins, &counts)
+            } else {
+                stats::chisquare_pooled(&acc.bins, &ref_props)
+            };
+            if let Some(c) = test {
                 s.chi2_statistic = finite(c.statistic);
                 s.chi2_pvalue = finite(c.pvalue);
             }

@@ -118,6 +118,28 @@ for n1, n2, shift, scale, ties in large:
     out["ks_large"].append({"a": ga, "b": gb, "statistic": float(r.statistic),
                             "pvalue": float(r.pvalue)})
 
+# chi2_contingency(correction=False) on 2 x k tables (reference counts, window counts):
+# the homogeneity test vigil runs when the reference is itself a sample of known size.
+# Tables whose every expected count is at least 5 (vigil pools sparser columns first, so
+# these are the tables it tests as they are). Its own generator: earlier cases unchanged.
+crng = np.random.default_rng(17)
+out["chi2_contingency"] = []
+while len(out["chi2_contingency"]) < 120:
+    k = int(crng.integers(2, 12))
+    n_ref = int(crng.choice([50, 200, 1000, 5000, 100000]))
+    n_win = int(crng.choice([40, 100, 1000, 3000]))
+    p = crng.dirichlet(np.ones(k) * crng.uniform(0.5, 5))
+    q = p if crng.uniform() < 0.5 else crng.dirichlet(np.ones(k) * 2)
+    table = np.array([crng.multinomial(n_ref, p), crng.multinomial(n_win, q)])
+    if (table.sum(axis=0) == 0).any():
+        continue
+    stat, pvalue, dof, expected = stats.chi2_contingency(table, correction=False)
+    if expected.min() < 5:
+        continue
+    out["chi2_contingency"].append({"reference": table[0].tolist(), "observed": table[1].tolist(),
+                                    "statistic": float(stat), "pvalue": float(pvalue),
+                                    "dof": int(dof)})
+
 path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "oracle", "stats.json")
 with open(path, "w") as f:
     json.dump(out, f)

@@ -136,40 +136,98 @@ fn pool_sparse_bins(observed: &[u64], shares: &[f64]) -> Option<(Vec<f64>, Vec<f
         return None;
     }
     let nf = n as f64;
-    let expected = |s: f64| {
-        if s.is_finite() && s > 0.0 {
+    let columns = observed.iter().zip(shares).map(|(&o, &s)| {
+        let e = if s.is_finite() && s > 0.0 {
             s / total_share * nf
         } else {
             0.0
-        }
-    };
-    let (mut pool_obs, mut pool_exp) = (0.0, 0.0);
-    let mut kept: Vec<(f64, f64)> = Vec::with_capacity(observed.len());
-    for (&o, &s) in observed.iter().zip(shares) {
-        let e = expected(s);
-        if e < CHI2_MIN_EXPECTED {
-            pool_obs += o as f64;
-            pool_exp += e;
+        };
+        (o as f64, e)
+    });
+    let kept = pool_columns(columns, |&(_, e)| e)?;
+    (kept.iter().map(|c| c.1).sum::<f64>() > 0.0).then(|| kept.into_iter().unzip())
+}
+
+/// Merges the columns whose `support` (the smallest expected count the test sees in
+/// that column; additive over columns) is below [`CHI2_MIN_EXPECTED`] into one pooled
+/// column, and while the pool itself is below that, the least supported remaining
+/// column joins it. The kept columns come first, in order, then the pool (if any).
+/// `None` when fewer than two columns are left.
+fn pool_columns(
+    columns: impl Iterator<Item = (f64, f64)>,
+    support: impl Fn(&(f64, f64)) -> f64,
+) -> Option<Vec<(f64, f64)>> {
+    let mut pool = (0.0, 0.0);
+    let mut pooled = false;
+    let mut kept: Vec<(f64, f64)> = Vec::new();
+    for c in columns {
+        if support(&c) < CHI2_MIN_EXPECTED {
+            pool = (pool.0 + c.0, pool.1 + c.1);
+            pooled = true;
         } else {
-            kept.push((o as f64, e));
+            kept.push(c);
         }
     }
-    if pool_exp < CHI2_MIN_EXPECTED {
-        // Smallest first (by expected count), so that the pool takes as little as it can.
-        kept.sort_by(|a, b| b.1.total_cmp(&a.1));
-        while pool_exp < CHI2_MIN_EXPECTED {
-            let Some((o, e)) = kept.pop() else { break };
-            pool_obs += o;
-            pool_exp += e;
+    if pooled && support(&pool) < CHI2_MIN_EXPECTED {
+        // Least supported first, so that the pool takes as little as it can; the order
+        // of the rest is kept.
+        while support(&pool) < CHI2_MIN_EXPECTED {
+            let Some(i) =
+                (0..kept.len()).min_by(|&a, &b| support(&kept[a]).total_cmp(&support(&kept[b])))
+            else {
+                break;
+            };
+            let c = kept.remove(i);
+            pool = (pool.0 + c.0, pool.1 + c.1);
         }
     }
-    if pool_exp > 0.0 {
-        kept.push((pool_obs, pool_exp));
+    if pooled && (pool.0 > 0.0 || pool.1 > 0.0) {
+        kept.push(pool);
     }
-    if kept.len() < 2 {
+    (kept.len() >= 2).then_some(kept)
+}
+
+/// Pearson's chi-square test of homogeneity of two samples' category counts:
+/// `scipy.stats.chi2_contingency([reference, observed], correction=False)`, k − 1
+/// degrees of freedom. The test for a reference that is itself a sample (a reference
+/// learned from the first rows served, or a small training set): a goodness-of-fit test
+/// takes the reference's shares as exact and, when the reference is no larger than the
+/// window, flags stationary traffic far more often than its level says.
+///
+/// Columns are pooled as in [`chisquare_pooled`], a column's support being its smaller
+/// expected count (`column total × min(row totals) / grand total`). `None` when either
+/// sample is empty or fewer than two columns are left.
+pub fn chi2_homogeneity_pooled(observed: &[u64], reference: &[f64]) -> Option<PooledChiSquare> {
+    if observed.len() != reference.len() || reference.iter().any(|r| !r.is_finite() || *r < 0.0) {
         return None;
     }
-    Some(kept.into_iter().unzip())
+    let n_obs: f64 = observed.iter().map(|&o| o as f64).sum();
+    let n_ref: f64 = reference.iter().sum();
+    if n_obs <= 0.0 || n_ref <= 0.0 {
+        return None;
+    }
+    let grand = n_obs + n_ref;
+    let smaller = n_obs.min(n_ref);
+    let columns = observed.iter().zip(reference).map(|(&o, &r)| (o as f64, r));
+    let kept = pool_columns(columns, |&(o, r)| (o + r) * smaller / grand)?;
+    let mut statistic = 0.0;
+    for &(o, r) in &kept {
+        let total = o + r;
+        if total <= 0.0 {
+            continue;
+        }
+        let (e_obs, e_ref) = (total * n_obs / grand, total * n_ref / grand);
+        statistic += (o - e_obs) * (o - e_obs) / e_obs + (r - e_ref) * (r - e_ref) / e_ref;
+    }
+    let dof = (kept.len() - 1) as f64;
+    let pvalue = ChiSquared::new(dof)
+        .map(|d| d.sf(statistic))
+        .unwrap_or(f64::NAN);
+    Some(PooledChiSquare {
+        statistic,
+        pvalue,
+        bins: kept.len(),
+    })
 }
 
 /// `scipy.stats.wasserstein_distance(u, v)`: the area between the two empirical CDFs.

@@ -126,6 +126,31 @@ fn chisquare_matches_scipy() {
 }
 
 #[test]
+fn chi2_homogeneity_matches_scipy_chi2_contingency() {
+    let cases = oracle()["chi2_contingency"].as_array().unwrap().clone();
+    assert!(cases.len() >= 100);
+    let mut worst: f64 = 0.0;
+    for (i, c) in cases.iter().enumerate() {
+        let reference = floats(&c["reference"]);
+        let observed: Vec<u64> = floats(&c["observed"]).iter().map(|&o| o as u64).collect();
+        let what = format!("chi2_contingency case {i}: {reference:?} vs {observed:?}");
+        // Every expected count is at least 5 in these tables: nothing is pooled.
+        let got = chi2_homogeneity_pooled(&observed, &reference).expect(&what);
+        assert_eq!(got.bins, reference.len(), "{what}");
+        assert_eq!(got.bins - 1, c["dof"].as_u64().unwrap() as usize, "{what}");
+        let want = c["statistic"].as_f64().unwrap();
+        close(got.statistic, want, 1e-9 * want.max(1.0), &what);
+        worst = worst.max(close_p(
+            got.pvalue,
+            c["pvalue"].as_f64().unwrap(),
+            1e-7,
+            &what,
+        ));
+    }
+    println!("chi2_contingency p-values: largest |ln p - ln p_scipy| {worst:.2e}");
+}
+
+#[test]
 fn js_psi_quantiles_match() {
     let o = oracle();
     for c in o["js"].as_array().unwrap() {

@@ -131,6 +131,75 @@ fn a_few_unseen_rows_do_not_flag_a_large_share_does() {
     );
 }
 
+/// The review's case: a reference learned from the first 1000 rows served, windows of
+/// 1000 rows from the same distribution. Goodness of fit takes the learned shares as
+/// exact, so the two samples' noise adds up and it flags far above its level; the
+/// homogeneity test holds the level (rare categories and unseen rows included).
+#[test]
+fn a_learned_reference_does_not_flag_stationary_traffic() {
+    let shares = [0.42, 0.3, 0.2, 0.05, 0.02, 0.008, 0.002];
+    let mut rng = crate::rng::Rng::new(9);
+    let trials = 3000;
+    let (mut homogeneity, mut goodness) = (0usize, 0usize);
+    for _ in 0..trials {
+        let learned = draw(&mut rng, &shares, 1000);
+        let window = draw(&mut rng, &shares, 1000);
+        // The profile as the scorer sees it: shares of 1000 rows, then "other".
+        let ref_props: Vec<f64> = learned
+            .iter()
+            .map(|&c| c as f64 / 1000.0)
+            .chain([0.0])
+            .collect();
+        let counts: Vec<f64> = ref_props.iter().map(|p| (p * 1000.0).round()).collect();
+        let observed: Vec<u64> = window.iter().copied().chain([0]).collect();
+        let h = chi2_homogeneity_pooled(&observed, &counts).unwrap();
+        assert!(h.bins >= 2 && (0.0..=1.0).contains(&h.pvalue), "{h:?}");
+        homogeneity += usize::from(h.pvalue < 0.05);
+        goodness += usize::from(chisquare_pooled(&observed, &ref_props).unwrap().pvalue < 0.05);
+    }
+    let sd = (0.05 * 0.95 * trials as f64).sqrt();
+    let expect = 0.05 * trials as f64;
+    assert!(
+        (homogeneity as f64 - expect).abs() < 3.5 * sd,
+        "homogeneity rejected {homogeneity} of {trials} at 0.05"
+    );
+    // What the scorer did before: about twice the level (0.05 → ~0.2 here).
+    assert!(
+        goodness as f64 > expect + 6.0 * sd,
+        "goodness of fit rejected only {goodness} of {trials}"
+    );
+}
+
+#[test]
+fn homogeneity_still_flags_a_shift_and_unseen_categories() {
+    let reference = [500.0, 300.0, 200.0, 0.0];
+    // The same shares: no flag.
+    let same = chi2_homogeneity_pooled(&[250, 150, 100, 0], &reference).unwrap();
+    assert!(
+        same.pvalue > 0.99 && same.statistic.abs() < 1e-9,
+        "{same:?}"
+    );
+    // 2 unseen rows in 500: pooled with the smallest column, no flag.
+    let few = chi2_homogeneity_pooled(&[249, 150, 99, 2], &reference).unwrap();
+    assert_eq!(few.bins, 3, "{few:?}");
+    assert!(few.pvalue > 0.05, "{few:?}");
+    // 10 % unseen: its own column, flagged.
+    let many = chi2_homogeneity_pooled(&[225, 135, 90, 50], &reference).unwrap();
+    assert_eq!(many.bins, 4, "{many:?}");
+    assert!(many.pvalue < 1e-9, "{many:?}");
+    // A shift between known categories.
+    let shift = chi2_homogeneity_pooled(&[150, 150, 200, 0], &reference).unwrap();
+    assert!(shift.pvalue < 1e-9, "{shift:?}");
+    // Nothing to test.
+    assert_eq!(chi2_homogeneity_pooled(&[0, 0, 0, 0], &reference), None);
+    assert_eq!(chi2_homogeneity_pooled(&[1, 1, 0, 0], &reference), None);
+    assert_eq!(chi2_homogeneity_pooled(&[5, 5, 5], &reference), None);
+    assert_eq!(
+        chi2_homogeneity_pooled(&[5, 5, 5, 5], &[1.0, f64::NAN, 1.0, 1.0]),
+        None
+    );
+}
+
 #[test]
 fn identical_samples_do_not_drift() {
     let mut a: Vec<f64> = (0..50).map(|i| (i as f64).sin()).collect();
