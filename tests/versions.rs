@@ -747,3 +747,63 @@ fn partial_rollout_changes_change_only_what_they_name() {
     });
     assert_eq!(get(&v)["sticky_header"], "x-user");
 }
+
+/// Requests refused as malformed (400) take no slot of the split: the canary's share of
+/// the requests the two versions actually served stays exact, and the refusals are
+/// counted against the stable version, not the canary.
+#[test]
+fn refused_requests_take_no_canary_slot() {
+    let repo = iris_repo(&[1, 2]);
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        "[rollout]\nstable = 1\ncanary = 2\nweight = 50\n",
+    )
+    .unwrap();
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let good = reference("iris_v2")["inputs"].clone();
+    let mut wrong_shape = good.clone();
+    wrong_shape[0]["shape"] = json!([1, 3]);
+    let mut wrong_type = good.clone();
+    wrong_type[0]["datatype"] = json!("BOOL");
+    let mut wrong_name = good.clone();
+    wrong_name[0]["name"] = json!("not_an_input");
+    let bad: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        serde_json::to_vec(&json!({"inputs": wrong_shape})).unwrap(),
+        serde_json::to_vec(&json!({"inputs": wrong_type})).unwrap(),
+        serde_json::to_vec(&json!({"inputs": wrong_name})).unwrap(),
+        serde_json::to_vec(&json!({"inputs": good, "outputs": [{"name": "nope"}]})).unwrap(),
+    ];
+    let mut arms = Vec::new();
+    for i in 0..60 {
+        // One refused request between every two served ones: at weight 50, if refusals
+        // took slots every served request would land on the same version.
+        let body = bad[i % bad.len()].clone();
+        let r = v
+            .client
+            .post(v.url("/v2/models/iris/infer"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "bad request {}", i % bad.len());
+        let (status, answer) = infer_iris(&v, "/v2/models/iris/infer", None);
+        assert_eq!(status, 200, "{answer}");
+        arms.push(answer["model_version"] == "2");
+    }
+    assert_every_run_exact(&arms, 50, "served requests between refused ones");
+    // Label order as the exposition writes it (sorted): model, outcome, version.
+    let bad_on = |version: &str| {
+        v.metric(&format!(
+            "vigil_inference_requests_total{{model=\"iris\",outcome=\"bad_request\",version=\"{version}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    assert_eq!((bad_on("1"), bad_on("2")), (60.0, 0.0));
+    assert_eq!(
+        v.metric(
+            "vigil_inference_requests_total{model=\"iris\",outcome=\"success\",version=\"2\"}"
+        ),
+        Some(30.0)
+    );
+}

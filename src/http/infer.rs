@@ -16,7 +16,10 @@ use super::error::ApiError;
 use super::schema;
 use super::state::{target, AppState};
 use super::v2;
-use crate::serving::{InferError, Route};
+use std::sync::Arc;
+
+use crate::backend::ModelSignature;
+use crate::serving::{InferError, PendingRoute, Route, ServedVersion};
 
 /// The header that says how long the JSON part of a binary-tensor body is.
 pub const HEADER_LEN: &str = "inference-header-content-length";
@@ -43,12 +46,15 @@ pub(super) async fn infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (model, version) = target(&p)?;
-    let route = s.server.route(model, version, |name| {
+    let plan = s.server.plan_route(model, version, |name| {
         headers.get(name).map(|v| v.as_bytes().to_vec())
     })?;
-    let served = route.version.clone();
     let start = Instant::now();
-    let result = infer_on(&s, &route, &headers, body).await;
+    let (served, result) = match read_infer_body(&s, &headers, body).await {
+        // Refused before the split is decided: counted against the stable version.
+        Err(e) => (plan.primary().clone(), Err(InferOnError::Api(e))),
+        Ok((body, header_len)) => infer_on(&s, plan, &body, header_len).await,
+    };
     match &result {
         Ok(_) => {
             served.metrics.count(crate::metrics::Outcome::Success);
@@ -75,33 +81,43 @@ enum InferOnError {
     Serving(InferError),
 }
 
-async fn infer_on(
+/// The body, within `--body-timeout` and `--max-body-bytes`, and the JSON header's length.
+async fn read_infer_body(
     s: &AppState,
-    route: &Route,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, InferOnError> {
-    let served = &route.version;
-    let api = InferOnError::Api;
-    let header_len = header_len(headers).map_err(api)?;
+) -> Result<(bytes::Bytes, Option<usize>), ApiError> {
+    let header_len = header_len(headers)?;
     let body = tokio::time::timeout(
         s.opts.body_timeout,
         read_body(headers, body, s.opts.max_body_bytes),
     )
     .await
     .map_err(|_| {
-        api(ApiError::RequestTimeout(format!(
+        ApiError::RequestTimeout(format!(
             "the request body did not arrive within {:?}",
             s.opts.body_timeout
-        )))
-    })?
-    .map_err(api)?;
-    // Every descriptor is checked against the version's signature before any data is
-    // decoded, so that the memory a request takes stays a small multiple of its body.
-    let sig = &served.signature;
-    let req = v2::check_request(&body, header_len, sig, s.opts.max_tensor_elements)
-        .map_err(|e| api(e.into()))?;
-    // Which outputs, in which order, and how: checked before decoding anything.
+        ))
+    })??;
+    Ok((body, header_len))
+}
+
+/// A request checked against one signature: its descriptors, and which outputs to
+/// answer, in which order and encoding.
+struct Accepted<'a> {
+    req: v2::CheckedRequest<'a>,
+    chosen: Vec<(usize, bool)>,
+}
+
+/// Checks every descriptor and every requested output against `sig` before any data is
+/// decoded, so that the memory a request takes stays a small multiple of its body.
+fn accept<'a>(
+    body: &'a [u8],
+    header_len: Option<usize>,
+    sig: &'a ModelSignature,
+    max_elements: usize,
+) -> Result<Accepted<'a>, ApiError> {
+    let req = v2::check_request(body, header_len, sig, max_elements)?;
     let chosen: Vec<(usize, bool)> = match &req.outputs {
         None => (0..sig.outputs.len())
             .map(|i| (i, req.binary_output))
@@ -116,16 +132,66 @@ async fn infer_on(
                     .ok_or_else(|| {
                         let names: Vec<&str> =
                             sig.outputs.iter().map(|o| o.name.as_str()).collect();
-                        api(ApiError::BadRequest(format!(
+                        ApiError::BadRequest(format!(
                             "unknown output '{}': the model's outputs are {names:?}",
                             o.name
-                        )))
+                        ))
                     })
             })
             .collect::<Result<_, _>>()?,
     };
+    Ok(Accepted { req, chosen })
+}
+
+/// Checks the request against the version it goes to, decides an open split (only for
+/// a request some candidate version accepts: a malformed request takes no slot of the
+/// canary's share), decodes, runs and encodes. Returns the version it was counted on.
+async fn infer_on(
+    s: &AppState,
+    plan: PendingRoute,
+    body: &[u8],
+    header_len: Option<usize>,
+) -> (Arc<ServedVersion>, Result<Response, InferOnError>) {
+    let primary = plan.primary().clone();
+    let max = s.opts.max_tensor_elements;
+    let accepted = match accept(body, header_len, &primary.signature, max) {
+        Err(e)
+            if !plan.alternative().is_some_and(|c| {
+                c.signature != primary.signature
+                    && accept(body, header_len, &c.signature, max).is_ok()
+            }) =>
+        {
+            return (primary.clone(), Err(InferOnError::Api(e)));
+        }
+        other => other,
+    };
+    let route = match plan.decide() {
+        Ok(r) => r,
+        Err(e) => return (primary.clone(), Err(InferOnError::Serving(e))),
+    };
+    let served = route.version.clone();
+    let accepted = if served.signature == primary.signature {
+        accepted
+    } else {
+        drop(accepted);
+        accept(body, header_len, &served.signature, max)
+    };
+    let result = match accepted {
+        Ok(a) => run(s, &route, a).await,
+        Err(e) => Err(InferOnError::Api(e)),
+    };
+    (served, result)
+}
+
+async fn run(
+    s: &AppState,
+    route: &Route,
+    accepted: Accepted<'_>,
+) -> Result<Response, InferOnError> {
+    let served = &route.version;
+    let api = InferOnError::Api;
+    let Accepted { req, chosen } = accepted;
     let req = req.decode().map_err(|e| api(e.into()))?;
-    drop(body);
     let outputs = s
         .server
         .infer_routed(route, req.inputs)

@@ -39,7 +39,7 @@ use crate::retrain::Retrainer;
 
 pub use infer::{order_inputs, InferError, InputCheck};
 pub use pool::WorkerPool;
-pub use route::Route;
+pub use route::{PendingRoute, Route};
 pub use stats::{StatsSnapshot, VersionStats};
 pub use table::{lookup_entry, ModelEntry, ModelUpdate, RolloutError, RoutingTable};
 
