@@ -113,6 +113,16 @@ def rss_anon_mb(pid):
     return float("nan")
 
 
+def ort_library():
+    """The ONNX Runtime the peers run (benches/setup.sh), else the test suite's .venv."""
+    for venv in (".venv-bench", ".venv"):
+        libs = sorted(glob.glob(os.path.join(ROOT, venv, "lib/python3*/site-packages/onnxruntime/"
+                                             "capi/libonnxruntime.so.*")))
+        if libs:
+            return libs[-1]
+    return None
+
+
 def loadavg():
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -206,11 +216,13 @@ def main():
     ap.add_argument("--record", action="store_true", help="append the results to benches/RESULTS.md")
     args = ap.parse_args()
     Target.own_sessions = args.own_sessions
+    # SIGTERM or SIGINT stop the targets too (the finally below), even from a background job.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(1))
     command = "python3 benches/load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     load_start = loadavg()
 
-    ort_lib = next(iter(sorted(glob.glob(os.path.join(
-        ROOT, ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*")))), None)
+    ort_lib = ort_library()
     ceiling = args.ceiling
     if not ceiling:
         for line in subprocess.run(["cargo", "bench", "--bench", "ceiling", "--no-run",
@@ -421,6 +433,10 @@ def main():
         + ", ".join(f"{n} {c * 100:.1f}" for n, c in idle_cpu.items()) + ".",
         "1-connection p50: " + ", ".join(f"{n} {us:.0f} µs" for n, us in single_med.items()) + ".",
     ]
+    if max(float(x.split("/")[0]) for x in [load_start, *round_loads]) > os.cpu_count():
+        header.append("**Busy machine** (1-min load above the core count): other processes took most "
+                      "of the CPU (see the cores column), req/s, their ratios and latencies are "
+                      "distorted; CPU µs per request is the figure to compare.")
     report = "\n".join([*header, "", *lines, "", "| ratio (median of per-round ratios) | measured | target | |",
                         "|---|---|---|---|", *checks])
     print(report)
