@@ -6,6 +6,9 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+/// The longest a webhook attempt may take (`[retrain] timeout`).
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// `[retrain] format`: how an event is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +124,17 @@ impl RetrainConfig {
         for (k, v) in [("cooldown", &self.cooldown), ("timeout", &self.timeout)] {
             if let Some(v) = v {
                 crate::duration::parse(v).map_err(|e| format!("retrain.{k}: {e}"))?;
+            }
+        }
+        if let Some(t) = &self.timeout {
+            // A zero timeout fails every attempt before it starts (the event retries
+            // forever); one above an hour holds the delivery loop that long per attempt.
+            let t = crate::duration::parse(t).map_err(|e| format!("retrain.timeout: {e}"))?;
+            if t.is_zero() || t > MAX_TIMEOUT {
+                return Err(format!(
+                    "retrain.timeout must be above 0 and at most {}, got {t:?}",
+                    humantime::format_duration(MAX_TIMEOUT)
+                ));
             }
         }
         if let Some(s) = &self.secret {
