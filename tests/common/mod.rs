@@ -239,6 +239,19 @@ pub fn assert_output_close(got: &Value, want: &Value, tol: f64) {
     }
 }
 
+/// Compares a V2 answer's `outputs` with the reference outputs: the same outputs, none
+/// missing and none extra, in the same order, each within `tol` ([`assert_output_close`]).
+pub fn assert_outputs_close(got: &Value, want: &[Value], tol: f64) {
+    let g = got
+        .as_array()
+        .unwrap_or_else(|| panic!("outputs is not an array: {got}"));
+    let names = |v: &[Value]| -> Vec<String> { v.iter().map(|o| o["name"].to_string()).collect() };
+    assert_eq!(names(g), names(want), "output names");
+    for (a, b) in g.iter().zip(want) {
+        assert_output_close(a, b, tol);
+    }
+}
+
 /// Little-endian bytes of a reference tensor's data, for binary requests.
 pub fn to_le_bytes(t: &Value) -> Vec<u8> {
     let data = t["data"].as_array().unwrap();
