@@ -263,7 +263,10 @@ fn binary_outputs(r: reqwest::blocking::Response) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for o in header["outputs"].as_array().unwrap() {
         let n = o["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
-        out.push((o["name"].as_str().unwrap().to_string(), bytes[at..at + n].to_vec()));
+        out.push((
+            o["name"].as_str().unwrap().to_string(),
+            bytes[at..at + n].to_vec(),
+        ));
         at += n;
     }
     assert_eq!(at, bytes.len());
@@ -355,15 +358,24 @@ fn non_finite_floats_reach_the_model_and_come_back_as_null() {
         let mut payload = Vec::new();
         for t in r["inputs"].as_array().unwrap() {
             let bytes = if t["name"] == "x_fp32" {
-                [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, -0.0, f32::MIN_POSITIVE]
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect()
+                [
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    1.0,
+                    -0.0,
+                    f32::MIN_POSITIVE,
+                ]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect()
             } else {
                 common::to_le_bytes(t)
             };
-            header_inputs.push(json!({"name": t["name"], "shape": t["shape"], "datatype": t["datatype"],
-                "parameters": {"binary_data_size": bytes.len()}}));
+            header_inputs.push(
+                json!({"name": t["name"], "shape": t["shape"], "datatype": t["datatype"],
+                "parameters": {"binary_data_size": bytes.len()}}),
+            );
             payload.extend(bytes);
         }
         let header = json!({"inputs": header_inputs, "outputs": [{"name": "y_fp32", "parameters": {"binary_data": true}}]})
@@ -380,10 +392,17 @@ fn non_finite_floats_reach_the_model_and_come_back_as_null() {
         assert_eq!(resp.status(), 200);
         let y = f32s(binary_outputs(resp).remove(0).1);
         let bits: Vec<u32> = y.iter().map(|x| x.to_bits()).collect();
-        let want: Vec<u32> = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, -0.0, f32::MIN_POSITIVE]
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
+        let want: Vec<u32> = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+        ]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
         assert!(y[0].is_nan(), "{engine:?}: {y:?}");
         assert_eq!(&bits[1..], &want[1..], "{engine:?}: {y:?}");
     }

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_output_close, assert_outputs_close, infer_binary, reference, root, Engine, Vigil};
+use common::{
+    assert_output_close, assert_outputs_close, infer_binary, reference, root, Engine, Vigil,
+};
 use serde_json::{json, Value};
 
 const TOL: f64 = 1e-5;

@@ -476,7 +476,11 @@ pub fn iris_training_std(j: usize) -> f64 {
         .arg(j.to_string())
         .output()
         .expect("run numpy");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
