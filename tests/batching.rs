@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{root, wait_for, Engine, TempDir, Vigil};
+use common::{assert_outputs_close, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 
 /// A copy of a sample model with the given `config.toml`.
@@ -44,6 +44,27 @@ fn bodies(n: usize) -> Vec<Value> {
             json!({"inputs": [{"name": "X", "shape": [rows, 32], "datatype": "FP32", "data": data}]})
         })
         .collect()
+}
+
+/// onnxruntime's outputs (in Python) for each body, run alone on `model`'s version 1.
+fn ort_answers(model: &str, bodies: &[Value]) -> Vec<Vec<Value>> {
+    let dir = TempDir::new("ort-oracle");
+    let file = dir.path().join("requests.json");
+    std::fs::write(&file, serde_json::to_vec(bodies).unwrap()).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(root().join("tests/python/ort_outputs.py"))
+        .arg(root().join("models").join(model).join("1/model.onnx"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Vec<Value>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answers.len(), bodies.len());
+    answers
 }
 
 /// Rows of the requests answered (body i has 1 + i % 3 rows).
@@ -104,6 +125,7 @@ fn concurrent_requests_are_batched_and_answered_as_alone() {
             &["--workers", "1", "--poll-interval", "0.2"],
         );
         let bodies = Arc::new(bodies(24));
+        let oracle = ort_answers("mlp", &bodies);
         // Alone: one request at a time (a lone request is never held back to wait).
         let alone: Vec<Value> = bodies
             .iter()
@@ -125,8 +147,14 @@ fn concurrent_requests_are_batched_and_answered_as_alone() {
         );
         let (count0, sum0) = batch_stats(&v);
         assert_eq!(count0, 24.0, "one execution per sequential request");
+        for (i, outputs) in alone.iter().enumerate() {
+            assert_outputs_close(outputs, &oracle[i], 1e-5);
+        }
         let got = concurrent(&v, &bodies, 16, 30);
         for (i, outputs) in &got {
+            // What onnxruntime answers for the body alone, and what vigil answered for it
+            // alone, to the bit.
+            assert_outputs_close(outputs, &oracle[*i], 1e-5);
             assert_eq!(
                 outputs, &alone[*i],
                 "{engine:?}: body {i} answered differently in a batch"
@@ -161,6 +189,9 @@ fn concurrent_requests_are_batched_and_answered_as_alone() {
         });
         let (count1, sum1) = batch_stats(&v);
         let got = concurrent(&v, &bodies, 16, 10);
+        for (i, outputs) in &got {
+            assert_outputs_close(outputs, &oracle[*i], 1e-5);
+        }
         let (count2, sum2) = batch_stats(&v);
         assert_eq!(
             count2 - count1,

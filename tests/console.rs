@@ -102,13 +102,7 @@ fn console_shows_models_drift_and_events_in_chromium() {
     wait_for(60, "two normal windows", || {
         (iris_v1_drift(&v)["windows"].as_u64() >= Some(2)).then_some(())
     });
-    let sigma = vigil::monitor::stats::mean_std(
-        &iris_training_rows()
-            .iter()
-            .map(|r| r[2])
-            .collect::<Vec<_>>(),
-    )
-    .1;
+    let sigma = common::iris_training_std(2);
     for _ in 0..3 {
         send_v1(&v, &mut rng, 300, 1.5 * sigma);
     }
@@ -143,6 +137,16 @@ fn console_shows_models_drift_and_events_in_chromium() {
         .unwrap()
         .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
+    // Nothing from elsewhere may be loaded: no source but the page's own (and data: images).
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    for directive in csp.split(';') {
+        for source in directive.split_whitespace().skip(1) {
+            assert!(
+                ["'self'", "'none'", "data:"].contains(&source),
+                "CSP allows {source}: {csp}"
+            );
+        }
+    }
     let html = page.text().unwrap();
     for needle in [
         "iris",
@@ -195,6 +199,29 @@ fn console_shows_models_drift_and_events_in_chromium() {
         facts["refresh_text"]
     );
     assert_eq!(facts["openapi_link"], true);
+    // No external request: everything the page asked for (and everything answered) is
+    // vigil's own, and its stylesheet, script and periodic refreshes are among them.
+    let own = format!("{}/", v.base);
+    for key in ["requests", "resources"] {
+        let urls: Vec<&str> = facts[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in the browser's report"))
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect();
+        for url in &urls {
+            assert!(
+                url.starts_with(&own) || url.starts_with("data:"),
+                "the console {key} {url}, not from {own}: {urls:?}"
+            );
+        }
+        for path in ["", "console.css", "console.js"] {
+            assert!(
+                urls.contains(&format!("{own}{path}").as_str()),
+                "{key} lack /{path}: {urls:?}"
+            );
+        }
+    }
 
     // Every model and version (iris v3 listed as unavailable, with the reason).
     let models = facts["models"].as_array().unwrap();

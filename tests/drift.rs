@@ -63,9 +63,7 @@ fn wait_windows(v: &Vigil, n: u64) -> Value {
 }
 
 fn feature_std(j: usize) -> f64 {
-    let rows = iris_training_rows();
-    let xs: Vec<f64> = rows.iter().map(|r| r[j]).collect();
-    vigil::monitor::stats::mean_std(&xs).1
+    common::iris_training_std(j)
 }
 
 #[test]
@@ -518,5 +516,206 @@ fn input_and_output_features_never_share_a_drift_series() {
         got.len(),
         want.len(),
         "one series per (side, feature, method) the report has a value for: {got:?}"
+    );
+}
+
+/// Sends `rows` rows resampled from the training data, `shift` added per feature, as FP32
+/// values (so that the server reads exactly what is recorded). Returns the rows and the
+/// outputs the server answered, per output feature (`label`, `probabilities.f0`, ...),
+/// all as the exact doubles of what was served.
+fn send_recorded(
+    v: &Vigil,
+    rng: &mut Rng,
+    rows: usize,
+    shift: [f64; 4],
+) -> (Vec<[f64; 4]>, std::collections::BTreeMap<String, Vec<f64>>) {
+    let train = iris_training_rows();
+    let mut sent = Vec::new();
+    let mut outputs = std::collections::BTreeMap::<String, Vec<f64>>::new();
+    let mut left = rows;
+    while left > 0 {
+        let n = left.min(500);
+        let batch: Vec<[f64; 4]> = (0..n)
+            .map(|_| {
+                let r = train[rng.below(train.len() as u64) as usize];
+                [0, 1, 2, 3].map(|j| (r[j] + shift[j]) as f32 as f64)
+            })
+            .collect();
+        let data: Vec<f32> = batch.iter().flatten().map(|&x| x as f32).collect();
+        let body =
+            json!({"inputs": [{"name": "X", "shape": [n, 4], "datatype": "FP32", "data": data}]});
+        let (status, got) = v.post_json("/v2/models/iris/infer", &body);
+        assert_eq!(status, 200, "{got}");
+        for o in got["outputs"].as_array().unwrap() {
+            let name = o["name"].as_str().unwrap();
+            let shape: Vec<usize> = o["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let width = shape[1..].iter().product::<usize>();
+            let fp32 = o["datatype"] == "FP32";
+            let values: Vec<f64> = o["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    let x = x.as_f64().unwrap();
+                    if fp32 {
+                        x as f32 as f64
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            assert_eq!(values.len(), n * width, "{name}");
+            if shape.len() == 1 {
+                outputs.entry(name.to_string()).or_default().extend(values);
+            } else {
+                for k in 0..width {
+                    outputs
+                        .entry(format!("{name}.f{k}"))
+                        .or_default()
+                        .extend(values.iter().skip(k).step_by(width));
+                }
+            }
+        }
+        sent.extend(batch);
+        left -= n;
+    }
+    (sent, outputs)
+}
+
+/// `got` within `rel` of `want`, relatively (absolutely below 1).
+fn assert_close(got: f64, want: f64, rel: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= rel * want.abs().max(1.0),
+        "{what}: vigil {got:e}, scipy {want:e}"
+    );
+}
+
+/// P-values agree relatively, in log space (meaningful at 1e-80 as at 0.5).
+fn assert_close_p(got: f64, want: f64, tol: f64, what: &str) {
+    if want == 0.0 {
+        assert_eq!(got, 0.0, "{what}: vigil {got:e}, scipy 0");
+        return;
+    }
+    let diff = (got.ln() - want.ln()).abs();
+    assert!(
+        diff <= tol,
+        "{what}: vigil {got:e}, scipy {want:e} (|ln p − ln p_scipy| = {diff:.1e})"
+    );
+}
+
+/// The drift report of each window against numpy and scipy run on exactly the rows that
+/// were served (tests/python/drift_oracle.py): bin counts, PSI, JS, KS statistic and
+/// p-value, Wasserstein, mean and std of every input and output feature, chi-square of
+/// the predicted class, and the flags they imply. A stationary window, then one with
+/// two features shifted (by numpy's standard deviations), so p-values run from ~1 to tiny.
+#[test]
+fn drift_report_matches_scipy_on_the_rows_served() {
+    let repo = repo_with("[drift]\nwindow_rows = 1000\n", Some(&sample_reference()));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let mut rng = Rng::new(31);
+    let shifts = [
+        [0.0; 4],
+        [0.0, 0.0, 0.3 * feature_std(2), 0.8 * feature_std(3)],
+    ];
+    let mut windows = Vec::new();
+    let mut reports = Vec::new();
+    for (w, shift) in shifts.iter().enumerate() {
+        let (rows, outputs) = send_recorded(&v, &mut rng, 1000, *shift);
+        let r = wait_windows(&v, w as u64 + 1);
+        assert_eq!(r["last_window"]["rows"], 1000, "{r}");
+        reports.push(r["last_window"].clone());
+        windows.push(json!({"inputs": rows, "outputs": outputs}));
+    }
+    let dir = TempDir::new("drift-oracle");
+    let file = dir.path().join("windows.json");
+    std::fs::write(&file, serde_json::to_vec(&windows).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(root().join("tests/python/drift_oracle.py"))
+        .arg(root().join("models/iris/1/train.npy"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let oracle: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut p_values = Vec::new();
+    for (w, (report, want)) in reports.iter().zip(oracle.as_array().unwrap()).enumerate() {
+        for (side, key) in [("features", "features"), ("outputs", "outputs")] {
+            let got = report[key].as_array().unwrap();
+            let want = want[side].as_object().unwrap();
+            let got_names: Vec<&str> = got.iter().map(|f| f["name"].as_str().unwrap()).collect();
+            let mut want_names: Vec<&str> = want.keys().map(String::as_str).collect();
+            let mut sorted = got_names.clone();
+            sorted.sort_unstable();
+            want_names.sort_unstable();
+            assert_eq!(sorted, want_names, "window {w} {side}");
+            for f in got {
+                let name = f["name"].as_str().unwrap();
+                let o = &want[name];
+                let what = |k: &str| format!("window {w} {side} {name} {k}");
+                assert_eq!(f["kind"], o["kind"], "{}", what("kind"));
+                assert_eq!(f["window_counts"], o["window_counts"], "{}", what("bins"));
+                assert_eq!(f["drifted"], o["drifted"], "{}: {f}", what("drifted"));
+                for k in [
+                    "psi",
+                    "js",
+                    "ks_statistic",
+                    "wasserstein",
+                    "mean",
+                    "std",
+                    "unseen_share",
+                    "chi2_statistic",
+                ] {
+                    match (f[k].as_f64(), o[k].as_f64()) {
+                        (Some(g), Some(x)) => assert_close(g, x, 1e-9, &what(k)),
+                        (None, None) => {}
+                        (g, x) => panic!("{}: vigil {g:?}, scipy {x:?}", what(k)),
+                    }
+                }
+                for k in ["ks_pvalue", "chi2_pvalue"] {
+                    match (f[k].as_f64(), o[k].as_f64()) {
+                        (Some(g), Some(x)) => {
+                            assert_close_p(g, x, 1e-9, &what(k));
+                            p_values.push(x);
+                        }
+                        (None, None) => {}
+                        (g, x) => panic!("{}: vigil {g:?}, scipy {x:?}", what(k)),
+                    }
+                }
+            }
+        }
+        assert_close(
+            report["drift_share"].as_f64().unwrap(),
+            want["drift_share"].as_f64().unwrap(),
+            0.0,
+            &format!("window {w} drift share"),
+        );
+    }
+    // The windows exercised what they were meant to: p-values from large to tiny, and a
+    // categorical output tested.
+    let (lo, hi) = p_values
+        .iter()
+        .fold((1.0f64, 0.0f64), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+    assert!(lo < 1e-20 && hi > 0.1, "p-values between {lo:e} and {hi:e}");
+    println!(
+        "drift report = scipy on {} p-values between {lo:e} and {hi:e}",
+        p_values.len()
+    );
+    assert!(
+        reports[1]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "categorical" && o["chi2_pvalue"].is_f64()),
+        "{}",
+        reports[1]
     );
 }

@@ -132,13 +132,15 @@ fn limits_and_malformed_requests() {
         let status = r.status().as_u16();
         (status, r.text().unwrap())
     };
-    let started = Instant::now();
+    // Nothing may allocate the claimed sizes (10⁷ × 4 FP32 would be 160 MB): the server's
+    // peak resident set, measured around the cases.
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    let peak_before = peak_rss(v.pid());
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (br#"{"inputs":[{"name":"X","shape":[10000000,4],"datatype":"FP32","data":[1]}]}"#.to_vec(), 400, "limit of 1000"),
         (br#"{"inputs":[{"name":"X","shape":[18446744073709551615,4],"datatype":"FP32","data":[1]}]}"#.to_vec(), 400, "too large"),
         (format!(r#"{{"inputs":[{{"name":"X","shape":[1,4],"datatype":"FP32","data":{}1{}}}]}}"#, "[".repeat(300), "]".repeat(300)).into_bytes(), 400, "recursion limit"),
         (b"{\"inputs\":[{\"name\":\"X\xff\xfe\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}".to_vec(), 400, "invalid inference request JSON"),
-        (br#"{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[1,2,3,"NaN"]}]}"#.to_vec(), 200, ""),
         (br#"{"inputs":[{"name":"X","shape":[1,4],"datatype":"float32","data":[1,2,3,4]}]}"#.to_vec(), 400, "unknown datatype"),
     ];
     for (body, status, want) in cases {
@@ -151,9 +153,11 @@ fn limits_and_malformed_requests() {
         );
         assert!(text.contains(want), "{text} should contain {want}");
     }
+    let grown = peak_rss(v.pid()).saturating_sub(peak_before);
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "nothing allocated the claimed sizes"
+        grown < 32 << 20,
+        "the peak resident set grew by {} MB: something allocated a claimed size",
+        grown >> 20
     );
     // Binary-tensor bodies that lie: each a 400 with a message, nothing allocated for
     // the claimed sizes.
@@ -226,13 +230,12 @@ fn limits_and_malformed_requests() {
         );
         println!("{header} ({hlen:?}) -> {msg}");
     }
-    // Non-finite floats are data, not errors: JSON "NaN"/"Infinity" strings and binary
-    // NaN/inf reach the model (the model's answer is its own business).
-    let mut nan = Vec::new();
-    for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0] {
-        nan.extend(x.to_le_bytes());
-    }
-    assert_eq!(binary(fp32(json!([1, 4]), 16), &nan, None).0, 200);
+    let grown = peak_rss(v.pid()).saturating_sub(peak_before);
+    assert!(
+        grown < 32 << 20,
+        "the peak resident set grew by {} MB: a binary body's claimed size was allocated",
+        grown >> 20
+    );
     // A body that never arrives in full: 408 after the body timeout.
     let mut s = TcpStream::connect(&v.addr).unwrap();
     write!(
@@ -245,6 +248,164 @@ fn limits_and_malformed_requests() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+}
+
+/// The raw bytes of each output of a binary-output answer, by name.
+fn binary_outputs(r: reqwest::blocking::Response) -> Vec<(String, Vec<u8>)> {
+    let hlen: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&bytes[..hlen]).unwrap();
+    let mut at = hlen;
+    let mut out = Vec::new();
+    for o in header["outputs"].as_array().unwrap() {
+        let n = o["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+        out.push((
+            o["name"].as_str().unwrap().to_string(),
+            bytes[at..at + n].to_vec(),
+        ));
+        at += n;
+    }
+    assert_eq!(at, bytes.len());
+    out
+}
+
+/// Non-finite floats are data, not errors (docs/api.md): JSON `"NaN"`/`"Infinity"`/
+/// `"-Infinity"` strings and binary NaN/±inf reach the model; in JSON answers non-finite
+/// floats are written as `null`, in binary answers exactly. The dtypes model passes
+/// FP32 and FP64 through (Identity) and squares FP32 (so inf² and NaN² are computed).
+#[test]
+fn non_finite_floats_reach_the_model_and_come_back_as_null() {
+    let r = reference("dtypes_v1");
+    let mut inputs = r["inputs"].as_array().unwrap().clone();
+    for t in &mut inputs {
+        if t["name"] == "x_fp32" {
+            t["data"] = json!(["NaN", "Infinity", "-Infinity", 1.5, -2.0, "nan"]);
+        }
+        if t["name"] == "x_fp64" {
+            t["data"] = json!(["-inf", 0.25, "NaN", "inf", "+inf", 3.0]);
+        }
+    }
+    let output = |doc: &serde_json::Value, name: &str| {
+        doc["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("no output {name} in {doc}"))["data"]
+            .clone()
+    };
+    for engine in [Engine::Tract, Engine::Ort] {
+        let v = Vigil::start(&root().join("tests/data/repo"), engine, &[]);
+        let (status, got) = v.post_json("/v2/models/dtypes/infer", &json!({"inputs": inputs}));
+        assert_eq!(status, 200, "{engine:?}: {got}");
+        assert_eq!(
+            output(&got, "y_fp32"),
+            json!([null, null, null, 1.5, -2.0, null]),
+            "{engine:?}"
+        );
+        assert_eq!(
+            output(&got, "sq_fp32"),
+            json!([null, null, null, 2.25, 4.0, null]),
+            "{engine:?}"
+        );
+        assert_eq!(
+            output(&got, "y_fp64"),
+            json!([null, 0.25, null, null, null, 3.0]),
+            "{engine:?}"
+        );
+        // Binary outputs carry them exactly.
+        let resp = v
+            .client
+            .post(v.url("/v2/models/dtypes/infer"))
+            .json(&json!({"inputs": inputs, "parameters": {"binary_data_output": true}}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let outs = binary_outputs(resp);
+        let raw = |name: &str| {
+            outs.iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no output {name}"))
+                .1
+                .clone()
+        };
+        let f32s = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let y = f32s(raw("y_fp32"));
+        assert!(y[0].is_nan() && y[5].is_nan(), "{engine:?}: {y:?}");
+        assert_eq!(&y[1..5], &[f32::INFINITY, f32::NEG_INFINITY, 1.5, -2.0]);
+        let sq = f32s(raw("sq_fp32"));
+        assert!(sq[0].is_nan() && sq[5].is_nan(), "{engine:?}: {sq:?}");
+        assert_eq!(&sq[1..5], &[f32::INFINITY, f32::INFINITY, 2.25, 4.0]);
+        let y64: Vec<f64> = raw("y_fp64")
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(y64[2].is_nan(), "{engine:?}: {y64:?}");
+        assert_eq!(
+            [y64[0], y64[1], y64[3], y64[4], y64[5]],
+            [f64::NEG_INFINITY, 0.25, f64::INFINITY, f64::INFINITY, 3.0]
+        );
+        // Binary NaN/±inf inputs (to the FP32 identity) come back bit for bit.
+        let mut header_inputs = Vec::new();
+        let mut payload = Vec::new();
+        for t in r["inputs"].as_array().unwrap() {
+            let bytes = if t["name"] == "x_fp32" {
+                [
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    1.0,
+                    -0.0,
+                    f32::MIN_POSITIVE,
+                ]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect()
+            } else {
+                common::to_le_bytes(t)
+            };
+            header_inputs.push(
+                json!({"name": t["name"], "shape": t["shape"], "datatype": t["datatype"],
+                "parameters": {"binary_data_size": bytes.len()}}),
+            );
+            payload.extend(bytes);
+        }
+        let header = json!({"inputs": header_inputs, "outputs": [{"name": "y_fp32", "parameters": {"binary_data": true}}]})
+            .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(payload);
+        let resp = v
+            .client
+            .post(v.url("/v2/models/dtypes/infer"))
+            .header("Inference-Header-Content-Length", header.len())
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let y = f32s(binary_outputs(resp).remove(0).1);
+        let bits: Vec<u32> = y.iter().map(|x| x.to_bits()).collect();
+        let want: Vec<u32> = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+        ]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+        assert!(y[0].is_nan(), "{engine:?}: {y:?}");
+        assert_eq!(&bits[1..], &want[1..], "{engine:?}: {y:?}");
+    }
 }
 
 #[test]
@@ -483,13 +644,17 @@ fn slow_headers_are_cut_off() {
 
 #[test]
 fn connection_limit_holds_new_clients_until_one_closes() {
-    let v = Vigil::start(
+    let mut v = Vigil::start(
         &root().join("models"),
         Engine::Tract,
-        &["--max-connections", "2", "--header-timeout", "3"],
+        &["--max-connections", "2"],
     );
-    // The harness's own pooled connection closes after the header timeout.
-    std::thread::sleep(Duration::from_millis(3500));
+    // The harness's own pooled connection holds a slot: close it (drop its client) and
+    // wait until the server counts only the connection that asks.
+    v.client = reqwest::blocking::Client::new();
+    common::wait_for(20, "the harness's connection to close", || {
+        (main_connections(&v.addr)? <= 1.0).then_some(())
+    });
     let mut a = TcpStream::connect(&v.addr).unwrap();
     let mut b = TcpStream::connect(&v.addr).unwrap();
     assert!(request_on(&mut a, Duration::from_secs(10))
@@ -514,6 +679,22 @@ fn connection_limit_holds_new_clients_until_one_closes() {
             && !l.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+/// `vigil_http_connections{listener="main"}`, asked on a connection of its own that the
+/// server closes after answering (so no pooled connection is left holding a slot).
+fn main_connections(addr: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("vigil_http_connections{listener=\"main\"} "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `/metrics` text once it mentions `name` (the harness may need a fresh connection slot).

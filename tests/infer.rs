@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_output_close, infer_binary, reference, root, Engine, Vigil};
+use common::{
+    assert_output_close, assert_outputs_close, infer_binary, reference, root, Engine, Vigil,
+};
 use serde_json::{json, Value};
 
 const TOL: f64 = 1e-5;
@@ -34,17 +36,11 @@ fn check_model(v: &Vigil, model: &str, version: u64, refname: &str) {
     assert_eq!(got["model_name"], model);
     assert_eq!(got["model_version"], version.to_string());
     assert_eq!(got["id"], "json-1");
-    let outs = got["outputs"].as_array().unwrap();
-    assert_eq!(outs.len(), want.len());
-    for (g, w) in outs.iter().zip(want) {
-        assert_output_close(g, w, TOL);
-    }
+    assert_outputs_close(&got["outputs"], want, TOL);
     let (status, got) = infer_binary(v, &path, r["inputs"].as_array().unwrap());
     assert_eq!(status, 200, "{model} v{version} binary: {got}");
     assert_eq!(got["id"], "bin-1");
-    for (g, w) in got["outputs"].as_array().unwrap().iter().zip(want) {
-        assert_output_close(g, w, TOL);
-    }
+    assert_outputs_close(&got["outputs"], want, TOL);
 }
 
 fn sample_models_on(engine: Engine) {
@@ -110,31 +106,27 @@ fn every_datatype_round_trips() {
         let v = Vigil::start(&root().join("tests/data/repo"), engine, &[]);
         let (status, got) = v.post_json("/v2/models/dtypes/infer", &json!({"inputs": r["inputs"]}));
         assert_eq!(status, 200, "{engine:?}: {got}");
-        for (g, w) in got["outputs"].as_array().unwrap().iter().zip(want) {
-            assert_output_close(g, w, 0.0);
-        }
+        assert_outputs_close(&got["outputs"], want, 0.0);
         let (status, got) = infer_binary(
             &v,
             "/v2/models/dtypes/infer",
             r["inputs"].as_array().unwrap(),
         );
         assert_eq!(status, 200, "{engine:?}: {got}");
-        for (g, w) in got["outputs"].as_array().unwrap().iter().zip(want) {
-            assert_output_close(g, w, 0.0);
-        }
+        assert_outputs_close(&got["outputs"], want, 0.0);
         // Strings (BYTES) both ways.
         let s = reference("strings_v1");
         let (status, got) =
             v.post_json("/v2/models/strings/infer", &json!({"inputs": s["inputs"]}));
         assert_eq!(status, 200, "{engine:?}: {got}");
-        assert_output_close(&got["outputs"][0], &s["outputs"][0], 0.0);
+        assert_outputs_close(&got["outputs"], s["outputs"].as_array().unwrap(), 0.0);
         let (status, got) = infer_binary(
             &v,
             "/v2/models/strings/infer",
             s["inputs"].as_array().unwrap(),
         );
         assert_eq!(status, 200, "{engine:?}: {got}");
-        assert_output_close(&got["outputs"][0], &s["outputs"][0], 0.0);
+        assert_outputs_close(&got["outputs"], s["outputs"].as_array().unwrap(), 0.0);
     }
 }
 

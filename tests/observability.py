@@ -4,8 +4,8 @@ Run by tests/observability.sh (part of scripts/test.sh). Steps:
 1. a temporary repository: iris v1 (stable, with its drift reference), iris v3 = a model
    with another signature as a failing canary (30 % split), iris v4 a corrupt file;
    drift settings that trip; a retrain webhook receiver that answers 503;
-2. vigil (target/release/vigil) and Prometheus (Debian's, loopback, 1 s scrape and rule
-   interval) on free ports;
+2. vigil (target/release/vigil, on 127.0.0.1:0, its port read from its log) and
+   Prometheus (Debian's, loopback, 1 s scrape and rule interval) on a free port;
 3. traffic once Prometheus scrapes: normal and drifted requests, a failing request, an
    explicit load that retries the corrupt version;
 4. checks: promtool check rules / check metrics / test rules; every panel expression and
@@ -44,6 +44,25 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def listening_port(proc, timeout=60):
+    """The port a vigil started on 127.0.0.1:0 reports ("listening on http://ADDR");
+    the rest of its log is drained in the background so that it never blocks."""
+    found = []
+    ready = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            if not found and "listening on http://" in line:
+                found.append(int(line.split("listening on http://", 1)[1].split()[0].rsplit(":", 1)[1]))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(timeout) or not found:
+        raise SystemExit("vigil did not report its address")
+    return found[0]
 
 
 def http(method, url, body=None):
@@ -110,13 +129,14 @@ url = "http://127.0.0.1:{hook.server_port}/hook"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 max_attempts = 3
 """)
-        vport, pport = free_port(), free_port()
         vigil = subprocess.Popen(
-            [VIGIL, "serve", "--repository", repo, "--http-addr", f"127.0.0.1:{vport}", "--backend", "tract",
+            [VIGIL, "serve", "--repository", repo, "--http-addr", "127.0.0.1:0", "--backend", "tract",
              "--poll-interval", "0", "--state-dir", os.path.join(tmp, "state")],
-            stderr=subprocess.DEVNULL)
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "VIGIL_LOG": "info"})
         procs.append(vigil)
+        vport = listening_port(vigil)
         base = f"http://127.0.0.1:{vport}"
+        pport = free_port()  # Prometheus does not report a port it chose itself
         wait("vigil ready", lambda: http("GET", base + "/v2/health/ready")[0] == 200)
 
         prom_dir = os.path.join(tmp, "prom")
@@ -163,7 +183,13 @@ max_attempts = 3
         assert 200 in statuses and 400 in statuses, "the canary split answered both ways"
         # An explicit load retries the corrupt version: one more load failure.
         assert http("POST", base + "/v2/repository/models/iris/load", {})[0] in (200, 400)
-        time.sleep(3)
+        # Prometheus has scraped everything above once it sees vigil's current count of
+        # load failures.
+        failures = next(float(l.rsplit(" ", 1)[1]) for l in http("GET", base + "/metrics")[1].decode().splitlines()
+                        if l.startswith('vigil_model_load_total{model="iris",outcome="failure"}'))
+        wait("Prometheus to scrape the last traffic",
+             lambda: any(float(r["value"][1]) == failures
+                         for r in query('vigil_model_load_total{model="iris",outcome="failure"}')))
 
         # promtool on the rules, their unit tests, and the live metrics.
         subprocess.run(["promtool", "check", "rules", os.path.join(GRAFANA, "prometheus", "vigil-alerts.yml"),

@@ -81,6 +81,12 @@ impl Vigil {
     /// Starts `vigil serve` on the given repository and waits until it is ready. Unless
     /// `extra` names one, the state directory is a fresh temporary one.
     pub fn start(repository: &Path, engine: Engine, extra: &[&str]) -> Vigil {
+        Vigil::start_logging(repository, engine, extra, "info")
+    }
+
+    /// [`Vigil::start`] with `VIGIL_LOG` set to `filter` (e.g. `info,vigil::serving=debug`),
+    /// for tests that wait on a log line.
+    pub fn start_logging(repository: &Path, engine: Engine, extra: &[&str], filter: &str) -> Vigil {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
         let state = (!extra.contains(&"--state-dir")).then(|| TempDir::new("state"));
         let default_addr: &[&str] = if extra.contains(&"--http-addr") {
@@ -100,7 +106,7 @@ impl Vigil {
                     .flat_map(|d| [std::ffi::OsStr::new("--state-dir"), d.path().as_os_str()]),
             )
             .env_remove("ORT_DYLIB_PATH")
-            .env("VIGIL_LOG", "info")
+            .env("VIGIL_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn vigil");
@@ -180,6 +186,21 @@ impl Vigil {
         self.logs.lock().unwrap().try_iter().collect()
     }
 
+    /// Waits for the next log line that satisfies `pred` (lines before it are consumed),
+    /// failing after `secs` seconds.
+    pub fn wait_log(&self, secs: u64, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let rx = self.logs.lock().unwrap();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("timed out waiting for a log line: {what}"),
+            }
+        }
+    }
+
     /// The value of the first `/metrics` line starting with `line_start`.
     pub fn metric(&self, line_start: &str) -> Option<f64> {
         let text = self
@@ -236,6 +257,19 @@ pub fn assert_output_close(got: &Value, want: &Value, tol: f64) {
             ),
             _ => assert_eq!(a, b, "output {} element {i}", want["name"]),
         }
+    }
+}
+
+/// Compares a V2 answer's `outputs` with the reference outputs: the same outputs, none
+/// missing and none extra, in the same order, each within `tol` ([`assert_output_close`]).
+pub fn assert_outputs_close(got: &Value, want: &[Value], tol: f64) {
+    let g = got
+        .as_array()
+        .unwrap_or_else(|| panic!("outputs is not an array: {got}"));
+    let names = |v: &[Value]| -> Vec<String> { v.iter().map(|o| o["name"].to_string()).collect() };
+    assert_eq!(names(g), names(want), "output names");
+    for (a, b) in g.iter().zip(want) {
+        assert_output_close(a, b, tol);
     }
 }
 
@@ -430,6 +464,24 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The population standard deviation (ddof = 0) of column `j` of iris's training data,
+/// as numpy computes it (the shifts tests apply come from numpy, not from vigil).
+pub fn iris_training_std(j: usize) -> f64 {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg("import sys, numpy as np; print(repr(float(np.load(sys.argv[1]).astype(np.float64)[:, int(sys.argv[2])].std())))")
+        .arg(root().join("models/iris/1/train.npy"))
+        .arg(j.to_string())
+        .output()
+        .expect("run numpy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// iris's 150 training rows (models/iris/1/train.npy).

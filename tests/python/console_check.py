@@ -1,6 +1,7 @@
 """Loads vigil's console in headless Chromium over the DevTools protocol and reports, as
 JSON on stdout, what a user would see: every console message and uncaught exception,
-failed or refused requests (CSP violations included), the DOM's models, versions and
+failed or refused requests (CSP violations included), every URL requested and every
+response received, the DOM's models, versions and
 drift tables, how many times the page refreshed itself, and a full-page screenshot.
 
 usage: console_check.py URL SCREENSHOT.png SECONDS_TO_WATCH
@@ -155,6 +156,9 @@ def main():
         facts["problems"] = problems(b.events)
         facts["resources"] = sorted({e["params"]["response"]["url"] for e in b.events
                                      if e.get("method") == "Network.responseReceived"})
+        # Every request the page made, answered or not (a blocked one has no response).
+        facts["requests"] = sorted({e["params"]["request"]["url"] for e in b.events
+                                    if e.get("method") == "Network.requestWillBeSent"})
         print(json.dumps(facts))
     finally:
         b.close()

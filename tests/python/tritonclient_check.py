@@ -28,10 +28,14 @@ for ext in ("binary_tensor_data", "model_configuration", "statistics"):
 
 rng = np.random.default_rng(7)
 checked = 0
-for model in sorted(os.listdir(repo)):
+# Every model directory of the repository must be served: a model that is not ready is
+# a failure, not a skip.
+models = sorted(m for m in os.listdir(repo) if os.path.isdir(os.path.join(repo, m)))
+assert models, f"no model directory in {repo}"
+for model in models:
     if not client.is_model_ready(model):
-        print(f"skip {model}: not ready on {engine}")
-        continue
+        index = client.get_model_repository_index()
+        raise SystemExit(f"{model} is not ready on {engine}: {index}")
     md = client.get_model_metadata(model)
     cfg = client.get_model_config(model)
     version = md["versions"][-1]
@@ -56,6 +60,9 @@ for model in sorted(os.listdir(repo)):
             inp = httpclient.InferInput(spec["name"], shape, spec["datatype"])
             inputs.append(inp)
         names = [o["name"] for o in md["outputs"]]
+        # The metadata describes the model file: every input and output, in order.
+        assert [i["name"] for i in md["inputs"]] == [i.name for i in sess.get_inputs()], (model, md)
+        assert names == [o.name for o in sess.get_outputs()], (model, md)
         want = dict(zip(names, sess.run(names, feeds)))
         for binary in (True, False):
             for inp in inputs:
@@ -64,6 +71,8 @@ for model in sorted(os.listdir(repo)):
             res = client.infer(model, inputs, outputs=outputs, request_id=f"r{checked}")
             assert res.get_response()["model_name"] == model
             assert res.get_response()["id"] == f"r{checked}"
+            answered = [o["name"] for o in res.get_response()["outputs"]]
+            assert answered == names, (model, answered, names)
             for n in names:
                 got = res.as_numpy(n)
                 exp = want[n]
@@ -95,5 +104,5 @@ try:
 except InferenceServerException as e:
     assert "unexpected input 'nope'" in str(e), e
 
-assert checked > 0
+assert checked == 4 * len(models), (checked, models)
 print(f"tritonclient: {checked} inference checks passed")
