@@ -39,13 +39,20 @@ pub use report::{
 pub use scorer::Scorer;
 pub use window::FeatureAcc;
 
+/// The outputs' reference: from the profile (predictions on its training rows), or the
+/// first scored window. `rows` is its sample size (the categorical test needs it).
+pub(super) struct OutputReference {
+    pub(super) features: Vec<FeatureProfile>,
+    pub(super) rows: u64,
+}
+
 struct State {
     reference: Option<Arc<Profile>>,
     /// Per feature, the open window's bin counts (then NaN/inf) already added to the fleet
     /// counters.
     flushed: Vec<Vec<u64>>,
     /// Output reference, built from the first scored window when the profile has none.
-    output_reference: Option<Arc<Vec<FeatureProfile>>>,
+    output_reference: Option<Arc<OutputReference>>,
     inputs: Side,
     outputs: Side,
     rows: u64,
@@ -147,7 +154,12 @@ impl Monitor {
         let output_reference = reference
             .as_ref()
             .filter(|p| p.outputs.len() == defs_out.len() && !p.outputs.is_empty())
-            .map(|p| Arc::new(p.outputs.clone()));
+            .map(|p| {
+                Arc::new(OutputReference {
+                    features: p.outputs.clone(),
+                    rows: p.rows,
+                })
+            });
         let metrics = DriftMetrics::new(setup.metrics, setup.model, setup.version);
         let fleet = reference
             .as_ref()
@@ -167,7 +179,7 @@ impl Monitor {
             ),
             outputs: Side::new(
                 defs_out,
-                output_reference.as_ref().map(|o| o.as_slice()),
+                output_reference.as_ref().map(|o| o.features.as_slice()),
                 cap,
                 hint,
             ),
@@ -328,7 +340,10 @@ impl Monitor {
             let outs: Vec<FeatureProfile> =
                 Profile::build(columns_of(&closed_out), rows, String::new(), &opts).features;
             st.outputs = Side::new(st.outputs.defs.clone(), Some(&outs), cap, hint);
-            st.output_reference = Some(Arc::new(outs));
+            st.output_reference = Some(Arc::new(OutputReference {
+                features: outs,
+                rows,
+            }));
             self.submit_scoring(reference, None, closed_in, None, rows);
             return;
         };
@@ -338,21 +353,13 @@ impl Monitor {
     fn submit_scoring(
         self: &Arc<Self>,
         reference: Arc<Profile>,
-        out_ref: Option<Arc<Vec<FeatureProfile>>>,
+        out_ref: Option<Arc<OutputReference>>,
         inputs: Side,
         outputs: Option<Side>,
         rows: u64,
     ) {
         let me = self.clone();
-        let job = Box::new(move || {
-            me.score(
-                &reference,
-                out_ref.as_deref().map(|v| v.as_slice()),
-                inputs,
-                outputs,
-                rows,
-            )
-        });
+        let job = Box::new(move || me.score(&reference, out_ref.as_deref(), inputs, outputs, rows));
         if !self.scorer.submit(job) {
             tracing::warn!(model = %self.model, version = self.version, "drift scorer busy; window dropped");
         }
@@ -362,7 +369,7 @@ impl Monitor {
     fn score(
         &self,
         reference: &Profile,
-        out_ref: Option<&[FeatureProfile]>,
+        out_ref: Option<&OutputReference>,
         inputs: Side,
         outputs: Option<Side>,
         rows: u64,

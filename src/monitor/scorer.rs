@@ -73,7 +73,7 @@ impl Scorer {
 pub(super) fn score_window(
     cfg: &DriftConfig,
     reference: &Profile,
-    out_ref: Option<&[FeatureProfile]>,
+    out_ref: Option<&super::OutputReference>,
     inputs: Side,
     outputs: Option<Side>,
     rows: u64,
@@ -92,8 +92,8 @@ pub(super) fn score_window(
             .defs
             .iter()
             .zip(o.accs)
-            .zip(r)
-            .map(|((def, acc), r)| score_feature(def, acc, r, reference.rows, cfg, alpha))
+            .zip(&r.features)
+            .map(|((def, acc), f)| score_feature(def, acc, f, r.rows, cfg, alpha))
             .collect(),
         _ => Vec::new(),
     };

@@ -8,7 +8,8 @@ reference is the training data; the outputs' reference is the first window's out
 (vigil builds it from the first scored window). Prints, per window, every feature's
 bin counts, PSI, Jensen-Shannon distance, KS (statistic, p-value), Wasserstein distance
 over the reference's standard deviation, mean and std, chi-square of categorical
-features on bins pooled until each expects 5 rows, and whether the feature drifted
+features (two samples: the reference's counts and the window's) on columns pooled until
+each expects 5 rows, and whether the feature drifted
 under the default [drift] settings (alpha 0.05 over the input feature count, PSI 0.2).
 """
 
@@ -43,27 +44,34 @@ def psi(ref, cur):
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def pooled_chisquare(observed, shares):
-    n = float(sum(observed))
-    total = sum(s for s in shares if s > 0)
-    expected = [s / total * n if s > 0 else 0.0 for s in shares]
-    kept, pool_o, pool_e = [], 0.0, 0.0
-    for o, e in zip(observed, expected):
-        if e < CHI2_MIN_EXPECTED:
-            pool_o, pool_e = pool_o + o, pool_e + e
+def pooled_homogeneity(observed, reference):
+    """scipy's chi2_contingency([reference, observed], correction=False) on columns pooled
+    as vigil documents it: a column whose smaller expected count (column total x the
+    smaller row total / grand total) is under 5 goes into one pool, then the least
+    supported column joins the pool while the pool is under 5."""
+    n_obs, n_ref = float(sum(observed)), float(sum(reference))
+    if n_obs <= 0 or n_ref <= 0:
+        return None
+    factor = min(n_obs, n_ref) / (n_obs + n_ref)
+    support = lambda c: (c[0] + c[1]) * factor
+    kept, pool, pooled = [], (0.0, 0.0), False
+    for c in zip(map(float, observed), map(float, reference)):
+        if support(c) < CHI2_MIN_EXPECTED:
+            pool, pooled = (pool[0] + c[0], pool[1] + c[1]), True
         else:
-            kept.append((float(o), e))
-    if pool_e < CHI2_MIN_EXPECTED:
-        kept.sort(key=lambda t: -t[1])
-        while pool_e < CHI2_MIN_EXPECTED and kept:
-            o, e = kept.pop()
-            pool_o, pool_e = pool_o + o, pool_e + e
-    if pool_e > 0:
-        kept.append((pool_o, pool_e))
+            kept.append(c)
+    if pooled:
+        while support(pool) < CHI2_MIN_EXPECTED and kept:
+            i = min(range(len(kept)), key=lambda j: support(kept[j]))
+            c = kept.pop(i)
+            pool = (pool[0] + c[0], pool[1] + c[1])
+        if pool[0] > 0 or pool[1] > 0:
+            kept.append(pool)
     if len(kept) < 2:
         return None
-    r = stats.chisquare([o for o, _ in kept], [e for _, e in kept])
-    return float(r.statistic), float(r.pvalue)
+    table = np.array([[r for _, r in kept], [o for o, _ in kept]])
+    stat, pvalue, _, _ = stats.chi2_contingency(table, correction=False)
+    return float(stat), float(pvalue)
 
 
 def score(ref, x, alpha):
@@ -95,7 +103,8 @@ def score(ref, x, alpha):
             "js": float(jensenshannon(shares, cur, base=2)),
             "unseen_share": float(cur[-1]),
         })
-        chi = pooled_chisquare(counts, shares)
+        # The reference is a sample of known size: two samples compared.
+        chi = pooled_homogeneity(counts, np.round(shares * len(ref["sample"])))
         if chi is not None:
             out["chi2_statistic"], out["chi2_pvalue"] = chi
         out["drifted"] = chi is not None and chi[1] < alpha
