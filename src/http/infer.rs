@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
-use super::body::read_body;
+use super::body::read_request_body;
 use super::error::ApiError;
 use super::schema;
 use super::state::{target, AppState};
@@ -84,9 +84,9 @@ async fn infer_on(
     let served = &route.version;
     let api = InferOnError::Api;
     let header_len = header_len(headers).map_err(api)?;
-    let body = tokio::time::timeout(
+    let mut body = tokio::time::timeout(
         s.opts.body_timeout,
-        read_body(headers, body, s.opts.max_body_bytes),
+        read_request_body(headers, body, s.opts.max_body_bytes),
     )
     .await
     .map_err(|_| {
@@ -99,7 +99,7 @@ async fn infer_on(
     // Every descriptor is checked against the version's signature before any data is
     // decoded, so that the memory a request takes stays a small multiple of its body.
     let sig = &served.signature;
-    let req = v2::check_request(&body, header_len, sig, s.opts.max_tensor_elements)
+    let req = v2::check_request(body.bytes(), header_len, sig, s.opts.max_tensor_elements)
         .map_err(|e| api(e.into()))?;
     // Which outputs, in which order, and how: checked before decoding anything.
     let chosen: Vec<(usize, bool)> = match &req.outputs {
@@ -124,7 +124,10 @@ async fn infer_on(
             })
             .collect::<Result<_, _>>()?,
     };
-    let req = req.decode().map_err(|e| api(e.into()))?;
+    // A big body's pages are given back as they are decoded.
+    let req = req
+        .decode_releasing(&mut body)
+        .map_err(|e| api(e.into()))?;
     drop(body);
     let outputs = s
         .server
