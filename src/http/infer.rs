@@ -125,9 +125,7 @@ async fn infer_on(
             .collect::<Result<_, _>>()?,
     };
     // A big body's pages are given back as they are decoded.
-    let req = req
-        .decode_releasing(&mut body)
-        .map_err(|e| api(e.into()))?;
+    let req = req.decode_releasing(&mut body).map_err(|e| api(e.into()))?;
     drop(body);
     let outputs = s
         .server

@@ -366,7 +366,11 @@ impl TensorData {
     pub fn from_le_bytes(datatype: DataType, raw: &[u8]) -> Result<TensorData, DecodeError> {
         let mut out = TensorData::for_le_bytes(datatype, raw)?;
         let used = out.extend_from_le_bytes(raw)?;
-        debug_assert_eq!(used, raw.len(), "for_le_bytes checked the elements are whole");
+        debug_assert_eq!(
+            used,
+            raw.len(),
+            "for_le_bytes checked the elements are whole"
+        );
         Ok(out)
     }
 

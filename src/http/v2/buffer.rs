@@ -94,9 +94,8 @@ impl BodyBuffer {
                     let want = end.max(2 * map.len());
                     // SAFETY: an anonymous mapping has no file to outgrow, and nothing
                     // borrows it here (`&mut self`); a moved mapping is re-borrowed below.
-                    let grown = unsafe {
-                        map.remap(want, memmap2::RemapOptions::new().may_move(true))
-                    };
+                    let grown =
+                        unsafe { map.remap(want, memmap2::RemapOptions::new().may_move(true)) };
                     if grown.is_err() {
                         // Out of address space: carry on on the heap (a copy).
                         let mut v = Vec::with_capacity(end);
@@ -119,11 +118,7 @@ impl BodyBuffer {
         match &mut self.store {
             Store::Heap(_) => {}
             #[cfg(target_os = "linux")]
-            Store::Mapped {
-                map,
-                len,
-                released,
-            } => {
+            Store::Mapped { map, len, released } => {
                 let page = page_size();
                 let mut start = range.start.div_ceil(page) * page;
                 let end = range.end.min(*len) / page * page;

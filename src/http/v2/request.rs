@@ -407,7 +407,9 @@ fn binary_data(
         // An element longer than the window: widen it until the element fits.
         window = if used == 0 {
             if end == range.end {
-                return Err(bad("the binary data ends inside an element (this is a bug)"));
+                return Err(bad(
+                    "the binary data ends inside an element (this is a bug)",
+                ));
             }
             window.saturating_mul(2)
         } else {
