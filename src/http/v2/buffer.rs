@@ -58,14 +58,6 @@ impl BodyBuffer {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.bytes().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Appends `data`. A heap body that grows past [`MAP_FROM`] (a body sent without
     /// Content-Length) moves to a mapping, which then grows without copying.
     pub fn extend_from_slice(&mut self, data: &[u8]) {

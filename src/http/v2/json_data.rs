@@ -74,8 +74,7 @@ pub(super) fn json_data_from(
 ) -> Result<usize, DecodeError> {
     let missing = || bad("the input's data lies outside the body (this is a bug)");
     let text = body.bytes().get(range.clone()).ok_or_else(missing)?;
-    let is_array = text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    if text.len() < GROUP || !is_array {
+    if text.len() < GROUP || text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         let count = json_data(datatype, text, limit, Mode::Keep(data))?;
         body.release(range);
         return Ok(count);
@@ -99,6 +98,7 @@ pub(super) fn json_data_from(
             group = Vec::new(); // a huge element's copy: give it back
         }
         group.clear();
+        group.reserve(open + (end - start) + scan.arrays);
         group.resize(open, b'[');
         while start < end {
             let piece = end.min(start + GROUP);
