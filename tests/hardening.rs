@@ -1308,3 +1308,131 @@ fn memory_per_request_is_bounded_by_the_body() {
     }
     println!("{:?}", started.elapsed());
 }
+
+/// The decoded worst cases of `memory_per_request_is_bounded_by_the_body`, bounded by the
+/// larger of the body and its tensors rather than their sum: a big body's pages are given
+/// back as its data is decoded. Each body carries the `dtypes` model's inputs, a big one
+/// first and a bad INT8 element last, so that all of the big input is decoded and the
+/// request then refused. 2-byte JSON numbers become 4-byte FP32 (2 × the body) or 8-byte
+/// FP64 (4 ×, the tensor itself); binary FP32 is copied once (1 ×); a body sent without
+/// Content-Length (chunked) is held the same way. Before, the body stayed whole until
+/// the tensors were built: 3 ×, 5 ×, 2 × and 3 × the body.
+#[test]
+fn memory_per_decoded_request_is_about_the_larger_of_body_and_tensors() {
+    const ROWS: usize = 5_000_000; // 15 M elements
+    let others = || {
+        let mut v: Vec<serde_json::Value> = [
+            ("x_int16", "INT16"),
+            ("x_int32", "INT32"),
+            ("x_int64", "INT64"),
+            ("x_uint8", "UINT8"),
+            ("x_uint16", "UINT16"),
+            ("x_uint32", "UINT32"),
+            ("x_uint64", "UINT64"),
+        ]
+        .iter()
+        .map(|(n, t)| json!({"name": n, "shape": [1, 3], "datatype": t, "data": [0, 0, 0]}))
+        .collect();
+        v.push(json!({"name": "x_bool", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true]}));
+        v.push(json!({"name": "x_int8", "shape": [1, 3], "datatype": "INT8", "data": [1, 2, 300]}));
+        v
+    };
+    let small = |name: &str, datatype: &str| json!({"name": name, "shape": [1, 3], "datatype": datatype, "data": [0, 0, 0]});
+    // The big input's JSON text goes in place of a marker, so as not to build 15 M Values.
+    let json_body = |big: &str, datatype: &str, other: serde_json::Value| {
+        let mut inputs = vec![
+            json!({"name": big, "shape": [ROWS, 3], "datatype": datatype, "data": "BIG"}),
+            other,
+        ];
+        inputs.extend(others());
+        let header = json!({ "inputs": inputs }).to_string();
+        header
+            .replacen("\"BIG\"", &json_list("0", 3 * ROWS), 1)
+            .into_bytes()
+    };
+    let binary_body = || {
+        let mut inputs = vec![
+            json!({"name": "x_fp32", "shape": [ROWS, 3], "datatype": "FP32",
+                "parameters": {"binary_data_size": 12 * ROWS}}),
+            small("x_fp64", "FP64"),
+        ];
+        inputs.extend(others());
+        let header = json!({ "inputs": inputs }).to_string();
+        let mut body = header.clone().into_bytes();
+        body.resize(header.len() + 12 * ROWS, 0);
+        (body, Some(header.len()))
+    };
+    // (what, body, Inference-Header-Content-Length, chunked, bound as growth / body)
+    type Case = (&'static str, Vec<u8>, Option<usize>, bool, f64);
+    let cases: Vec<Box<dyn Fn() -> Case>> = vec![
+        Box::new(|| {
+            let body = json_body("x_fp32", "FP32", small("x_fp64", "FP64"));
+            ("15 M FP32 of 2 bytes, JSON", body, None, false, 2.5)
+        }),
+        Box::new(|| {
+            let body = json_body("x_fp32", "FP32", small("x_fp64", "FP64"));
+            ("15 M FP32 of 2 bytes, JSON, chunked", body, None, true, 2.5)
+        }),
+        Box::new(|| {
+            let body = json_body("x_fp64", "FP64", small("x_fp32", "FP32"));
+            ("15 M FP64 of 2 bytes, JSON", body, None, false, 4.25)
+        }),
+        Box::new(|| {
+            let (body, h) = binary_body();
+            ("15 M FP32, binary", body, h, false, 1.25)
+        }),
+        Box::new(|| {
+            let (body, h) = binary_body();
+            ("15 M FP32, binary, chunked", body, h, true, 1.25)
+        }),
+    ];
+    // Every case runs, and the cases over their bound are reported together.
+    let mut over = Vec::new();
+    for make in cases {
+        let (what, body, header_len, chunked, bound) = make();
+        let v = Vigil::start(&root().join("tests/data/repo"), Engine::Tract, &[]);
+        let mut warm = others();
+        warm.pop(); // the bad INT8
+        warm.extend([
+            small("x_fp32", "FP32"),
+            small("x_fp64", "FP64"),
+            small("x_int8", "INT8"),
+        ]);
+        let (status, got) = v.post_json("/v2/models/dtypes/infer", &json!({ "inputs": warm }));
+        assert_eq!(status, 200, "{got}");
+        let before = peak_rss(v.pid());
+        let mut req = v.client.post(v.url("/v2/models/dtypes/infer"));
+        if let Some(n) = header_len {
+            req = req.header("Inference-Header-Content-Length", n.to_string());
+        }
+        let len = body.len() as u64;
+        let req = if chunked {
+            // A reader of unknown length: sent with Transfer-Encoding: chunked.
+            req.body(reqwest::blocking::Body::new(std::io::Cursor::new(body)))
+        } else {
+            req.body(body)
+        };
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        let growth = peak_rss(v.pid()).saturating_sub(before);
+        println!(
+            "{what}: body {:.1} MB, peak RSS +{:.1} MB ({:.2} x body), {status} {text}",
+            len as f64 / 1e6,
+            growth as f64 / 1e6,
+            growth as f64 / len as f64
+        );
+        assert_eq!(status, 400, "{what}: {text}");
+        assert!(
+            text.contains("input 'x_int8': element 2 (300)"),
+            "{what}: {text}"
+        );
+        if growth > (bound * len as f64) as u64 {
+            over.push(format!(
+                "{what}: peak RSS grew by {growth} bytes for a body of {len} ({:.2} x, bound {bound} x)",
+                growth as f64 / len as f64
+            ));
+        }
+    }
+    assert!(over.is_empty(), "{over:#?}");
+}

@@ -1,12 +1,14 @@
 //! Reading a request body whole, within `--max-body-bytes` (413 before reading when the
 //! declared length is over it) and without a second copy. Used by the gate and by
-//! inference; imports nothing of `http` but `error`.
+//! inference (into a [`BodyBuffer`], whose pages decoding gives back); imports nothing of
+//! `http` but `error` and the codec's buffer.
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use http_body_util::BodyExt;
 
 use super::error::ApiError;
+use super::v2::BodyBuffer;
 
 /// Reads the body, refusing anything over the limit with 413 (before reading, when the
 /// client declared its length). The frames are copied into one buffer of the declared
@@ -14,9 +16,29 @@ use super::error::ApiError;
 /// body twice.
 pub(super) async fn read_body(
     headers: &HeaderMap,
-    mut body: Body,
+    body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::with_capacity(declared_length(headers, limit)?);
+    read_frames(body, limit, |data| buf.extend_from_slice(data)).await?;
+    Ok(buf.freeze())
+}
+
+/// [`read_body`] into a [`BodyBuffer`]: a big body gets a mapping of its own, which
+/// decoding gives back page by page.
+pub(super) async fn read_request_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<BodyBuffer, ApiError> {
+    let mut buf = BodyBuffer::with_capacity(declared_length(headers, limit)?);
+    read_frames(body, limit, |data| buf.extend_from_slice(data)).await?;
+    Ok(buf)
+}
+
+/// The declared Content-Length (0 when there is none), once the headers are known to be
+/// acceptable: within the limit, and no Content-Encoding.
+fn declared_length(headers: &HeaderMap, limit: usize) -> Result<usize, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -35,16 +57,27 @@ pub(super) async fn read_body(
             )))
         }
     }
-    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    // At most `limit`, which is a usize.
+    Ok(declared.map_or(0, |n| n as usize))
+}
+
+/// Hands each data frame to `keep`, refusing with 413 once they pass `limit` together.
+async fn read_frames(
+    mut body: Body,
+    limit: usize,
+    mut keep: impl FnMut(&[u8]),
+) -> Result<(), ApiError> {
+    let mut read = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            if data.len() > limit - buf.len() {
+            if data.len() > limit - read {
                 return Err(ApiError::PayloadTooLarge(limit));
             }
-            buf.extend_from_slice(&data);
+            read += data.len();
+            keep(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok(())
 }

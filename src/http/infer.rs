@@ -11,11 +11,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
-use super::body::read_body;
+use super::body::read_request_body;
 use super::error::ApiError;
 use super::schema;
 use super::state::{target, AppState};
-use super::v2;
+use super::v2::{self, BodyBuffer};
 use std::sync::Arc;
 
 use crate::backend::ModelSignature;
@@ -53,7 +53,7 @@ pub(super) async fn infer(
     let (served, result) = match read_infer_body(&s, &headers, body).await {
         // Refused before the split is decided: counted against the stable version.
         Err(e) => (plan.primary().clone(), Err(InferOnError::Api(e))),
-        Ok((body, header_len)) => infer_on(&s, plan, &body, header_len).await,
+        Ok((body, header_len)) => infer_on(&s, plan, body, header_len).await,
     };
     match &result {
         Ok(_) => {
@@ -86,11 +86,11 @@ async fn read_infer_body(
     s: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(bytes::Bytes, Option<usize>), ApiError> {
+) -> Result<(BodyBuffer, Option<usize>), ApiError> {
     let header_len = header_len(headers)?;
     let body = tokio::time::timeout(
         s.opts.body_timeout,
-        read_body(headers, body, s.opts.max_body_bytes),
+        read_request_body(headers, body, s.opts.max_body_bytes),
     )
     .await
     .map_err(|_| {
@@ -104,19 +104,19 @@ async fn read_infer_body(
 
 /// A request checked against one signature: its descriptors, and which outputs to
 /// answer, in which order and encoding.
-struct Accepted<'a> {
-    req: v2::CheckedRequest<'a>,
+struct Accepted {
+    req: v2::CheckedRequest,
     chosen: Vec<(usize, bool)>,
 }
 
 /// Checks every descriptor and every requested output against `sig` before any data is
 /// decoded, so that the memory a request takes stays a small multiple of its body.
-fn accept<'a>(
-    body: &'a [u8],
+fn accept(
+    body: &[u8],
     header_len: Option<usize>,
-    sig: &'a ModelSignature,
+    sig: &ModelSignature,
     max_elements: usize,
-) -> Result<Accepted<'a>, ApiError> {
+) -> Result<Accepted, ApiError> {
     let req = v2::check_request(body, header_len, sig, max_elements)?;
     let chosen: Vec<(usize, bool)> = match &req.outputs {
         None => (0..sig.outputs.len())
@@ -149,16 +149,16 @@ fn accept<'a>(
 async fn infer_on(
     s: &AppState,
     plan: PendingRoute,
-    body: &[u8],
+    body: BodyBuffer,
     header_len: Option<usize>,
 ) -> (Arc<ServedVersion>, Result<Response, InferOnError>) {
     let primary = plan.primary().clone();
     let max = s.opts.max_tensor_elements;
-    let accepted = match accept(body, header_len, &primary.signature, max) {
+    let accepted = match accept(body.bytes(), header_len, &primary.signature, max) {
         Err(e)
             if !plan.alternative().is_some_and(|c| {
                 c.signature != primary.signature
-                    && accept(body, header_len, &c.signature, max).is_ok()
+                    && accept(body.bytes(), header_len, &c.signature, max).is_ok()
             }) =>
         {
             return (primary.clone(), Err(InferOnError::Api(e)));
@@ -174,10 +174,10 @@ async fn infer_on(
         accepted
     } else {
         drop(accepted);
-        accept(body, header_len, &served.signature, max)
+        accept(body.bytes(), header_len, &served.signature, max)
     };
     let result = match accepted {
-        Ok(a) => run(s, &route, a).await,
+        Ok(a) => run(s, &route, a, body).await,
         Err(e) => Err(InferOnError::Api(e)),
     };
     (served, result)
@@ -186,12 +186,15 @@ async fn infer_on(
 async fn run(
     s: &AppState,
     route: &Route,
-    accepted: Accepted<'_>,
+    accepted: Accepted,
+    mut body: BodyBuffer,
 ) -> Result<Response, InferOnError> {
     let served = &route.version;
     let api = InferOnError::Api;
     let Accepted { req, chosen } = accepted;
-    let req = req.decode().map_err(|e| api(e.into()))?;
+    // A big body's pages are given back as they are decoded.
+    let req = req.decode_releasing(&mut body).map_err(|e| api(e.into()))?;
+    drop(body);
     let outputs = s
         .server
         .infer_routed(route, req.inputs)

@@ -235,15 +235,11 @@ macro_rules! element {
 }
 element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 
-fn decode_le<T: Element>(datatype: DataType, raw: &[u8]) -> Result<Vec<T>, DecodeError> {
-    if raw.len() % T::SIZE != 0 {
-        return Err(DecodeError::Ragged {
-            datatype,
-            got: raw.len(),
-            size: T::SIZE,
-        });
-    }
-    Ok(raw.chunks_exact(T::SIZE).map(T::from_le).collect())
+/// The elements of `raw` that it holds whole, appended to `out`; returns the bytes used.
+fn extend_le<T: Element>(out: &mut Vec<T>, raw: &[u8]) -> usize {
+    let whole = raw.len() / T::SIZE * T::SIZE;
+    out.extend(raw[..whole].chunks_exact(T::SIZE).map(T::from_le));
+    whole
 }
 
 impl TensorData {
@@ -368,27 +364,29 @@ impl TensorData {
     /// Decodes the binary tensor extension's layout: little-endian elements, one byte per
     /// BOOL, and for BYTES a 4-byte little-endian length before each element.
     pub fn from_le_bytes(datatype: DataType, raw: &[u8]) -> Result<TensorData, DecodeError> {
-        Ok(match datatype {
-            DataType::Bool => {
-                if let Some(index) = raw.iter().position(|&b| b > 1) {
-                    return Err(DecodeError::BadBool {
-                        index,
-                        value: raw[index],
-                    });
-                }
-                TensorData::Bool(raw.iter().map(|&b| b == 1).collect())
-            }
-            DataType::Uint8 => TensorData::Uint8(raw.to_vec()),
-            DataType::Uint16 => TensorData::Uint16(decode_le(datatype, raw)?),
-            DataType::Uint32 => TensorData::Uint32(decode_le(datatype, raw)?),
-            DataType::Uint64 => TensorData::Uint64(decode_le(datatype, raw)?),
-            DataType::Int8 => TensorData::Int8(decode_le(datatype, raw)?),
-            DataType::Int16 => TensorData::Int16(decode_le(datatype, raw)?),
-            DataType::Int32 => TensorData::Int32(decode_le(datatype, raw)?),
-            DataType::Int64 => TensorData::Int64(decode_le(datatype, raw)?),
-            DataType::Fp32 => TensorData::Fp32(decode_le(datatype, raw)?),
-            DataType::Fp64 => TensorData::Fp64(decode_le(datatype, raw)?),
-            DataType::Bytes => {
+        let mut out = TensorData::for_le_bytes(datatype, raw)?;
+        let used = out.extend_from_le_bytes(raw)?;
+        debug_assert_eq!(
+            used,
+            raw.len(),
+            "for_le_bytes checked the elements are whole"
+        );
+        Ok(out)
+    }
+
+    /// An empty vector with room for the elements of `raw` in the binary layout, once
+    /// `raw` is known to hold whole elements ([`DecodeError::Ragged`],
+    /// [`DecodeError::TruncatedBytes`] otherwise). Then [`TensorData::extend_from_le_bytes`]
+    /// fills it, in one call or piece by piece.
+    pub fn for_le_bytes(datatype: DataType, raw: &[u8]) -> Result<TensorData, DecodeError> {
+        match datatype.element_size() {
+            Some(size) if raw.len() % size != 0 => Err(DecodeError::Ragged {
+                datatype,
+                got: raw.len(),
+                size,
+            }),
+            Some(size) => Ok(TensorData::with_capacity(datatype, raw.len() / size, 0)),
+            None => {
                 // Walk the length prefixes first, so the strings are stored in buffers of
                 // exactly their size.
                 let (mut count, mut total, mut rest) = (0usize, 0usize, raw);
@@ -398,14 +396,47 @@ impl TensorData {
                     count += 1;
                     total += n;
                 }
-                let mut out = ByteStrings::with_capacity(count, total);
+                Ok(TensorData::with_capacity(datatype, count, total))
+            }
+        }
+    }
+
+    /// Appends the elements that `raw` (the binary layout, as for
+    /// [`TensorData::from_le_bytes`]) holds whole, and returns the bytes they took: what
+    /// is left is the start of one element, for the next call. A BOOL byte other than 0
+    /// or 1 is an error whose index counts the elements already held.
+    pub fn extend_from_le_bytes(&mut self, raw: &[u8]) -> Result<usize, DecodeError> {
+        Ok(match self {
+            TensorData::Bool(v) => {
+                if let Some(at) = raw.iter().position(|&b| b > 1) {
+                    return Err(DecodeError::BadBool {
+                        index: v.len() + at,
+                        value: raw[at],
+                    });
+                }
+                v.extend(raw.iter().map(|&b| b == 1));
+                raw.len()
+            }
+            TensorData::Uint8(v) => {
+                v.extend_from_slice(raw);
+                raw.len()
+            }
+            TensorData::Uint16(v) => extend_le(v, raw),
+            TensorData::Uint32(v) => extend_le(v, raw),
+            TensorData::Uint64(v) => extend_le(v, raw),
+            TensorData::Int8(v) => extend_le(v, raw),
+            TensorData::Int16(v) => extend_le(v, raw),
+            TensorData::Int32(v) => extend_le(v, raw),
+            TensorData::Int64(v) => extend_le(v, raw),
+            TensorData::Fp32(v) => extend_le(v, raw),
+            TensorData::Fp64(v) => extend_le(v, raw),
+            TensorData::Bytes(out) => {
                 let mut rest = raw;
-                while !rest.is_empty() {
-                    let n = bytes_element(rest, out.len())?;
+                while let Ok(n) = bytes_element(rest, out.len()) {
                     out.push(&rest[4..4 + n])?;
                     rest = &rest[4 + n..];
                 }
-                TensorData::Bytes(out)
+                raw.len() - rest.len()
             }
         })
     }

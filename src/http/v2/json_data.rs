@@ -1,9 +1,15 @@
 //! One input's JSON `data` (nested or flat arrays, or a scalar) parsed straight into a
 //! typed vector, each element checked against the datatype, never more than the shape's
-//! count. Knows only tensors and the codec's error; never imports the rest of `http`.
+//! count. A big array is parsed in groups of whole elements copied out of the body, so
+//! that the body's pages can be given back as the tensor grows ([`json_data_from`]).
+//! Knows only tensors, the body buffer and the codec's error; never imports the rest of
+//! `http`.
+
+use std::ops::Range;
 
 use serde_json::Value;
 
+use super::buffer::Body;
 use super::error::{bad, DecodeError};
 use crate::tensor::{DataType, TensorData};
 
@@ -18,12 +24,16 @@ pub(super) enum Mode<'d> {
 /// Elements a counting pass holds at once before it empties its scratch vector.
 const COUNT_SCRATCH: usize = 4096;
 
+/// `data` texts of at least this many bytes are parsed a group of about this size at a
+/// time by [`json_data_from`], each group's body pages given back before it is parsed.
+pub(super) const GROUP: usize = 1 << 20;
+
 /// Parses an input's `data` (nested or flat JSON arrays, row-major, or one scalar)
 /// straight into a typed vector, checking each element against the datatype and never
 /// taking more than `limit` elements. Returns how many elements it saw.
 pub(super) fn json_data(
     datatype: DataType,
-    text: &str,
+    text: &[u8],
     limit: usize,
     mode: Mode<'_>,
 ) -> Result<usize, DecodeError> {
@@ -43,15 +53,106 @@ pub(super) fn json_data(
         limit,
         error: None,
     };
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = serde::de::DeserializeSeed::deserialize(&mut builder, &mut de);
-    if let Some(e) = builder.error {
-        return Err(e);
-    }
-    parsed
-        .and_then(|()| de.end())
-        .map_err(|e| bad(format!("invalid data: {e}")))?;
+    builder.parse(text)?;
     Ok(builder.count)
+}
+
+/// [`json_data`] for the `data` text at `range` of `body` (valid JSON: the request's
+/// header was parsed), appending to `data` and giving the body's bytes back as it goes.
+/// A text of [`GROUP`] bytes or more that is an array is cut at commas (outside strings
+/// and objects) into groups of about [`GROUP`] bytes. Each group is copied out a piece at
+/// a time, each piece's pages released once copied, and closed into a JSON value with
+/// the brackets open at its ends: `[[1,2` | `3],[4` | `5]]` become `[[1,2]]`, `[[3],[4]]`,
+/// `[[5]]`. The parser never borrows the body, and since nested arrays flatten, the
+/// elements, their order and the errors are those of one parse of the whole text.
+pub(super) fn json_data_from(
+    datatype: DataType,
+    body: &mut impl Body,
+    range: Range<usize>,
+    limit: usize,
+    data: &mut TensorData,
+) -> Result<usize, DecodeError> {
+    let missing = || bad("the input's data lies outside the body (this is a bug)");
+    let text = body.bytes().get(range.clone()).ok_or_else(missing)?;
+    if text.len() < GROUP || text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        let count = json_data(datatype, text, limit, Mode::Keep(data))?;
+        body.release(range);
+        return Ok(count);
+    }
+    let mut builder = DataBuilder {
+        data,
+        counting: false,
+        datatype,
+        count: 0,
+        limit,
+        error: None,
+    };
+    let mut scan = Scan::default();
+    let mut group = Vec::new();
+    let mut start = range.start;
+    while start < range.end {
+        let open = scan.arrays;
+        let text = body.bytes().get(..range.end).ok_or_else(missing)?;
+        let end = scan.next(text, start, start + GROUP);
+        if group.capacity() > 4 * GROUP {
+            group = Vec::new(); // a huge element's copy: give it back
+        }
+        group.clear();
+        group.reserve(open + (end - start) + scan.arrays);
+        group.resize(open, b'[');
+        while start < end {
+            let piece = end.min(start + GROUP);
+            let text = body.bytes().get(start..piece).ok_or_else(missing)?;
+            group.extend_from_slice(text);
+            body.release(range.start..piece);
+            start = piece;
+        }
+        group.resize(group.len() + scan.arrays, b']');
+        builder.parse(&group)?;
+        start = end + 1; // past the comma
+    }
+    body.release(range);
+    Ok(builder.count)
+}
+
+/// Where a scan of a JSON text is: inside how many arrays and objects, and whether in a
+/// string (just after a backslash).
+#[derive(Default)]
+struct Scan {
+    arrays: usize,
+    objects: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scan {
+    /// From `from`, the index of the first comma at or after `want` that is inside an
+    /// array and outside any object or string, or `text.len()`.
+    fn next(&mut self, text: &[u8], from: usize, want: usize) -> usize {
+        for (i, &b) in text[from..].iter().enumerate() {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'[' => self.arrays += 1,
+                b']' => self.arrays = self.arrays.saturating_sub(1),
+                b'{' => self.objects += 1,
+                b'}' => self.objects = self.objects.saturating_sub(1),
+                b',' if from + i >= want && self.objects == 0 && self.arrays > 0 => {
+                    return from + i
+                }
+                _ => {}
+            }
+        }
+        text.len()
+    }
 }
 
 /// Receives the elements of `data` as serde_json parses them.
@@ -90,6 +191,18 @@ impl std::fmt::Display for Seen<'_> {
 }
 
 impl DataBuilder<'_> {
+    /// Parses one JSON value (an array, or one scalar), adding its elements.
+    fn parse(&mut self, text: &[u8]) -> Result<(), DecodeError> {
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let parsed = serde::de::DeserializeSeed::deserialize(&mut *self, &mut de);
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        parsed
+            .and_then(|()| de.end())
+            .map_err(|e| bad(format!("invalid data: {e}")))
+    }
+
     fn fail<E: serde::de::Error>(&mut self, e: DecodeError) -> Result<(), E> {
         self.error = Some(e);
         Err(E::custom("invalid tensor data"))

@@ -1,13 +1,17 @@
 //! Reading a V2 request: the JSON header is parsed and every input's descriptor checked
 //! against the version's signature and the element limit ([`check_request`]) before any
-//! data is decoded ([`CheckedRequest::decode`]; binary inputs are slices of the body).
+//! data is decoded ([`CheckedRequest::decode`]; each input's data is a range of the body,
+//! given back to the kernel as it is decoded when the body is a [`BodyBuffer`]).
 //! Must never import the handlers or axum: it sees bytes, signatures and tensors.
+
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::buffer::{Body, BodyBuffer};
 use super::error::{bad, DecodeError};
-use super::json_data::{json_data, Mode};
+use super::json_data::{json_data, json_data_from, Mode, GROUP};
 use crate::backend::ModelSignature;
 use crate::serving::InputCheck;
 use crate::tensor::{DataType, Tensor, TensorData};
@@ -95,30 +99,38 @@ fn param_usize(
 
 /// A request whose JSON header has been read and checked against the model's signature
 /// (every input's name, datatype and shape, the element limit, and that each input's
-/// data is large enough for its shape), with no tensor data decoded yet.
-pub struct CheckedRequest<'a> {
+/// data is large enough for its shape), with no tensor data decoded yet. It holds the
+/// data's places in the body, not the body: decode it with the body it was checked on.
+pub struct CheckedRequest {
     pub id: Option<String>,
     /// Outputs asked for, in order; `None` means all, in the model's order.
     pub outputs: Option<Vec<OutputRequest>>,
     /// Default for outputs without their own `binary_data` (top-level `binary_data_output`).
     pub binary_output: bool,
-    inputs: Vec<PendingInput<'a>>,
+    inputs: Vec<PendingInput>,
 }
 
 /// An input whose descriptor passed the checks; its data is still the body's bytes.
-struct PendingInput<'a> {
+struct PendingInput {
     name: String,
     shape: Vec<usize>,
     datatype: DataType,
     elements: usize,
-    data: Source<'a>,
+    data: Source,
 }
 
-enum Source<'a> {
+/// Where an input's data is in the body.
+enum Source {
     /// The text of the JSON `data` value.
-    Json(&'a str),
-    /// The input's slice of the binary part.
-    Binary(&'a [u8]),
+    Json(Range<usize>),
+    /// The input's part of the binary data.
+    Binary(Range<usize>),
+}
+
+/// Where `part`, a slice of `body`, lies in it.
+fn range_in(body: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    start..start.saturating_add(part.len())
 }
 
 /// Decodes a request body for a model with `signature`: [`check_request`], then
@@ -129,7 +141,7 @@ pub fn decode_request(
     signature: &ModelSignature,
     max_elements: usize,
 ) -> Result<InferRequest, DecodeError> {
-    check_request(body, header_len, signature, max_elements)?.decode()
+    check_request(body, header_len, signature, max_elements)?.decode(body)
 }
 
 /// The smallest number of JSON text bytes one element of `datatype` takes (`0`, `""`,
@@ -147,12 +159,12 @@ fn min_json_element(datatype: DataType) -> usize {
 /// known to be within a small multiple of the body. `header_len` is
 /// `Inference-Header-Content-Length` when present: the JSON is the first `header_len`
 /// bytes and binary tensor data follows.
-pub fn check_request<'a>(
-    body: &'a [u8],
+pub fn check_request(
+    body: &[u8],
     header_len: Option<usize>,
     signature: &ModelSignature,
     max_elements: usize,
-) -> Result<CheckedRequest<'a>, DecodeError> {
+) -> Result<CheckedRequest, DecodeError> {
     let mut total_elements = 0usize;
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
@@ -247,7 +259,7 @@ pub fn check_request<'a>(
                 }
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
-                Source::Binary(mine)
+                Source::Binary(range_in(body, mine))
             }
             None => {
                 let raw = input
@@ -260,13 +272,13 @@ pub fn check_request<'a>(
                 if expected > most {
                     // Count what is there (with a bounded scratch buffer) for a
                     // precise message.
-                    let got = json_data(datatype, text, usize::MAX, Mode::Count)
+                    let got = json_data(datatype, text.as_bytes(), usize::MAX, Mode::Count)
                         .map_err(|e| bad(format!("{whose}: {}", e.0)))?;
                     return Err(bad(format!(
                         "{whose}: shape {shape:?} needs {expected} elements, got {got}"
                     )));
                 }
-                Source::Json(text)
+                Source::Json(range_in(body, text.as_bytes()))
             }
         };
         inputs.push(PendingInput {
@@ -315,24 +327,36 @@ pub fn check_request<'a>(
     })
 }
 
-impl CheckedRequest<'_> {
-    /// Decodes the inputs' data into tensors, each allocated once at its final size.
-    pub fn decode(self) -> Result<InferRequest, DecodeError> {
+impl CheckedRequest {
+    /// Decodes the inputs' data, read from `body` (the body this request was checked
+    /// on), into tensors, each allocated once at its final size.
+    pub fn decode(self, body: &[u8]) -> Result<InferRequest, DecodeError> {
+        self.decode_from(&mut { body })
+    }
+
+    /// [`CheckedRequest::decode`] from a [`BodyBuffer`], whose pages are given back as
+    /// their data is decoded: the request then takes about the larger of its body and
+    /// its tensors, not their sum.
+    pub fn decode_releasing(self, body: &mut BodyBuffer) -> Result<InferRequest, DecodeError> {
+        self.decode_from(body)
+    }
+
+    fn decode_from(self, body: &mut impl Body) -> Result<InferRequest, DecodeError> {
         let inputs = self
             .inputs
             .into_iter()
             .map(|input| {
                 let whose = format!("input '{}'", input.name);
                 let data = match input.data {
-                    Source::Binary(raw) => TensorData::from_le_bytes(input.datatype, raw)
-                        .map_err(|e| bad(format!("{whose}: {e}")))?,
-                    Source::Json(text) => {
+                    Source::Binary(range) => binary_data(input.datatype, body, range)
+                        .map_err(|e| bad(format!("{whose}: {}", e.0)))?,
+                    Source::Json(range) => {
                         let mut data = TensorData::with_capacity(
                             input.datatype,
                             input.elements,
-                            text.len().saturating_sub(2 * input.elements),
+                            range.len().saturating_sub(2 * input.elements),
                         );
-                        json_data(input.datatype, text, input.elements, Mode::Keep(&mut data))
+                        json_data_from(input.datatype, body, range, input.elements, &mut data)
                             .map_err(|e| bad(format!("{whose}: {}", e.0)))?;
                         data
                     }
@@ -359,4 +383,38 @@ impl CheckedRequest<'_> {
             binary_output: self.binary_output,
         })
     }
+}
+
+/// One input's binary data at `range` of `body`, decoded [`GROUP`] bytes at a time (or
+/// one whole element, if larger), each group's pages given back once it is copied.
+fn binary_data(
+    datatype: DataType,
+    body: &mut impl Body,
+    range: Range<usize>,
+) -> Result<TensorData, DecodeError> {
+    let missing = || bad("the input's data lies outside the body (this is a bug)");
+    let raw = body.bytes().get(range.clone()).ok_or_else(missing)?;
+    let mut data = TensorData::for_le_bytes(datatype, raw).map_err(|e| bad(e.to_string()))?;
+    let (mut at, mut window) = (range.start, GROUP);
+    while at < range.end {
+        let end = range.end.min(at.saturating_add(window));
+        let raw = body.bytes().get(at..end).ok_or_else(missing)?;
+        let used = data
+            .extend_from_le_bytes(raw)
+            .map_err(|e| bad(e.to_string()))?;
+        at += used;
+        body.release(range.start..at);
+        // An element longer than the window: widen it until the element fits.
+        window = if used == 0 {
+            if end == range.end {
+                return Err(bad(
+                    "the binary data ends inside an element (this is a bug)",
+                ));
+            }
+            window.saturating_mul(2)
+        } else {
+            GROUP
+        };
+    }
+    Ok(data)
 }

@@ -255,3 +255,176 @@ fn response_mixes_json_and_binary() {
     let json_only = encode_response("m", 3, None, &[(&a, false)]);
     assert!(json_only.header_len.is_none());
 }
+
+/// `body` read the way the server reads it: into a [`BodyBuffer`] of its declared
+/// length, 64 KiB at a time.
+fn buffered(body: &[u8], declared: usize) -> BodyBuffer {
+    let mut buf = BodyBuffer::with_capacity(declared);
+    for piece in body.chunks(64 << 10) {
+        buf.extend_from_slice(piece);
+    }
+    assert_eq!(buf.bytes(), body);
+    buf
+}
+
+/// Decodes `body` from a slice and from a [`BodyBuffer`]; both must agree. Returns the
+/// result and the share of the data's bytes that read as zeros after (given back).
+fn decode_both(body: &[u8], header_len: Option<usize>) -> (Result<InferRequest, String>, f64) {
+    let sig = lenient(body, header_len);
+    let plain = decode_request(body, header_len, &sig, usize::MAX).map_err(|e| e.0);
+    let mut buf = buffered(body, body.len());
+    let released = check_request(buf.bytes(), header_len, &sig, usize::MAX)
+        .and_then(|req| req.decode_releasing(&mut buf))
+        .map_err(|e| e.0);
+    match (&plain, &released) {
+        (Ok(a), Ok(b)) => assert_eq!(a.inputs, b.inputs),
+        (a, b) => assert_eq!(a.as_ref().err(), b.as_ref().err()),
+    }
+    let zeros = buf.bytes().iter().filter(|&&b| b == 0).count();
+    let before = body.iter().filter(|&&b| b == 0).count();
+    (plain, (zeros - before) as f64 / body.len() as f64)
+}
+
+fn json_input(datatype: &str, shape: &[usize], data: &str) -> Vec<u8> {
+    format!(
+        r#"{{"inputs":[{{"name":"x","shape":{shape:?},"datatype":"{datatype}","data":{data}}}]}}"#
+    )
+    .into_bytes()
+}
+
+#[test]
+fn big_json_data_is_parsed_in_groups_as_one_parse_would() {
+    // 3 M FP32 elements (over 6 MiB of text, several groups), nested three ways: rows
+    // of 4, one row (so the outer array has a single element), and 2 x 2 blocks.
+    let n = 3_000_000;
+    let values: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 0.5).collect();
+    let text = |v: &[f32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows = format!(
+        "[{}]",
+        values
+            .chunks(4)
+            .map(|r| format!("[{}]", text(r)))
+            .collect::<Vec<_>>()
+            .join(",\n ")
+    );
+    let one_row = format!("[[{}]]", text(&values));
+    let blocks = format!(
+        "[{}]",
+        values
+            .chunks(4)
+            .map(|b| format!("[[{}],[{}]]", text(&b[..2]), text(&b[2..])))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (data, shape) in [
+        (&rows, vec![n / 4, 4]),
+        (&one_row, vec![1, n]),
+        (&blocks, vec![n / 4, 2, 2]),
+    ] {
+        assert!(data.len() > 3 * super::json_data::GROUP);
+        let (got, given_back) = decode_both(&json_input("FP32", &shape, data), None);
+        assert_eq!(
+            got.unwrap().inputs[0].data,
+            TensorData::Fp32(values.clone())
+        );
+        if cfg!(target_os = "linux") {
+            assert!(given_back > 0.9, "{given_back} of the body given back");
+        }
+    }
+    // Strings holding the characters the groups are cut and closed by, and one string
+    // longer than a group.
+    let tricky = ["a,b", "[", "]", "{\"k\": [1,2]}", "\\", "\"", ",,", "é", ""];
+    let mut strings: Vec<String> = (0..400_000)
+        .map(|i| tricky[i % tricky.len()].to_string())
+        .collect();
+    strings.insert(1000, ",[".repeat(super::json_data::GROUP * 2));
+    let data = serde_json::to_string(&strings).unwrap();
+    let (got, _) = decode_both(&json_input("BYTES", &[strings.len()], &data), None);
+    let want = ByteStrings::try_from_iter(&strings).unwrap();
+    assert_eq!(got.unwrap().inputs[0].data, TensorData::Bytes(want));
+    // Errors far into the data name the element as one parse does.
+    let mut ints = vec!["1"; n];
+    ints[n - 7] = "300";
+    let data = format!("[{}]", ints.join(","));
+    let (got, _) = decode_both(&json_input("INT8", &[n], &data), None);
+    let err = got.unwrap_err();
+    assert!(
+        err.contains(&format!("element {} (300) is not a valid INT8", n - 7)),
+        "{err}"
+    );
+    let (got, _) = decode_both(
+        &json_input("INT8", &[n - 1], &data.replace("300", "3")),
+        None,
+    );
+    let err = got.unwrap_err();
+    assert!(
+        err.contains(&format!("more data elements than the shape's {}", n - 1)),
+        "{err}"
+    );
+    let data = data.replace("300", "{\"a\": [1, 2]}");
+    let (got, _) = decode_both(&json_input("INT8", &[n], &data), None);
+    let err = got.unwrap_err();
+    assert!(
+        err.contains(&format!("element {} (an object)", n - 7)),
+        "{err}"
+    );
+}
+
+#[test]
+fn big_binary_data_is_decoded_in_pieces() {
+    let binary = |datatype: &str, data: &TensorData| {
+        let mut payload = Vec::new();
+        data.write_le_bytes(&mut payload);
+        let header = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{}],"datatype":"{datatype}","parameters":{{"binary_data_size":{}}}}}]}}"#,
+            data.len(),
+            payload.len()
+        );
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&payload);
+        decode_both(&body, Some(header.len()))
+    };
+    let fp32 = TensorData::Fp32((0..3_000_000).map(|i| i as f32 + 1.0).collect());
+    let (got, given_back) = binary("FP32", &fp32);
+    assert_eq!(got.unwrap().inputs[0].data, fp32);
+    if cfg!(target_os = "linux") {
+        assert!(given_back > 0.9, "{given_back} of the body given back");
+    }
+    // Strings around one longer than a piece.
+    let mut strings = vec![b"ab".to_vec(); 500_000];
+    strings.insert(7, vec![b'z'; 3 * super::json_data::GROUP + 5]);
+    let bytes = TensorData::Bytes(ByteStrings::try_from_iter(&strings).unwrap());
+    let (got, _) = binary("BYTES", &bytes);
+    assert_eq!(got.unwrap().inputs[0].data, bytes);
+    // A bad BOOL byte far in is named by its place in the whole tensor.
+    let mut header = br#"{"inputs":[{"name":"x","shape":[3000000],"datatype":"BOOL","parameters":{"binary_data_size":3000000}}]}"#.to_vec();
+    let at = header.len();
+    header.resize(at + 3_000_000, 1);
+    header[at + 2_500_000] = 7;
+    let (got, _) = decode_both(&header, Some(at));
+    let err = got.unwrap_err();
+    assert!(err.contains("BOOL byte 2500000 is 7"), "{err}");
+}
+
+#[test]
+fn a_body_of_unknown_length_is_kept_whole_as_it_grows() {
+    let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    let mut buf = BodyBuffer::with_capacity(0);
+    for piece in body.chunks(12_345) {
+        buf.extend_from_slice(piece);
+    }
+    assert_eq!(buf.bytes(), &body[..]);
+    // Giving back a range leaves the bytes outside it as they were.
+    buf.release(100..4_000_000);
+    assert_eq!(&buf.bytes()[..100], &body[..100]);
+    assert_eq!(&buf.bytes()[4_000_000..], &body[4_000_000..]);
+    if cfg!(target_os = "linux") {
+        let zeros = buf.bytes().iter().filter(|&&b| b == 0).count();
+        assert!(zeros > 3_900_000, "{zeros} bytes given back");
+    }
+}
