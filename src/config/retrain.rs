@@ -6,9 +6,6 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-/// The longest a webhook attempt may take (`[retrain] timeout`).
-pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// `[retrain] format`: how an event is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -128,13 +125,10 @@ impl RetrainConfig {
         }
         if let Some(t) = &self.timeout {
             // A zero timeout fails every attempt before it starts (the event retries
-            // forever); one above an hour holds the delivery loop that long per attempt.
+            // forever).
             let t = crate::duration::parse(t).map_err(|e| format!("retrain.timeout: {e}"))?;
-            if t.is_zero() || t > MAX_TIMEOUT {
-                return Err(format!(
-                    "retrain.timeout must be above 0 and at most {}, got {t:?}",
-                    humantime::format_duration(MAX_TIMEOUT)
-                ));
+            if t.is_zero() {
+                return Err("retrain.timeout must be above 0".into());
             }
         }
         if let Some(s) = &self.secret {

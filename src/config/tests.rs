@@ -72,18 +72,18 @@ fn policies_and_rollouts_validate() {
 }
 
 #[test]
-fn retrain_timeout_must_be_positive_and_bounded() {
+fn retrain_timeout_must_be_positive() {
     let check = |t: &str| {
         toml::from_str::<ModelConfig>(&format!("[retrain]\ntimeout = \"{t}\""))
             .unwrap()
             .retrain
             .validate()
     };
-    for bad in ["0", "0s", "0ms", "2h", "100y", "-1s", "1e20", "soon"] {
+    for bad in ["0", "0s", "0ms", "200y", "-1s", "1e20", "soon"] {
         let err = check(bad).unwrap_err();
         assert!(err.contains("retrain.timeout"), "{bad}: {err}");
     }
-    for good in ["1ms", "250ms", "15s", "1h"] {
+    for good in ["1ms", "250ms", "15s", "1h", "2d"] {
         assert_eq!(check(good), Ok(()), "{good}");
     }
 }
