@@ -179,6 +179,8 @@ def main():
     ap.add_argument("--record", action="store_true", help="append the results to benches/RESULTS.md")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
+    # A SIGTERM (`timeout`, Ctrl-C's cousin) still stops the servers started below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     ort_lib = next(iter(sorted(
         os.path.join(d, f) for d in [os.path.join(ROOT, ".venv/lib/python3.11/site-packages/onnxruntime/capi")]
