@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod cputime;
 pub mod duration;
 pub mod fsutil;
 pub mod http;

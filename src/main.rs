@@ -39,10 +39,13 @@ fn build_server(
     retrain_defaults: vigil::config::RetrainConfig,
 ) -> anyhow::Result<Arc<Server>> {
     let workers = engine.worker_count();
+    // Inline versions run on the async threads (one per core, tokio's default) as well as
+    // on the workers: ort keeps a session for each, so a run never waits for another.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let backends = Backends::new(BackendOptions {
         default: engine.backend,
         ort_library: engine.ort_library.as_deref(),
-        parallelism: workers,
+        parallelism: workers.max(cores),
     })?;
     let pool = WorkerPool::new(workers, queue_size);
     tracing::info!(workers, queue_size, "inference worker pool started");

@@ -73,6 +73,7 @@ pub struct Metrics {
     compute_duration: HistogramVec,
     model_loaded: IntGaugeVec,
     batch_size: HistogramVec,
+    execution_inline: IntGaugeVec,
     /// Inference requests between validation and answer.
     pub in_flight: IntGauge,
     /// Jobs waiting for a worker (set at scrape time).
@@ -220,6 +221,15 @@ impl Metrics {
             &["model", "version"],
         )
         .expect("valid histogram definition");
+        let execution_inline = IntGaugeVec::new(
+            Opts::new(
+                "vigil_inference_inline",
+                "1 when a version's compute runs inline on the async threads, 0 on the worker \
+                 pool ([execution] mode).",
+            ),
+            &["model", "version"],
+        )
+        .expect("valid gauge definition");
         let in_flight = IntGauge::new(
             "vigil_inference_in_flight",
             "Inference requests being validated, queued or run.",
@@ -433,6 +443,7 @@ impl Metrics {
             Box::new(compute_duration.clone()),
             Box::new(model_loaded.clone()),
             Box::new(batch_size.clone()),
+            Box::new(execution_inline.clone()),
             Box::new(in_flight.clone()),
             Box::new(queue_depth.clone()),
             Box::new(auth_failures.clone()),
@@ -463,6 +474,7 @@ impl Metrics {
             compute_duration,
             model_loaded,
             batch_size,
+            execution_inline,
             in_flight,
             queue_depth,
             auth_failures,
@@ -586,6 +598,7 @@ impl Metrics {
         ] {
             let _ = h.remove_label_values(&[model, &v]);
         }
+        let _ = self.execution_inline.remove_label_values(&[model, &v]);
         // Drift series.
         let key = (model.to_string(), version);
         let names = self
@@ -639,6 +652,7 @@ impl Metrics {
             queue: self.queue_duration.with_label_values(&labels),
             compute: self.compute_duration.with_label_values(&labels),
             batch: self.batch_size.with_label_values(&labels),
+            inline: self.execution_inline.with_label_values(&labels),
         }
     }
 
@@ -668,6 +682,8 @@ pub struct VersionMetrics {
     pub queue: Histogram,
     pub compute: Histogram,
     pub batch: Histogram,
+    /// Set when `/metrics` is rendered: the mode can change between scrapes.
+    pub inline: IntGauge,
 }
 
 /// A copy of one version's cumulative request counters and latency histogram.

@@ -87,6 +87,28 @@ pub struct Loaded {
     pub engine: Engine,
     pub signature: ModelSignature,
     pub session: Box<dyn Session>,
+    /// How long the warm-up input took; `None` when the warm-up could not run.
+    pub warmup: Option<Warmup>,
+}
+
+/// Compute time of the warm-up input (zeros, dynamic dimensions at 1), measured after
+/// the first run paid for lazy initialisation, in CPU time of the running thread (so
+/// that a busy machine does not make a model look slow).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Warmup {
+    /// 90th percentile of the timed runs.
+    pub p90: std::time::Duration,
+    /// Timed runs behind it.
+    pub runs: usize,
+    /// Elements of all inputs together.
+    pub elements: usize,
+}
+
+impl Warmup {
+    /// Timed runs after the first, at most.
+    pub const RUNS: usize = 50;
+    /// Time spent on timed runs, at most (a heavy model stops early).
+    pub const BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 }
 
 /// Process-wide engine state: which engines exist and how to build sessions on them.
@@ -189,24 +211,28 @@ impl Backends {
             #[cfg(not(feature = "ort"))]
             Engine::Ort => unreachable!("resolve() never picks ort without the feature"),
         };
-        let loaded = Loaded {
+        let mut loaded = Loaded {
             engine,
             signature,
             session,
+            warmup: None,
         };
-        if let Err(e) = warm_up(&loaded) {
-            // Zeros with every dynamic dimension at 1 are not a valid input for every model
-            // (a convolution over a dynamic 1x1 image, say). Only when the rest of the
-            // shape is fixed is a failed warm-up proof that the model cannot run.
-            let only_batch_dynamic = loaded
-                .signature
-                .inputs
-                .iter()
-                .all(|s| s.shape.iter().skip(1).all(|&d| d >= 0));
-            if only_batch_dynamic {
-                return Err(e);
+        match warm_up(&loaded) {
+            Ok(w) => loaded.warmup = Some(w),
+            Err(e) => {
+                // Zeros with every dynamic dimension at 1 are not a valid input for every model
+                // (a convolution over a dynamic 1x1 image, say). Only when the rest of the
+                // shape is fixed is a failed warm-up proof that the model cannot run.
+                let only_batch_dynamic = loaded
+                    .signature
+                    .inputs
+                    .iter()
+                    .all(|s| s.shape.iter().skip(1).all(|&d| d >= 0));
+                if only_batch_dynamic {
+                    return Err(e);
+                }
+                tracing::warn!(model = %path.display(), error = %e, "warm-up skipped: the model has dynamic non-batch dimensions");
             }
-            tracing::warn!(model = %path.display(), error = %e, "warm-up skipped: the model has dynamic non-batch dimensions");
         }
         Ok(loaded)
     }
@@ -214,8 +240,10 @@ impl Backends {
 
 /// One inference on zeros of the declared shape (dynamic dimensions = 1), so the first
 /// real request does not pay for lazy initialisation, and a model that cannot run at all
-/// fails at load time rather than on a client's request.
-pub fn warm_up(loaded: &Loaded) -> Result<(), BackendError> {
+/// fails at load time rather than on a client's request. Then the same input is timed a
+/// few more times (at most [`Warmup::RUNS`] runs within [`Warmup::BUDGET`]), so serving
+/// can tell a model whose compute costs less than handing it to another thread.
+pub fn warm_up(loaded: &Loaded) -> Result<Warmup, BackendError> {
     let inputs: Vec<Tensor> = loaded
         .signature
         .inputs
@@ -234,9 +262,29 @@ pub fn warm_up(loaded: &Loaded) -> Result<(), BackendError> {
             }
         })
         .collect();
-    loaded
-        .session
-        .run(&inputs)
-        .map(|_| ())
-        .map_err(|e| BackendError::Load(format!("warm-up inference failed: {e}")))
+    let run = || {
+        loaded
+            .session
+            .run(&inputs)
+            .map(|_| ())
+            .map_err(|e| BackendError::Load(format!("warm-up inference failed: {e}")))
+    };
+    run()?;
+    let started = std::time::Instant::now();
+    let mut times = Vec::with_capacity(Warmup::RUNS);
+    while times.len() < Warmup::RUNS && started.elapsed() < Warmup::BUDGET {
+        let t = std::time::Instant::now();
+        let (result, cpu) = crate::cputime::measure(run);
+        result?;
+        times.push(cpu.unwrap_or_else(|| t.elapsed()));
+    }
+    times.sort_unstable();
+    // The 90th percentile (nearest rank); at least one run was timed (the budget starts
+    // at zero elapsed).
+    let rank = (times.len() * 9).div_ceil(10).max(1) - 1;
+    Ok(Warmup {
+        p90: times[rank],
+        runs: times.len(),
+        elements: inputs.iter().map(|t| t.data.len()).sum(),
+    })
 }

@@ -21,6 +21,10 @@ pub struct BatchingConfig {
     /// Batch sizes that are run as soon as they can be formed, without waiting longer.
     #[serde(default)]
     pub preferred_batch_sizes: Vec<usize>,
+    /// The model's config.toml has a `[batching]` section: batching was asked for, so
+    /// `[execution] mode = "auto"` keeps the version on the pool (where batches form).
+    #[serde(skip)]
+    pub explicit: bool,
 }
 
 fn default_queue_delay_us() -> u64 {
@@ -34,6 +38,7 @@ impl Default for BatchingConfig {
             max_queue_delay_us: default_queue_delay_us(),
             max_queue_size: None,
             preferred_batch_sizes: Vec::new(),
+            explicit: false,
         }
     }
 }

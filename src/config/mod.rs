@@ -6,6 +6,7 @@
 
 mod batching;
 mod drift;
+mod execution;
 mod retrain;
 mod rollout;
 mod version_policy;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use batching::BatchingConfig;
 pub use drift::{DriftConfig, DriftMethod};
+pub use execution::{ExecutionConfig, ExecutionMode};
 pub use retrain::{key_of, Format, RetrainConfig, RetrainTrigger};
 pub use rollout::{RolloutConfig, RolloutMode, DEFAULT_STICKY_HEADER};
 pub use version_policy::{VersionPolicy, VersionPolicyConfig};
@@ -57,6 +59,9 @@ pub struct ModelConfig {
     /// Dynamic batching of concurrent requests.
     #[serde(default)]
     pub batching: BatchingConfig,
+    /// Where compute runs: inline on the async thread, on the worker pool, or `auto`.
+    #[serde(default)]
+    pub execution: ExecutionConfig,
 }
 
 /// A `config.toml` that cannot be used, with the file named.
@@ -81,10 +86,13 @@ impl ModelConfig {
                 })
             }
         };
-        let config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError {
+        let mut config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError {
             path: path.clone(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        // Whether `[batching]` is written at all (serde's defaults cannot tell).
+        config.batching.explicit =
+            toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("batching"));
         let invalid = |message| ConfigError {
             path: path.clone(),
             message,
@@ -94,6 +102,7 @@ impl ModelConfig {
         config.drift.validate().map_err(invalid)?;
         config.retrain.validate().map_err(invalid)?;
         config.batching.validate().map_err(invalid)?;
+        config.execution.validate().map_err(invalid)?;
         Ok(config)
     }
 }

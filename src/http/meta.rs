@@ -120,6 +120,10 @@ pub(super) async fn model_config(
         "output": config_io(&v.signature.outputs),
         "version_policy": { "latest": { "num_versions": 1 } },
     });
+    config["execution"] = json!({
+        "mode": v.exec.report().configured,
+        "in_force": if v.exec.is_inline() { "inline" } else { "pool" },
+    });
     let b = v.batcher.settings();
     if b.max_batch > 1 {
         // Triton's field names; the batch size lives here because the shapes above keep
@@ -157,6 +161,8 @@ fn version_stats(v: &ServedVersion) -> Value {
             "cache_miss": duration_stat(0, 0),
         },
         "batch_stats": [],
+        // vigil's own: where compute runs and the figures it is decided from.
+        "execution": v.exec.report(),
     })
 }
 
@@ -189,6 +195,11 @@ pub(super) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         .metrics
         .queue_depth
         .set(s.server.queue_depth() as i64);
+    for e in s.server.table().models.values() {
+        for v in e.versions.values() {
+            v.metrics.inline.set(i64::from(v.exec.is_inline()));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

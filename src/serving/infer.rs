@@ -1,12 +1,12 @@
 //! Running a routed request: inputs checked against the version's signature
-//! (`InputCheck`, `order_inputs`) and put in its order, queued for a worker, the shadow
-//! copy sent on; and the one error type of a request (`InferError`).
+//! (`InputCheck`, `order_inputs`) and put in its order, run inline or queued for a worker
+//! (`exec` decides), the shadow copy sent on; and the one error type of a request (`InferError`).
 //! Must never import `http`: the HTTP layer maps `InferError` to a status.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{Route, ServedVersion, Server};
+use super::{pool, Route, ServedVersion, Server};
 use crate::backend::{BackendError, ModelSignature};
 use crate::metrics::Outcome;
 use crate::tensor::{DataType, Tensor};
@@ -68,7 +68,7 @@ impl Server {
     }
 
     /// Validates `inputs` against the version's signature, puts them in its order, runs
-    /// them on a worker and returns every declared output.
+    /// them (inline or on a worker) and returns every declared output.
     pub async fn infer(
         &self,
         version: &Arc<ServedVersion>,
@@ -95,6 +95,27 @@ impl Server {
             .first()
             .and_then(|t| t.shape.first().copied())
             .unwrap_or(1);
+        let elements: usize = ordered.iter().map(|t| t.data.len()).sum();
+        if version.exec.inline_for(elements) {
+            // Cheaper than the hop to a worker: run here, on the async thread. The same
+            // execution as a worker's (panics caught, drift observed, batch size counted).
+            let pool::Executed {
+                outputs,
+                compute,
+                cpu,
+            } = pool::execute(version, &ordered, rows);
+            drop(ordered);
+            if let Some(cpu) = cpu {
+                version.exec.record(elements, cpu);
+            }
+            version.metrics.queue.observe(0.0);
+            version.metrics.compute.observe(compute.as_secs_f64());
+            let outputs = outputs?;
+            version
+                .stats
+                .record_success(rows as u64, Duration::ZERO, compute);
+            return Ok(outputs);
+        }
         let rx = self
             .pool
             .submit(version.clone(), ordered)

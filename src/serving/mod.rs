@@ -9,11 +9,13 @@
 //!
 //! This file is the face: [`Server`], [`ServedVersion`] and loading a version. The rest is
 //! one room per step: `table` (the table and its writers), `route` (which version answers),
-//! `infer` (checking inputs and running them), `pool` (the workers and batcher), `reload`
+//! `infer` (checking inputs and running them), `exec` (inline or pool, decided from the
+//! measured compute), `pool` (the workers and batcher), `reload`
 //! (following the repository), `rollout` (split arithmetic and persisted rollouts).
 //! Serving imports `backend`, `monitor`, `retrain`, `repository` and the ground floor;
 //! it must never import `http`, `grpc`, `registry` or `console`.
 
+pub mod exec;
 mod infer;
 pub mod pool;
 pub mod reload;
@@ -61,6 +63,8 @@ pub struct ServedVersion {
     pub monitor: Arc<Monitor>,
     /// Dynamic batching queue and settings (`[batching]`).
     pub batcher: pool::Batcher,
+    /// Inline or pool (`[execution]`), and the compute measurements behind it.
+    pub exec: exec::Execution,
 }
 
 /// Everything the serving layer needs to start.
@@ -106,6 +110,15 @@ fn retrain_config(table: &RoutingTable, defaults: &RetrainConfig, model: &str) -
         Some(e) => e.config.retrain.or(defaults),
         None => defaults.clone(),
     }
+}
+
+/// A version's `[execution]` settings; `[batching]` counts as asking for batches only when
+/// it is written and batches more than one row.
+fn exec_settings(config: &ModelConfig, batching: &pool::BatchSettings) -> exec::ExecSettings {
+    exec::ExecSettings::resolve(
+        &config.execution,
+        config.batching.explicit && batching.max_batch > 1,
+    )
 }
 
 /// Turns drift trips into retrain events (a thread of its own: the outbox fsyncs).
@@ -297,6 +310,16 @@ impl Server {
         });
         let batching =
             pool::BatchSettings::resolve(&config.batching, &loaded.signature, self.pool.capacity());
+        let exec = exec::Execution::new(exec_settings(config, &batching), loaded.warmup);
+        if let Some(w) = loaded.warmup {
+            tracing::info!(
+                model,
+                version = version.version,
+                warmup_p90_us = w.p90.as_secs_f64() * 1e6,
+                mode = if exec.is_inline() { "inline" } else { "pool" },
+                "execution mode"
+            );
+        }
         Ok(Arc::new(ServedVersion {
             monitor,
             model: model.to_string(),
@@ -310,6 +333,7 @@ impl Server {
             metrics: self.metrics.version(model, version.version),
             stats: VersionStats::default(),
             batcher: pool::Batcher::new(batching),
+            exec,
         }))
     }
 }

@@ -297,21 +297,47 @@ impl Drop for WorkerPool {
     }
 }
 
+/// What one execution took.
+pub(super) struct Executed {
+    pub outputs: Result<Vec<Tensor>, BackendError>,
+    /// Wall time (what the metrics and stats show).
+    pub compute: Duration,
+    /// This thread's CPU time, on one execution in [`CPU_SAMPLE_EVERY`] per thread (what
+    /// the execution mode is decided from).
+    pub cpu: Option<Duration>,
+}
+
+/// Executions per thread between two CPU-time samples (the clock is a system call).
+pub(super) const CPU_SAMPLE_EVERY: u32 = 8;
+
+thread_local! {
+    static EXECUTIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// One execution of the engine on `inputs` (`rows` along the batch dimension), with what
 /// every execution records: the drift monitor's view and the batch-size metric.
-fn execute(
-    version: &ServedVersion,
-    inputs: &[Tensor],
-    rows: usize,
-) -> (Result<Vec<Tensor>, BackendError>, Duration) {
+pub(super) fn execute(version: &ServedVersion, inputs: &[Tensor], rows: usize) -> Executed {
+    let sample = EXECUTIONS.with(|n| {
+        let next = n.get().wrapping_add(1);
+        n.set(next);
+        next % CPU_SAMPLE_EVERY == 0
+    });
     let start = Instant::now();
-    let outputs = run_engine(version, inputs);
+    let (outputs, cpu) = if sample {
+        crate::cputime::measure(|| run_engine(version, inputs))
+    } else {
+        (run_engine(version, inputs), None)
+    };
     let compute = start.elapsed();
     if let Ok(outputs) = &outputs {
         version.monitor.observe(inputs, outputs);
     }
     version.metrics.batch.observe(rows as f64);
-    (outputs, compute)
+    Executed {
+        outputs,
+        compute,
+        cpu,
+    }
 }
 
 /// Rows along the batch dimension, if every input agrees on it.
@@ -340,7 +366,16 @@ fn run_one(job: Job) {
         return;
     }
     let queued = job.enqueued.elapsed();
-    let (outputs, compute) = execute(&job.version, &job.inputs, job.rows().unwrap_or(1));
+    let Executed {
+        outputs,
+        compute,
+        cpu,
+    } = execute(&job.version, &job.inputs, job.rows().unwrap_or(1));
+    // Unbatched runs tell whether the version could run inline.
+    if let Some(cpu) = cpu {
+        let elements = job.inputs.iter().map(|t| t.data.len()).sum();
+        job.version.exec.record(elements, cpu);
+    }
     drop(job.inputs);
     // The caller may have gone (client disconnected): nothing to do.
     let _ = job.reply.send(JobDone {

@@ -93,11 +93,13 @@ impl Server {
             }) => {
                 for v in versions.values() {
                     v.monitor.set_config(config.drift.clone());
-                    v.batcher.configure(pool::BatchSettings::resolve(
+                    let batching = pool::BatchSettings::resolve(
                         &config.batching,
                         &v.signature,
                         self.pool.capacity(),
-                    ));
+                    );
+                    v.exec.configure(super::exec_settings(&config, &batching));
+                    v.batcher.configure(batching);
                 }
                 let rollout = self.effective_rollout(name, &config);
                 if let Some(p) = &previous {

@@ -1,0 +1,402 @@
+//! Where a version's compute runs: inline on the async thread that decoded the request,
+//! or on the worker pool (and its batcher).
+//!
+//! Handing a request to a worker thread and back costs more than the whole compute of a
+//! small model (futex wake-ups, task switches, a channel and a oneshot: about 10 µs of
+//! CPU per request on the machine of benches/RESULTS.md, while a logistic regression
+//! computes in 2-5 µs). So `[execution] mode = "auto"` runs a version inline while its
+//! compute is measured to be small, and keeps the pool for the rest:
+//!
+//! - at load, the warm-up input is timed ([`Warmup`]); the version starts inline when
+//!   that p90 is under `inline_max_compute_us` and no `[batching]` section asks for
+//!   batches (the default threshold, 10 µs, is about the CPU the hop costs: above it,
+//!   batching on the pool amortises more than the hop costs, see benches/RESULTS.md);
+//! - a request whose element count is more than the threshold allows, extrapolating
+//!   linearly from the warm-up's, goes to the pool whatever the mode;
+//! - unbatched executions (inline or on a worker; one in eight per thread, the clock
+//!   being a system call) feed a windowed histogram; at the end of each window of
+//!   [`WINDOW`] samples the version is inline exactly when the window's p90 stayed under
+//!   the threshold and its p99 under [`P99_FACTOR`] times it, so one slow kind of request
+//!   cannot keep stalling the async threads.
+//!
+//! Compute is measured here in CPU time of the running thread, not wall time: on a busy
+//! machine a preempted run takes milliseconds of wall time whichever thread it is on,
+//! and the hop would not have spared the async thread anything.
+//!
+//! `mode = "pool"` and `mode = "inline"` force the choice (inline then ignores the
+//! element guard and the estimate: the operator decided). The hot path reads one atomic.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::Warmup;
+use crate::config::{ExecutionConfig, ExecutionMode};
+
+/// Samples per decision window (p99 = the third largest).
+pub const WINDOW: u64 = 256;
+
+/// The served p99 may be this many times the threshold (rare slow runs are tolerated,
+/// a slow kind of request is not).
+pub const P99_FACTOR: u64 = 5;
+
+/// Buckets of the compute histogram: quarter-octaves of nanoseconds, from 1 ns to ~4 s.
+const BUCKETS: usize = 128;
+
+fn bucket(ns: u64) -> usize {
+    if ns <= 1 {
+        return 0;
+    }
+    // floor(4 * log2(ns)) from the leading bit and the two bits after it.
+    let log = 63 - ns.leading_zeros() as u64;
+    let frac = if log >= 2 {
+        (ns >> (log - 2)) & 3
+    } else {
+        (ns << (2 - log)) & 3
+    };
+    ((log * 4 + frac) as usize).min(BUCKETS - 1)
+}
+
+/// The upper bound of a bucket, in ns.
+fn bucket_upper(i: usize) -> u64 {
+    let (log, frac) = ((i / 4) as u32, (i % 4) as u64);
+    let base = 1u64 << log;
+    // (1 + (frac + 1) / 4) * 2^log
+    base + (base * (frac + 1)) / 4
+}
+
+/// What `[execution]` says, resolved against the model's `[batching]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecSettings {
+    pub mode: ExecutionMode,
+    pub threshold: Duration,
+    /// `[batching]` is written and batches more than one row: auto keeps the pool.
+    pub batching_requested: bool,
+}
+
+impl ExecSettings {
+    pub fn resolve(config: &ExecutionConfig, batching_requested: bool) -> ExecSettings {
+        ExecSettings {
+            mode: config.mode,
+            threshold: Duration::from_micros(config.inline_max_compute_us),
+            batching_requested,
+        }
+    }
+}
+
+/// A copy of a version's execution state for the stats and config endpoints.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ExecReport {
+    /// `auto`, `pool` or `inline`, as configured.
+    pub configured: &'static str,
+    /// `inline` or `pool`: where a request of the warm-up's size runs now.
+    pub mode: &'static str,
+    pub inline_max_compute_us: u64,
+    /// Requests with more elements than this go to the pool (auto only).
+    pub inline_max_elements: Option<usize>,
+    pub warmup_cpu_p90_us: Option<f64>,
+    /// CPU time of the last full window of sampled (unbatched) executions.
+    pub cpu_p50_us: Option<f64>,
+    pub cpu_p90_us: Option<f64>,
+    pub cpu_p99_us: Option<f64>,
+    pub window_samples: u64,
+}
+
+/// One version's execution mode and the measurements it is decided from.
+pub struct Execution {
+    settings: ArcSwap<ExecSettings>,
+    warmup: Option<Warmup>,
+    /// Auto's current decision (the estimate's); the mode in force also depends on the
+    /// settings.
+    estimate_inline: AtomicBool,
+    /// Whether a full window has been seen (until then the warm-up decides).
+    measured: AtomicBool,
+    window_count: AtomicU64,
+    histogram: [AtomicU64; BUCKETS],
+    last_p50_ns: AtomicU64,
+    last_p90_ns: AtomicU64,
+    last_p99_ns: AtomicU64,
+}
+
+impl Execution {
+    pub fn new(settings: ExecSettings, warmup: Option<Warmup>) -> Execution {
+        let e = Execution {
+            settings: ArcSwap::from_pointee(settings),
+            warmup,
+            estimate_inline: AtomicBool::new(false),
+            measured: AtomicBool::new(false),
+            window_count: AtomicU64::new(0),
+            histogram: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_p50_ns: AtomicU64::new(0),
+            last_p90_ns: AtomicU64::new(0),
+            last_p99_ns: AtomicU64::new(0),
+        };
+        e.estimate_inline.store(e.warmup_says_inline(), Relaxed);
+        e
+    }
+
+    /// New settings (a reload of config.toml) take effect with the next request; the
+    /// measurements so far are kept, and the warm-up's verdict is checked again against
+    /// the new threshold until a window has been measured.
+    pub fn configure(&self, settings: ExecSettings) {
+        if **self.settings.load() == settings {
+            return;
+        }
+        self.settings.store(std::sync::Arc::new(settings));
+        let inline = if self.measured.load(Relaxed) {
+            Self::fast_enough(
+                self.last_p90_ns.load(Relaxed),
+                self.last_p99_ns.load(Relaxed),
+                self.settings.load().threshold,
+            )
+        } else {
+            self.warmup_says_inline()
+        };
+        self.estimate_inline.store(inline, Relaxed);
+    }
+
+    fn fast_enough(p90_ns: u64, p99_ns: u64, threshold: Duration) -> bool {
+        let t = threshold.as_nanos().min(u64::MAX as u128) as u64;
+        p90_ns < t && p99_ns < t.saturating_mul(P99_FACTOR)
+    }
+
+    fn warmup_says_inline(&self) -> bool {
+        self.warmup
+            .is_some_and(|w| w.p90 < self.settings.load().threshold)
+    }
+
+    /// The most elements a request may have and still run inline in auto mode: the
+    /// warm-up's count scaled by how many warm-up computes fit in the threshold (compute
+    /// grows at most linearly with the input for the models this is for).
+    fn max_elements(&self, threshold: Duration) -> Option<usize> {
+        let w = self.warmup?;
+        let per = w.p90.as_nanos().max(1);
+        let fits = (threshold.as_nanos() / per).max(1);
+        Some(
+            w.elements
+                .saturating_mul(fits.min(usize::MAX as u128) as usize),
+        )
+    }
+
+    /// Whether a request with `elements` input elements runs inline.
+    pub fn inline_for(&self, elements: usize) -> bool {
+        let s = self.settings.load();
+        match s.mode {
+            ExecutionMode::Pool => false,
+            ExecutionMode::Inline => true,
+            ExecutionMode::Auto => {
+                !s.batching_requested
+                    && self.estimate_inline.load(Relaxed)
+                    && self
+                        .max_elements(s.threshold)
+                        .is_some_and(|max| elements <= max)
+            }
+        }
+    }
+
+    /// Records the CPU time of one unbatched execution of a request with `elements` input
+    /// elements.
+    pub fn record(&self, elements: usize, compute: Duration) {
+        let s = self.settings.load();
+        if s.mode != ExecutionMode::Auto
+            || !self
+                .max_elements(s.threshold)
+                .is_some_and(|max| elements <= max)
+        {
+            return;
+        }
+        let ns = compute.as_nanos().min(u64::MAX as u128) as u64;
+        self.histogram[bucket(ns)].fetch_add(1, Relaxed);
+        if self.window_count.fetch_add(1, Relaxed) + 1 == WINDOW {
+            self.close_window(s.threshold);
+        }
+    }
+
+    /// Reads and clears the histogram (one thread gets here per window; concurrent
+    /// records during the swap land in this window or the next, both fine for an
+    /// estimate) and decides.
+    fn close_window(&self, threshold: Duration) {
+        let counts: Vec<u64> = self.histogram.iter().map(|b| b.swap(0, Relaxed)).collect();
+        self.window_count.store(0, Relaxed);
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let quantile = |q: f64| {
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return bucket_upper(i);
+                }
+            }
+            bucket_upper(BUCKETS - 1)
+        };
+        let (p50, p90, p99) = (quantile(0.50), quantile(0.90), quantile(0.99));
+        self.last_p50_ns.store(p50, Relaxed);
+        self.last_p90_ns.store(p90, Relaxed);
+        self.last_p99_ns.store(p99, Relaxed);
+        self.measured.store(true, Relaxed);
+        let inline = Self::fast_enough(p90, p99, threshold);
+        if self.estimate_inline.swap(inline, Relaxed) != inline {
+            tracing::info!(
+                inline,
+                p90_us = p90 as f64 / 1e3,
+                p99_us = p99 as f64 / 1e3,
+                threshold_us = threshold.as_micros() as u64,
+                "execution mode changes with the measured compute"
+            );
+        }
+    }
+
+    /// Where a request of the warm-up's size runs now.
+    pub fn is_inline(&self) -> bool {
+        self.inline_for(self.warmup.map_or(1, |w| w.elements))
+    }
+
+    pub fn report(&self) -> ExecReport {
+        let s = self.settings.load();
+        let measured = self.measured.load(Relaxed);
+        let us = |ns: u64| ns as f64 / 1e3;
+        ExecReport {
+            configured: s.mode.as_str(),
+            mode: if self.is_inline() { "inline" } else { "pool" },
+            inline_max_compute_us: s.threshold.as_micros() as u64,
+            inline_max_elements: match s.mode {
+                ExecutionMode::Auto => self.max_elements(s.threshold),
+                _ => None,
+            },
+            warmup_cpu_p90_us: self.warmup.map(|w| w.p90.as_nanos() as f64 / 1e3),
+            cpu_p50_us: measured.then(|| us(self.last_p50_ns.load(Relaxed))),
+            cpu_p90_us: measured.then(|| us(self.last_p90_ns.load(Relaxed))),
+            cpu_p99_us: measured.then(|| us(self.last_p99_ns.load(Relaxed))),
+            window_samples: WINDOW,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warmup(us: u64) -> Option<Warmup> {
+        Some(Warmup {
+            p90: Duration::from_micros(us),
+            runs: 20,
+            elements: 4,
+        })
+    }
+
+    fn auto(batching: bool) -> ExecSettings {
+        ExecSettings::resolve(&ExecutionConfig::default(), batching)
+    }
+
+    #[test]
+    fn buckets_bound_their_values() {
+        // Everything from 2^32 ns (4.3 s) on shares the last bucket.
+        assert_eq!(bucket(1 << 40), BUCKETS - 1);
+        for ns in [
+            1u64,
+            2,
+            3,
+            5,
+            7,
+            100,
+            999,
+            1000,
+            1001,
+            49_999,
+            50_000,
+            (1 << 32) - 1,
+        ] {
+            let b = bucket(ns);
+            assert!(
+                bucket_upper(b) >= ns,
+                "{ns} in bucket {b} up to {}",
+                bucket_upper(b)
+            );
+            assert!(
+                b == 0 || bucket_upper(b - 1) <= ns,
+                "{ns}: bucket {b} too high"
+            );
+            // A quarter-octave: the bound is at most 25 % (plus rounding) above the value.
+            assert!(bucket_upper(b) as f64 <= ns as f64 * 1.25 + 2.0, "{ns}");
+        }
+    }
+
+    #[test]
+    fn cheap_warmup_is_inline_heavy_or_batched_or_unmeasured_is_pool() {
+        assert!(Execution::new(auto(false), warmup(3)).is_inline());
+        assert!(!Execution::new(auto(false), warmup(10)).is_inline());
+        assert!(!Execution::new(auto(false), warmup(500)).is_inline());
+        assert!(!Execution::new(auto(true), warmup(3)).is_inline());
+        assert!(!Execution::new(auto(false), None).is_inline());
+        let forced = |mode| {
+            ExecSettings::resolve(
+                &ExecutionConfig {
+                    mode,
+                    ..ExecutionConfig::default()
+                },
+                true,
+            )
+        };
+        assert!(Execution::new(forced(ExecutionMode::Inline), warmup(500)).is_inline());
+        assert!(!Execution::new(forced(ExecutionMode::Pool), warmup(3)).is_inline());
+    }
+
+    #[test]
+    fn large_requests_go_to_the_pool() {
+        // 2 µs for 4 elements, 10 µs threshold: up to 20 elements inline.
+        let e = Execution::new(auto(false), warmup(2));
+        assert!(e.inline_for(4));
+        assert!(e.inline_for(20));
+        assert!(!e.inline_for(21));
+    }
+
+    #[test]
+    fn a_slow_window_moves_to_the_pool_and_a_fast_one_back() {
+        let e = Execution::new(auto(false), warmup(3));
+        let window = |slow_every: u64, slow_us: u64| {
+            for i in 0..WINDOW {
+                let us = if i % slow_every == 0 { slow_us } else { 3 };
+                e.record(4, Duration::from_micros(us));
+            }
+        };
+        // 2 % of a window far above the threshold: p99 above five times it.
+        window(50, 400);
+        assert!(!e.is_inline());
+        let r = e.report();
+        assert_eq!(r.mode, "pool");
+        assert!(r.cpu_p99_us.unwrap() >= 400.0, "{r:?}");
+        assert!(r.cpu_p50_us.unwrap() < 4.0, "{r:?}");
+        // Requests larger than the guard are not counted.
+        for _ in 0..WINDOW {
+            e.record(10_000, Duration::from_millis(5));
+        }
+        assert!(!e.is_inline());
+        // 0.5 % slow: p99 under the bound again.
+        window(200, 400);
+        assert!(e.is_inline());
+        // 20 % at 12 µs: the p90 is over the threshold.
+        window(5, 12);
+        assert!(!e.is_inline());
+        window(1000, 30);
+        assert!(e.is_inline());
+    }
+
+    #[test]
+    fn a_new_threshold_is_applied_at_once() {
+        let e = Execution::new(auto(false), warmup(8));
+        assert!(e.is_inline());
+        e.configure(ExecSettings::resolve(
+            &ExecutionConfig {
+                inline_max_compute_us: 5,
+                ..ExecutionConfig::default()
+            },
+            false,
+        ));
+        assert!(!e.is_inline());
+    }
+}

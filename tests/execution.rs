@@ -1,0 +1,218 @@
+//! Execution mode (`[execution]`): a version whose measured compute is far below the cost
+//! of handing it to a worker thread runs inline on the async threads; a heavy one, or
+//! one whose `[batching]` asks for batches, stays on the pool; large requests to an inline
+//! version still go to the pool; and inline runs keep every guarantee of the pool (engine
+//! panics answered 400, counters, the in-flight gauge back to zero).
+//! Models: tests/data/exec (made by tests/data/exec/make_models.py).
+
+mod common;
+
+use common::{root, wait_for, Engine, TempDir, Vigil};
+use serde_json::{json, Value};
+
+/// A repository with `name` served from tests/data/exec/`model`, with `config`.
+fn add(repo: &TempDir, name: &str, model: &str, config: &str) {
+    let v1 = repo.path().join(name).join("1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy(
+        root()
+            .join("tests/data/exec")
+            .join(model)
+            .join("1/model.onnx"),
+        v1.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(repo.path().join(name).join("config.toml"), config).unwrap();
+}
+
+fn lookup(indices: &[i64]) -> Value {
+    json!({"inputs": [{"name": "index", "shape": [indices.len()], "datatype": "INT64", "data": indices}]})
+}
+
+/// The mode in force as `/config` and `/stats` show it, and the gauge; all must agree.
+fn mode(v: &Vigil, model: &str) -> String {
+    let (status, config) = v.get(&format!("/v2/models/{model}/config"));
+    assert_eq!(status, 200, "{config}");
+    let in_force = config["execution"]["in_force"]
+        .as_str()
+        .unwrap_or("missing")
+        .to_string();
+    let (_, stats) = v.get(&format!("/v2/models/{model}/stats"));
+    let reported = &stats["model_stats"][0]["execution"];
+    assert_eq!(
+        reported["mode"].as_str(),
+        Some(in_force.as_str()),
+        "{stats}"
+    );
+    let gauge = v.metric(&format!(
+        "vigil_inference_inline{{model=\"{model}\",version=\"1\"}}"
+    ));
+    assert_eq!(
+        gauge,
+        Some(f64::from(u8::from(in_force == "inline"))),
+        "{model}: {in_force}"
+    );
+    in_force
+}
+
+fn queue_sum(v: &Vigil, model: &str) -> f64 {
+    v.metric(&format!(
+        "vigil_inference_queue_duration_seconds_sum{{model=\"{model}\",version=\"1\"}}"
+    ))
+    .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn cheap_versions_run_inline_heavy_and_batched_ones_on_the_pool() {
+    let repo = TempDir::new("exec");
+    add(&repo, "lookup", "lookup", "");
+    add(&repo, "heavy", "heavy", "");
+    add(
+        &repo,
+        "batched",
+        "lookup",
+        "[batching]\nmax_batch_size = 8\n",
+    );
+    add(
+        &repo,
+        "unbatched",
+        "lookup",
+        "[batching]\nmax_batch_size = 1\n",
+    );
+    add(&repo, "pooled", "lookup", "[execution]\nmode = \"pool\"\n");
+    add(&repo, "forced", "heavy", "[execution]\nmode = \"inline\"\n");
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+
+    assert_eq!(mode(&v, "lookup"), "inline");
+    assert_eq!(mode(&v, "unbatched"), "inline", "batching written but off");
+    assert_eq!(mode(&v, "heavy"), "pool");
+    assert_eq!(mode(&v, "batched"), "pool", "[batching] asks for batches");
+    assert_eq!(mode(&v, "pooled"), "pool");
+    assert_eq!(mode(&v, "forced"), "inline");
+    let (_, stats) = v.get("/v2/models/heavy/stats");
+    let e = &stats["model_stats"][0]["execution"];
+    assert_eq!(e["configured"], "auto");
+    let warm = e["warmup_cpu_p90_us"].as_f64().unwrap();
+    assert!(warm > e["inline_max_compute_us"].as_f64().unwrap(), "{e}");
+
+    // Inline answers are right and never wait in a queue.
+    for i in 0..20i64 {
+        let (status, body) = v.post_json("/v2/models/lookup/infer", &lookup(&[i % 4, 3]));
+        assert_eq!(status, 200, "{body}");
+        let want = [0.5 + (i % 4) as f64, 3.5];
+        assert_eq!(body["outputs"][0]["data"], json!(want));
+    }
+    assert_eq!(queue_sum(&v, "lookup"), 0.0);
+    // One far larger than the warm-up's input goes to the pool (and waits in its queue).
+    let big: Vec<i64> = (0..4096).map(|i| i % 4).collect();
+    let max = v.get("/v2/models/lookup/stats").1["model_stats"][0]["execution"]
+        ["inline_max_elements"]
+        .as_u64()
+        .unwrap();
+    assert!((max as usize) < big.len(), "inline_max_elements {max}");
+    let (status, body) = v.post_json("/v2/models/lookup/infer", &lookup(&big));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["shape"], json!([4096]));
+    assert!(queue_sum(&v, "lookup") > 0.0);
+    assert_eq!(
+        mode(&v, "lookup"),
+        "inline",
+        "one large request changes nothing"
+    );
+
+    // The heavy model's answer (sum of (x x^T)^2 = |x|^4 = 256^2 for x = 1).
+    let ones = json!({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32", "data": vec![1.0; 256]}]});
+    for m in ["heavy", "forced"] {
+        let (status, body) = v.post_json(&format!("/v2/models/{m}/infer"), &ones);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["outputs"][0]["data"], json!([16_777_216.0]));
+    }
+}
+
+#[test]
+fn ort_sessions_serve_inline_from_every_async_thread() {
+    let repo = TempDir::new("exec-ort");
+    add(
+        &repo,
+        "lookup",
+        "lookup",
+        "[execution]\nmode = \"inline\"\n",
+    );
+    let v = Vigil::start(repo.path(), Engine::Ort, &[]);
+    assert_eq!(mode(&v, "lookup"), "inline");
+    let v = std::sync::Arc::new(v);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                for i in 0..50i64 {
+                    let idx = (t + i) % 4;
+                    let (status, body) = v.post_json("/v2/models/lookup/infer", &lookup(&[idx]));
+                    assert_eq!(status, 200, "{body}");
+                    assert_eq!(body["outputs"][0]["data"], json!([0.5 + idx as f64]));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(queue_sum(&v, "lookup"), 0.0);
+}
+
+#[test]
+fn an_inline_engine_panic_is_answered_400_and_serving_goes_on() {
+    let repo = TempDir::new("exec-panic");
+    add(&repo, "lookup", "lookup", "");
+    let v = std::sync::Arc::new(Vigil::start(repo.path(), Engine::Tract, &[]));
+    assert_eq!(mode(&v, "lookup"), "inline");
+    // An index past the 4-entry table: tract slices out of bounds and panics.
+    let (status, body) = v.post_json("/v2/models/lookup/infer", &lookup(&[1000]));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("panicked"),
+        "{body}"
+    );
+    // Panics on both async threads at once, good requests between them.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                for i in 0..25i64 {
+                    let bad = (t + i) % 2 == 0;
+                    let (status, body) = v.post_json(
+                        "/v2/models/lookup/infer",
+                        &lookup(&[if bad { 1000 + i } else { i % 4 }]),
+                    );
+                    assert_eq!(status, if bad { 400 } else { 200 }, "{body}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (status, body) = v.post_json("/v2/models/lookup/infer", &lookup(&[2]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!([2.5]));
+    let bad = 1.0 + 50.0;
+    assert_eq!(
+        v.metric(
+            r#"vigil_inference_requests_total{model="lookup",outcome="bad_request",version="1"}"#
+        ),
+        Some(bad)
+    );
+    assert_eq!(
+        v.metric(r#"vigil_inference_requests_total{model="lookup",outcome="success",version="1"}"#),
+        Some(51.0)
+    );
+    let (_, stats) = v.get("/v2/models/lookup/stats");
+    assert_eq!(
+        stats["model_stats"][0]["inference_stats"]["fail"]["count"],
+        json!(51)
+    );
+    wait_for(10, "in-flight gauge back to 0", || {
+        (v.metric("vigil_inference_in_flight ") == Some(0.0)).then_some(())
+    });
+    assert_eq!(mode(&v, "lookup"), "inline");
+}
