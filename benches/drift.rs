@@ -40,7 +40,7 @@ fn monitor(features: usize) -> std::sync::Arc<Monitor> {
         outputs: &outputs,
         // Windows large enough that the measured loop never closes one.
         config: DriftConfig {
-            window_rows: u64::MAX / 2,
+            window_rows: Some(u64::MAX / 2),
             ..DriftConfig::default()
         },
         reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
