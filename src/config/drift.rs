@@ -57,8 +57,9 @@ pub const DEFAULT_WINDOW_ROWS: u64 = 1000;
 
 /// Seconds between scored windows when neither `window_rows` nor `min_window_interval` is
 /// written. At 36 k rows/s (a 2-core machine at full load) a window then holds 360 k rows
-/// and its scoring costs about 2 ms of the drift thread every 10 s (benches/RESULTS.md);
-/// at rates below 100 rows/s windows close at `window_rows` as they always did.
+/// and its scoring costs a few milliseconds of the drift thread every 10 s (about 0.5 ms
+/// per numeric feature, `cargo bench --bench drift -- drift_ks`); below 100 rows/s
+/// windows close at `window_rows` as they always did.
 pub const DEFAULT_MIN_WINDOW_INTERVAL: f64 = 10.0;
 
 fn some_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
