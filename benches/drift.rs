@@ -1,5 +1,8 @@
 //! Drift accumulation on the request path (`Monitor::observe`): catches a regression in
-//! the per-value cost (target ≤ 50 ns per feature value, no allocation per row).
+//! the per-value cost (target ≤ 50 ns per feature value, no allocation per row). And the
+//! exact KS test a scored window pays per numeric feature (`drift_ks`): the lattice count
+//! of unequal samples (O(n1·n2) cells when the samples differ a lot) and the O(n) path of
+//! equal ones.
 
 use std::hint::black_box;
 
@@ -40,7 +43,7 @@ fn monitor(features: usize) -> std::sync::Arc<Monitor> {
         outputs: &outputs,
         // Windows large enough that the measured loop never closes one.
         config: DriftConfig {
-            window_rows: u64::MAX / 2,
+            window_rows: Some(u64::MAX / 2),
             ..DriftConfig::default()
         },
         reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
@@ -82,5 +85,38 @@ fn observe(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, observe);
+/// `n` values: a seeded uniform sample on [shift, shift + 1).
+fn uniform(seed: u64, n: usize, shift: f64) -> Vec<f64> {
+    let mut rng = vigil::rng::Rng::new(seed);
+    (0..n)
+        .map(|_| shift + (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+        .collect()
+}
+
+fn ks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("drift_ks");
+    g.sample_size(10);
+    // The reference sample of `vigil profile` (5000) against windows of the sizes a
+    // window's sample takes: 1000 rows, the default cap, the largest cap.
+    for (n, shift, label) in [
+        (1000, 0.0, "5000x1000_same"),
+        (1000, 0.5, "5000x1000_shifted"),
+        (5000, 0.5, "5000x5000_shifted"),
+        (10_000, 0.0, "5000x10000_same"),
+        (10_000, 0.5, "5000x10000_shifted"),
+    ] {
+        let reference = uniform(1, 5000, 0.0);
+        let window = uniform(2, n, shift);
+        g.bench_function(label, |b| {
+            b.iter_batched(
+                || (reference.clone(), window.clone()),
+                |(mut a, mut w)| vigil::monitor::stats::ks::ks_2samp(&mut a, &mut w),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, observe, ks);
 criterion_main!(benches);

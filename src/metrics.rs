@@ -351,7 +351,7 @@ impl Metrics {
         let drift_windows = IntCounterVec::new(
             Opts::new(
                 "vigil_drift_windows_total",
-                "Closed and scored drift windows by result (ok, drift).",
+                "Closed drift windows by result: scored (ok, drift), or dropped unscored (the scorer's queue was full).",
             ),
             &["model", "version", "result"],
         )
@@ -615,7 +615,7 @@ impl Metrics {
         let _ = self.drift_share.remove_label_values(&[model, &v]);
         let _ = self.drift_status.remove_label_values(&[model, &v]);
         let _ = self.drift_window_rows.remove_label_values(&[model, &v]);
-        for r in ["ok", "drift"] {
+        for r in ["ok", "drift", "dropped"] {
             let _ = self.drift_windows.remove_label_values(&[model, &v, r]);
         }
         let bins = self

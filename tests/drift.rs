@@ -68,7 +68,8 @@ fn feature_std(j: usize) -> f64 {
 
 #[test]
 fn stationary_traffic_does_not_trip_in_200_windows() {
-    let repo = repo_with("", Some(&sample_reference()));
+    // A `window_rows` written: row-exact windows, however fast the rows come.
+    let repo = repo_with("[drift]\nwindow_rows = 1000\n", Some(&sample_reference()));
     let v = Vigil::start(repo.path(), Engine::Tract, &[]);
     let r = report(&v);
     assert_eq!(r["state"], "monitoring");
@@ -149,7 +150,10 @@ fn stationary_traffic_does_not_trip_in_200_windows() {
 
 #[test]
 fn half_sigma_shift_in_one_feature_trips_within_two_windows() {
-    let repo = repo_with("[drift]\ndrift_share = 0.25\n", Some(&sample_reference()));
+    let repo = repo_with(
+        "[drift]\nwindow_rows = 1000\ndrift_share = 0.25\n",
+        Some(&sample_reference()),
+    );
     let v = Vigil::start(repo.path(), Engine::Tract, &[]);
     let mut rng = Rng::new(5);
     let mut shift = [0.0; 4];
@@ -176,7 +180,10 @@ fn half_sigma_shift_in_one_feature_trips_within_two_windows() {
 
 #[test]
 fn all_features_shift_trips_in_one_window() {
-    let repo = repo_with("[drift]\ndrift_share = 0.25\n", Some(&sample_reference()));
+    let repo = repo_with(
+        "[drift]\nwindow_rows = 1000\ndrift_share = 0.25\n",
+        Some(&sample_reference()),
+    );
     let v = Vigil::start(repo.path(), Engine::Tract, &[]);
     let mut rng = Rng::new(6);
     let shift = [0, 1, 2, 3].map(|j| 0.5 * feature_std(j));
@@ -718,4 +725,139 @@ fn drift_report_matches_scipy_on_the_rows_served() {
         "{}",
         reports[1]
     );
+}
+
+/// Sends `rows` rows resampled from the training data in requests of `per_request`
+/// rows, and returns them as the server reads them (FP32).
+fn send_rows_recorded(v: &Vigil, rng: &mut Rng, rows: usize, per_request: usize) -> Vec<[f32; 4]> {
+    let train = iris_training_rows();
+    let mut sent = Vec::with_capacity(rows);
+    while sent.len() < rows {
+        let n = per_request.min(rows - sent.len());
+        let batch: Vec<[f32; 4]> = (0..n)
+            .map(|_| train[rng.below(train.len() as u64) as usize].map(|x| x as f32))
+            .collect();
+        let data: Vec<f32> = batch.iter().flatten().copied().collect();
+        let body =
+            json!({"inputs": [{"name": "X", "shape": [n, 4], "datatype": "FP32", "data": data}]});
+        let (status, got) = v.post_json("/v2/models/iris/infer", &body);
+        assert_eq!(status, 200, "{got}");
+        sent.extend(batch);
+    }
+    sent
+}
+
+/// At high rates the defaults score one window per `min_window_interval` (10 s): a
+/// burst of 20 windows' worth of rows within it is one window, whose bin counts, PSI,
+/// mean and std cover every row (numpy on all of them agrees), and whose KS sample is a
+/// draw of `max_window_sample` (5000) of them.
+#[test]
+fn a_burst_within_the_interval_is_one_window_of_every_row() {
+    let repo = repo_with("", Some(&sample_reference()));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let started = std::time::Instant::now();
+    let sent = send_rows_recorded(&v, &mut Rng::new(17), 20_000, 500);
+    assert!(
+        started.elapsed().as_secs_f64() < 9.0,
+        "the burst took {:?}: too slow for a 10 s interval on this machine",
+        started.elapsed()
+    );
+    let r = wait_for(60, "a scored window", || {
+        let r = report(&v);
+        (r["windows"].as_u64() >= Some(1)).then_some(r)
+    });
+    assert_eq!(r["windows"], 1, "{}", r["recent_windows"]);
+    let w = &r["last_window"];
+    assert_eq!(w["rows"], 20_000, "{}", r["recent_windows"]);
+    assert_eq!(r["window_rows"], 0);
+    let features = w["features"].as_array().unwrap();
+    for f in features {
+        assert_eq!(f["rows"], 20_000, "{f}");
+        assert_eq!(f["sample"], 5000, "{f}");
+    }
+    // Every row in the counts and statistics: numpy on all rows sent.
+    let dir = TempDir::new("burst");
+    let rows_path = dir.path().join("rows.json");
+    let report_path = dir.path().join("report.json");
+    std::fs::write(&rows_path, serde_json::to_vec(&sent).unwrap()).unwrap();
+    std::fs::write(&report_path, w.to_string()).unwrap();
+    let check = r#"
+import json, sys, numpy as np
+x = np.array(json.load(open(sys.argv[1])), dtype=np.float32).astype(np.float64)
+w = json.load(open(sys.argv[2]))
+for j, f in enumerate(w["features"]):
+    col = x[:, j]
+    edges = np.array(f["edges"])
+    counts = np.bincount(np.searchsorted(edges, col, side="right"), minlength=len(edges) + 1)
+    assert list(counts) == f["window_counts"], (j, list(counts), f["window_counts"])
+    cur = np.maximum(counts / len(col), 1e-4)
+    ref = np.maximum(np.array(f["reference_proportions"]), 1e-4)
+    psi = float(np.sum((cur - ref) * np.log(cur / ref)))
+    assert abs(psi - f["psi"]) < 1e-9, (j, psi, f["psi"])
+    assert abs(col.mean() - f["mean"]) < 1e-9 and abs(col.std() - f["std"]) < 1e-9, j
+print("numpy agrees on all", len(x), "rows")
+"#;
+    let py = Command::new(python())
+        .args([
+            "-c",
+            check,
+            rows_path.to_str().unwrap(),
+            report_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let scored = ["ok", "drift"]
+        .map(|res| {
+            v.metric(&format!(
+                r#"vigil_drift_windows_total{{model="iris",result="{res}",version="1"}}"#
+            ))
+            .unwrap_or(0.0)
+        })
+        .iter()
+        .sum::<f64>();
+    assert_eq!(scored, 1.0);
+}
+
+/// Thin traffic still closes windows. A `window_rows` written alone gives row-exact
+/// windows even when a request's rows straddle the boundary; with the default rules a
+/// window closes once it has `window_rows` rows and its interval has passed.
+#[test]
+fn thin_traffic_closes_windows_at_window_rows() {
+    let repo = repo_with("[drift]\nwindow_rows = 1000\n", Some(&sample_reference()));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let mut rng = Rng::new(23);
+    send_rows_recorded(&v, &mut rng, 600, 600);
+    send_rows_recorded(&v, &mut rng, 600, 600);
+    let r = wait_windows(&v, 1);
+    assert_eq!(r["last_window"]["rows"], 1000, "{r}");
+    assert_eq!(
+        r["window_rows"], 200,
+        "the rest of the request opens the next window"
+    );
+    drop(v);
+
+    let repo = repo_with(
+        "[drift]\nmin_window_interval = \"1s\"\n",
+        Some(&sample_reference()),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    // The window opened when the server started, before this.
+    let opened_before = std::time::Instant::now();
+    send_rows_recorded(&v, &mut rng, 600, 600);
+    assert_eq!(report(&v)["window_rows"], 600);
+    // Thin traffic: the interval passes before the window has its rows...
+    while opened_before.elapsed() < std::time::Duration::from_millis(1200) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(report(&v)["windows"], 0, "not closed below window_rows");
+    // ...and the request that brings it to window_rows closes it.
+    send_rows_recorded(&v, &mut rng, 600, 600);
+    let r = wait_windows(&v, 1);
+    assert_eq!(r["last_window"]["rows"], 1200, "{r}");
+    assert_eq!(r["window_rows"], 0);
 }

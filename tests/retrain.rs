@@ -173,7 +173,7 @@ fn repo(retrain: &str) -> TempDir {
     .unwrap();
     std::fs::write(
         dir.path().join("iris/config.toml"),
-        format!("[drift]\ndrift_share = 0.25\n\n[retrain]\n{retrain}"),
+        format!("[drift]\nwindow_rows = 1000\ndrift_share = 0.25\n\n[retrain]\n{retrain}"),
     )
     .unwrap();
     dir

@@ -527,6 +527,7 @@ mod tests {
             index,
             kind: crate::monitor::profile::Kind::Numeric,
             rows: 10,
+            sample: 10,
             psi,
             js: None,
             ks_statistic: None,

@@ -150,6 +150,7 @@ mod tests {
             index: 0,
             kind,
             rows: 4,
+            sample: 4,
             psi: Some(0.3),
             js: None,
             ks_statistic: None,

@@ -19,6 +19,8 @@ pub struct DriftMetrics {
     pub status: IntGauge,
     windows_ok: IntCounter,
     windows_drift: IntCounter,
+    /// Closed windows the scorer's full queue turned away.
+    pub windows_dropped: IntCounter,
     pub window_rows: IntGauge,
     /// Where the feature names are noted, so the series go when the version goes.
     names: FeatureNames,
@@ -38,6 +40,7 @@ impl DriftMetrics {
             status: families.status.with_label_values(&[model, &v]),
             windows_ok: families.windows.with_label_values(&[model, &v, "ok"]),
             windows_drift: families.windows.with_label_values(&[model, &v, "drift"]),
+            windows_dropped: families.windows.with_label_values(&[model, &v, "dropped"]),
             window_rows: families.window_rows.with_label_values(&[model, &v]),
             names: families.names.clone(),
             fleet: families.fleet.clone(),

@@ -16,8 +16,9 @@ mod scorer;
 pub mod stats;
 mod window;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -75,6 +76,40 @@ pub struct Monitor {
     fleet: Option<FleetBins>,
     scorer: Scorer,
     events: Option<crossbeam_channel::Sender<DriftEvent>>,
+    /// Closed windows of this version not yet scored (see [`Pending`]).
+    pending: AtomicU32,
+}
+
+/// A closed window on its way to the scorer.
+struct Closed {
+    reference: Arc<Profile>,
+    out_ref: Option<Arc<OutputReference>>,
+    inputs: Side,
+    /// None, or ignored, until the outputs have a reference.
+    outputs: Option<Side>,
+    rows: u64,
+    /// Unix time in seconds: when it closed, not when the scorer got to it.
+    closed_at: f64,
+}
+
+/// One closed window of a monitor waiting for (or being scored by) the scorer: counted
+/// while it lives, so a job that panics or is dropped unrun cannot hold the next window
+/// open for ever.
+struct Pending {
+    monitor: Arc<Monitor>,
+}
+
+impl Pending {
+    fn new(monitor: Arc<Monitor>) -> Pending {
+        monitor.pending.fetch_add(1, Ordering::AcqRel);
+        Pending { monitor }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.monitor.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a monitor needs to start.
@@ -147,7 +182,7 @@ impl Monitor {
         let cap = cfg.max_window_sample;
         let rows_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let hint = rows_of(if reference.is_some() {
-            cfg.window_rows
+            cfg.rows_per_window()
         } else {
             cfg.reference_rows
         });
@@ -201,6 +236,7 @@ impl Monitor {
             fleet,
             scorer: setup.scorer,
             events: setup.events,
+            pending: AtomicU32::new(0),
         });
         scorer.watch(Arc::downgrade(&monitor) as std::sync::Weak<dyn scorer::Watched>);
         monitor
@@ -226,7 +262,8 @@ impl Monitor {
     }
 
     /// Once a second (scorer thread): flushes the fleet counters, and closes the open
-    /// window if `window_seconds` have passed and it has `min_rows`.
+    /// window if it is due (its rows and its interval, or `window_seconds`, have passed),
+    /// so that a window does not wait for the next request to close.
     fn close_if_due(self: &Arc<Self>) {
         let cfg = self.config.load();
         if !self.is_active() {
@@ -237,15 +274,30 @@ impl Monitor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.flush_fleet(&mut st);
-        if cfg.window_seconds <= 0.0 {
-            return;
-        }
-        if st.reference.is_some()
-            && st.rows >= cfg.min_rows
-            && st.opened.elapsed().as_secs_f64() >= cfg.window_seconds
-        {
+        if st.reference.is_some() && st.rows > 0 && self.due(&st, &cfg) {
             self.close(&mut st, &cfg);
         }
+    }
+
+    /// Whether the open window closes now. Without a reference: at `reference_rows`.
+    /// With one: at `window_rows` rows, or after `window_seconds` if it has `min_rows`;
+    /// but (when the interval is not 0) not before it has been open `min_window_interval`
+    /// nor while the version's previous window waits for the scorer.
+    fn due(&self, st: &State, cfg: &DriftConfig) -> bool {
+        if st.reference.is_none() {
+            return st.rows >= cfg.reference_rows;
+        }
+        let by_rows = st.rows >= cfg.rows_per_window();
+        let timed = cfg.window_seconds > 0.0 && st.rows >= cfg.min_rows;
+        if !by_rows && !timed {
+            return false;
+        }
+        let age = st.opened.elapsed().as_secs_f64();
+        let interval = cfg.min_interval();
+        if interval > 0.0 && (age < interval || self.pending.load(Ordering::Acquire) > 0) {
+            return false;
+        }
+        by_rows || age >= cfg.window_seconds
     }
 
     /// New `[drift]` settings, without reloading the model.
@@ -276,34 +328,46 @@ impl Monitor {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let State {
-            inputs: si,
-            outputs: so,
-            rng,
-            ..
-        } = &mut *st;
-        si.observe(inputs, rows, rng);
-        so.observe(outputs, rows, rng);
-        st.rows += rows as u64;
-        self.metrics.window_rows.set(st.rows as i64);
-        let target = if st.reference.is_none() {
-            cfg.reference_rows
-        } else {
-            cfg.window_rows
-        };
-        let by_time = cfg.window_seconds > 0.0
-            && st.rows >= cfg.min_rows
-            && st.opened.elapsed().as_secs_f64() >= cfg.window_seconds;
-        if st.rows >= target || (st.reference.is_some() && by_time) {
-            self.close(&mut st, &cfg);
+        let mut done = 0;
+        while done < rows {
+            // Row-exact windows (the reference's rows; `window_rows` without an interval)
+            // take only the rows that fill them: a batch may straddle two windows.
+            let (exact, target) = match st.reference {
+                None => (true, cfg.reference_rows),
+                Some(_) => (cfg.min_interval() <= 0.0, cfg.rows_per_window()),
+            };
+            let room = usize::try_from(target.saturating_sub(st.rows)).unwrap_or(usize::MAX);
+            let take = if exact {
+                room.clamp(1, rows - done)
+            } else {
+                rows - done
+            };
+            let State {
+                inputs: si,
+                outputs: so,
+                rng,
+                ..
+            } = &mut *st;
+            si.observe(inputs, rows, done..done + take, rng);
+            so.observe(outputs, rows, done..done + take, rng);
+            st.rows += take as u64;
+            done += take;
+            if self.due(&st, &cfg) {
+                self.close(&mut st, &cfg);
+            }
         }
+        self.metrics.window_rows.set(st.rows as i64);
     }
 
     fn close(self: &Arc<Self>, st: &mut State, cfg: &DriftConfig) {
         let cap = cfg.max_window_sample;
-        // The next window is a scored one (a reference exists or is built from this one).
-        let hint = usize::try_from(cfg.window_rows).unwrap_or(usize::MAX);
         let rows = st.rows;
+        // Room for as many values as this window held (up to the cap), so that at a
+        // steady rate the request path does not grow the sample buffers.
+        let hint = usize::try_from(rows.max(cfg.rows_per_window())).unwrap_or(usize::MAX);
+        let closed_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         self.flush_fleet(st);
         for f in &mut st.flushed {
             f.fill(0);
@@ -314,7 +378,6 @@ impl Monitor {
         let closed_out = std::mem::replace(&mut st.outputs, fresh_out);
         st.rows = 0;
         st.opened = Instant::now();
-        self.metrics.window_rows.set(0);
         let opts = ProfileOptions {
             bins: cfg.bins,
             sample: cap,
@@ -323,59 +386,69 @@ impl Monitor {
         };
         let Some(reference) = st.reference.clone() else {
             // The first rows served become the reference.
-            let profile = Profile::build(
-                columns_of(&closed_in),
-                rows,
-                format!("first {rows} rows served"),
-                &opts,
-            );
+            // Built from the window's sample (all of it below `max_window_sample` rows):
+            // its size is what the reference summarises.
+            let columns = columns_of(&closed_in);
+            let sampled = sampled_rows(&columns, rows);
+            let profile =
+                Profile::build(columns, sampled, format!("first {rows} rows served"), &opts);
             tracing::info!(model = %self.model, version = self.version, rows, "drift reference built from served rows");
             let profile = Arc::new(profile);
             st.inputs = Side::new(st.inputs.defs.clone(), Some(&profile.features), cap, hint);
             st.reference = Some(profile);
             return;
         };
-        let Some(out_ref) = st.output_reference.clone() else {
+        let mut window = Closed {
+            reference,
+            out_ref: st.output_reference.clone(),
+            inputs: closed_in,
+            outputs: Some(closed_out),
+            rows,
+            closed_at,
+        };
+        if window.out_ref.is_none() {
             // Outputs: the first scored window is their reference.
+            let closed_out = window.outputs.take().expect("set above");
+            let columns = columns_of(&closed_out);
+            let sampled = sampled_rows(&columns, rows);
             let outs: Vec<FeatureProfile> =
-                Profile::build(columns_of(&closed_out), rows, String::new(), &opts).features;
+                Profile::build(columns, sampled, String::new(), &opts).features;
             st.outputs = Side::new(st.outputs.defs.clone(), Some(&outs), cap, hint);
             st.output_reference = Some(Arc::new(OutputReference {
                 features: outs,
-                rows,
+                rows: sampled,
             }));
-            self.submit_scoring(reference, None, closed_in, None, rows);
-            return;
-        };
-        self.submit_scoring(reference, Some(out_ref), closed_in, Some(closed_out), rows);
+        }
+        self.submit_scoring(window);
     }
 
-    fn submit_scoring(
-        self: &Arc<Self>,
-        reference: Arc<Profile>,
-        out_ref: Option<Arc<OutputReference>>,
-        inputs: Side,
-        outputs: Option<Side>,
-        rows: u64,
-    ) {
-        let me = self.clone();
-        let job = Box::new(move || me.score(&reference, out_ref.as_deref(), inputs, outputs, rows));
+    /// Hands a closed window to the scorer. While it waits there the version's next
+    /// window stays open (when `min_window_interval` is not 0); if the queue is full it is
+    /// dropped and counted (`vigil_drift_windows_total{result="dropped"}`).
+    fn submit_scoring(self: &Arc<Self>, window: Closed) {
+        let pending = Pending::new(self.clone());
+        let job = Box::new(move || {
+            pending.monitor.score(window);
+            drop(pending);
+        });
         if !self.scorer.submit(job) {
+            self.metrics.windows_dropped.inc();
             tracing::warn!(model = %self.model, version = self.version, "drift scorer busy; window dropped");
         }
     }
 
     /// Scores a closed window (on the scorer thread) and runs the detector.
-    fn score(
-        &self,
-        reference: &Profile,
-        out_ref: Option<&OutputReference>,
-        inputs: Side,
-        outputs: Option<Side>,
-        rows: u64,
-    ) {
+    fn score(&self, w: Closed) {
         let cfg = self.config.load();
-        let report = scorer::score_window(&cfg, reference, out_ref, inputs, outputs, rows);
+        let mut report = scorer::score_window(
+            &cfg,
+            &w.reference,
+            w.out_ref.as_deref(),
+            w.inputs,
+            w.outputs.filter(|_| w.out_ref.is_some()),
+            w.rows,
+        );
+        report.closed_at = w.closed_at;
         self.metrics.observe_window(&report);
         let mut det = self
             .detector
@@ -442,3 +515,13 @@ impl scorer::Watched for Monitor {
 
 #[cfg(test)]
 mod tests;
+
+/// The rows a profile built from these window columns summarises: the reservoir sample's
+/// size (every row when the window is smaller than `max_window_sample`).
+fn sampled_rows(columns: &[profile::Column], rows: u64) -> u64 {
+    columns
+        .iter()
+        .map(|c| c.values.len() as u64)
+        .max()
+        .map_or(rows, |n| n.min(rows))
+}

@@ -14,7 +14,12 @@ pub struct FeatureScore {
     pub input: String,
     pub index: usize,
     pub kind: Kind,
+    /// Finite values in the window: every one is in the bin counts, PSI, JS, chi-square,
+    /// mean and std.
     pub rows: u64,
+    /// Values in the window's sample (at most `max_window_sample`, drawn uniformly from
+    /// all `rows`): what KS and Wasserstein compare with the reference's sample.
+    pub sample: usize,
     pub psi: Option<f64>,
     pub js: Option<f64>,
     pub ks_statistic: Option<f64>,

@@ -4,7 +4,7 @@
 //! metrics, nor of the monitor but through [`Watched`].
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::plan::FeatureDef;
 use super::profile::{FeatureProfile, Kind, Profile};
@@ -19,41 +19,39 @@ pub(super) trait Watched: Send + Sync {
 }
 
 /// Runs scoring jobs on one background thread, fed by a bounded queue. Once a second
-/// it also closes windows whose `window_seconds` have passed, so a window does not wait
-/// for the next request to close.
+/// it also closes windows that are due, so a window does not wait for the next request
+/// to close. The thread runs at idle priority (`SCHED_IDLE`, else nice 19): under full
+/// load it takes what the request threads leave, and scoring waits rather than slowing
+/// requests down.
 #[derive(Clone)]
 pub struct Scorer {
-    tx: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+    tx: crossbeam_channel::Sender<Job>,
     monitors: Arc<Mutex<Vec<Weak<dyn Watched>>>>,
 }
 
 impl Scorer {
     pub fn start() -> Scorer {
-        let (tx, rx) = crossbeam_channel::bounded::<Box<dyn FnOnce() + Send>>(256);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(256);
         let monitors: Arc<Mutex<Vec<Weak<dyn Watched>>>> = Arc::default();
         let watched = monitors.clone();
-        crate::supervise::spawn_thread("drift_scorer", "vigil-drift", move || loop {
-            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
-                Ok(job) => {
-                    // One job's panic costs that window only.
-                    let _ = crate::supervise::guard("drift_scorer", job);
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    let alive: Vec<Arc<dyn Watched>> = {
-                        let mut list = watched
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        list.retain(|w| w.strong_count() > 0);
-                        list.iter().filter_map(Weak::upgrade).collect()
-                    };
-                    for m in alive {
-                        m.tick();
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            }
+        crate::supervise::spawn_thread("drift_scorer", "vigil-drift", move || {
+            lower_priority();
+            scorer_loop(&rx, &watched);
         });
         Scorer { tx, monitors }
+    }
+
+    /// A scorer whose jobs wait in the returned queue until the test runs them.
+    #[cfg(test)]
+    pub(super) fn paused() -> (Scorer, crossbeam_channel::Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        (
+            Scorer {
+                tx,
+                monitors: Arc::default(),
+            },
+            rx,
+        )
     }
 
     pub(super) fn watch(&self, m: Weak<dyn Watched>) {
@@ -63,8 +61,62 @@ impl Scorer {
             .push(m);
     }
 
-    pub(super) fn submit(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+    pub(super) fn submit(&self, job: Job) -> bool {
         self.tx.try_send(job).is_ok()
+    }
+}
+
+pub(super) type Job = Box<dyn FnOnce() + Send>;
+
+/// The scorer thread: jobs as they come, and every second the monitors' ticks (even
+/// while jobs keep coming).
+fn scorer_loop(rx: &crossbeam_channel::Receiver<Job>, watched: &Mutex<Vec<Weak<dyn Watched>>>) {
+    const TICK: Duration = Duration::from_secs(1);
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        match rx.recv_deadline(next_tick) {
+            Ok(job) => {
+                // One job's panic costs that window only.
+                let _ = crate::supervise::guard("drift_scorer", job);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + TICK;
+            let alive: Vec<Arc<dyn Watched>> = {
+                let mut list = watched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                list.retain(|w| w.strong_count() > 0);
+                list.iter().filter_map(Weak::upgrade).collect()
+            };
+            for m in alive {
+                m.tick();
+            }
+        }
+    }
+}
+
+/// Moves the calling thread to idle priority: `SCHED_IDLE` (it runs only when a
+/// CPU has nothing else to run), or nice 19 where that is refused.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain system calls on the calling thread (pid 0 is the calling thread
+        // for both on Linux), with a valid sched_param.
+        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+        if !idle {
+            let tid = unsafe { libc::gettid() } as libc::id_t;
+            // SAFETY: as above.
+            let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) } == 0;
+            if !niced {
+                tracing::warn!(
+                    "the drift scorer could not lower its priority; it competes with requests"
+                );
+            }
+        }
     }
 }
 
@@ -131,6 +183,7 @@ fn score_feature(
         index: def.index,
         kind: r.kind,
         rows: n,
+        sample: acc.sample.len(),
         psi: None,
         js: None,
         ks_statistic: None,

@@ -60,7 +60,7 @@ fn fleet_counters_count_every_row_per_reference_bin() {
         inputs: &[spec("X", DataType::Fp32, &[-1, 2])],
         outputs: &[],
         config: DriftConfig {
-            window_rows: 40,
+            window_rows: Some(40),
             ..DriftConfig::default()
         },
         reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
@@ -156,7 +156,7 @@ fn categorical_monitor(
         inputs: &[spec("X", DataType::Int64, &[-1, 1])],
         outputs: &[],
         config: DriftConfig {
-            window_rows: 1000,
+            window_rows: Some(1000),
             ..DriftConfig::default()
         },
         reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
@@ -276,7 +276,7 @@ fn a_learned_categorical_reference_does_not_cry_wolf() {
             outputs: &[],
             config: DriftConfig {
                 reference_rows: 1000,
-                window_rows: 1000,
+                window_rows: Some(1000),
                 ..DriftConfig::default()
             },
             reference_json: None,
@@ -319,7 +319,7 @@ fn accumulates_rows_without_a_reference_then_builds_one() {
         outputs: &[spec("y", DataType::Int64, &[-1])],
         config: DriftConfig {
             reference_rows: 100,
-            window_rows: 50,
+            window_rows: Some(50),
             ..DriftConfig::default()
         },
         reference_json: None,
@@ -370,4 +370,131 @@ fn accumulates_rows_without_a_reference_then_builds_one() {
         .features
         .iter()
         .all(|f| f.drifted && f.psi.unwrap() > 1.0));
+}
+
+/// A monitor of one numeric feature (reference: 0..1000) on a scorer whose jobs wait
+/// until the test runs them.
+fn paused_monitor(config: DriftConfig) -> (Arc<Monitor>, crossbeam_channel::Receiver<scorer::Job>) {
+    let profile = Profile::build(
+        vec![Column {
+            name: "f0".into(),
+            input: "X".into(),
+            index: 0,
+            values: (0..1000).map(f64::from).collect(),
+        }],
+        1000,
+        "reference.json".into(),
+        &ProfileOptions::default(),
+    );
+    let (scorer, jobs) = Scorer::paused();
+    let m = Monitor::new(MonitorSetup {
+        model: "m",
+        version: 1,
+        inputs: &[spec("X", DataType::Fp32, &[-1, 1])],
+        outputs: &[],
+        config,
+        reference_json: Some(Ok(serde_json::to_vec(&profile).unwrap())),
+        metrics: crate::metrics::Metrics::new().drift(),
+        scorer,
+        events: None,
+    });
+    (m, jobs)
+}
+
+fn rows(m: &Arc<Monitor>, n: usize, offset: usize) {
+    m.observe(
+        &[Tensor {
+            name: "X".into(),
+            shape: vec![n, 1],
+            data: TensorData::Fp32((0..n).map(|i| ((i + offset) % 1000) as f32).collect()),
+        }],
+        &[],
+    );
+}
+
+/// `window_rows` written alone: every window holds exactly that many rows, also when a
+/// batch straddles the boundary (the rest opens the next window).
+#[test]
+fn row_exact_windows_split_a_batch_at_the_boundary() {
+    let (m, jobs) = paused_monitor(DriftConfig {
+        window_rows: Some(100),
+        ..DriftConfig::default()
+    });
+    rows(&m, 60, 0);
+    rows(&m, 60, 60);
+    assert_eq!(m.report().window_rows, 20);
+    rows(&m, 250, 120);
+    assert_eq!(m.report().window_rows, 70);
+    let mut scored = Vec::new();
+    while let Ok(job) = jobs.try_recv() {
+        job();
+        scored.push(m.report().last_window.unwrap().rows);
+    }
+    assert_eq!(scored, [100, 100, 100]);
+}
+
+/// With an interval, a window closes at `window_rows` only once the interval has
+/// passed and the version's previous window has been scored: until then it keeps every
+/// row in its counts, and its sample stays a uniform draw of at most the cap.
+#[test]
+fn a_window_waits_for_its_predecessor_to_be_scored() {
+    let (m, jobs) = paused_monitor(DriftConfig {
+        min_window_interval: Some(1e-9),
+        max_window_sample: 300,
+        ..DriftConfig::default()
+    });
+    rows(&m, 1000, 0);
+    assert_eq!(
+        m.report().window_rows,
+        0,
+        "the first window closes at 1000 rows"
+    );
+    rows(&m, 2500, 0);
+    rows(&m, 1500, 0);
+    assert_eq!(
+        m.report().window_rows,
+        4000,
+        "the second stays open while the first waits"
+    );
+    assert_eq!(jobs.len(), 1);
+    jobs.recv().unwrap()();
+    let first = m.report().last_window.unwrap();
+    assert_eq!((first.rows, first.features[0].sample), (1000, 300));
+    // Scored: the next request (or tick) closes the second window with every row.
+    rows(&m, 10, 0);
+    assert_eq!(m.report().window_rows, 0);
+    jobs.recv().unwrap()();
+    let second = m.report().last_window.unwrap();
+    let f = &second.features[0];
+    assert_eq!((second.rows, f.rows, f.sample), (4010, 4010, 300));
+    assert_eq!(f.window_counts.iter().sum::<u64>(), 4010);
+    // A job dropped unrun (a full queue, a scorer gone) does not hold windows open.
+    rows(&m, 1000, 0);
+    assert_eq!(jobs.len(), 1);
+    drop(jobs.recv().unwrap());
+    rows(&m, 1000, 0);
+    assert_eq!(m.report().window_rows, 0, "closed again after the drop");
+}
+
+/// The interval holds a window open however many rows come; the monitor's clock (the
+/// scorer's tick) closes it once the interval has passed.
+#[test]
+fn the_interval_holds_a_burst_in_one_window() {
+    let (m, jobs) = paused_monitor(DriftConfig {
+        min_window_interval: Some(0.2),
+        ..DriftConfig::default()
+    });
+    let opened = Instant::now();
+    rows(&m, 5000, 0);
+    rows(&m, 5000, 0);
+    if opened.elapsed().as_secs_f64() < 0.2 {
+        assert_eq!(m.report().window_rows, 10_000, "closed before the interval");
+    }
+    while opened.elapsed().as_secs_f64() < 0.25 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    m.close_if_due();
+    assert_eq!(m.report().window_rows, 0);
+    jobs.recv().unwrap()();
+    assert_eq!(m.report().last_window.unwrap().rows, 10_000);
 }
