@@ -200,9 +200,9 @@ impl Execution {
     pub fn record(&self, elements: usize, compute: Duration) {
         let s = self.settings.load();
         if s.mode != ExecutionMode::Auto
-            || !self
+            || self
                 .max_elements(s.threshold)
-                .is_some_and(|max| elements <= max)
+                .is_none_or(|max| elements > max)
         {
             return;
         }
