@@ -66,7 +66,12 @@ fn start_request(s: &mut TcpStream, path: &str, content_length: usize) {
 
 #[test]
 fn sigterm_finishes_the_request_in_flight() {
-    let mut v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+    // Idle connections would close after the header timeout anyway: far beyond the test.
+    let mut v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--header-timeout", "120"],
+    );
     let body = json!({"inputs": reference("iris_v2")["inputs"]}).to_string();
     let request_head = format!(
         "POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -92,14 +97,18 @@ fn sigterm_finishes_the_request_in_flight() {
     }
     // The idle connection is closed at once, while the request in flight still holds
     // shutdown open (its body has not even been sent).
-    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut buf = [0u8; 64];
     match idle.read(&mut buf) {
         Ok(0) => {}
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("the idle keep-alive connection was not closed: {other:?}"),
     }
-    assert!(v.child.try_wait().unwrap().is_none(), "exited with a request in flight");
+    assert!(
+        v.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
     // The in-flight request completes normally.
     s.write_all(body.as_bytes()).unwrap();
     let text = read_response(&mut s);

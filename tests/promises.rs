@@ -1,6 +1,6 @@
 //! Promises the documentation makes that no other test file holds: each test names the
-//! page it checks and was seen to fail on a planted defect of its kind (listed in
-//! docs/testing.md). A real server, real HTTP; every wait is on something observable.
+//! page it checks and was seen to fail on a planted defect of its kind. A real server,
+//! real HTTP; every wait is on something observable.
 
 mod common;
 
@@ -88,7 +88,11 @@ fn a_failed_batch_is_run_again_so_a_bad_request_fails_alone() {
         &[1],
         "[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 200000\n",
     )]);
-    let v = Arc::new(Vigil::start(repo.path(), Engine::Tract, &["--workers", "1"]));
+    let v = Arc::new(Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &["--workers", "1"],
+    ));
     let clients = 8;
     let bad_at = 5;
     for round in 0..10i64 {
@@ -201,9 +205,15 @@ fn shadow_copies_are_skipped_while_their_slots_are_busy() {
     )]);
     // One worker: 4 shadow slots (4 per worker), held from the request's start to the
     // end of its copy, so 12 concurrent clients cannot all get one.
-    let v = Arc::new(Vigil::start(repo.path(), Engine::Tract, &["--workers", "1"]));
+    let v = Arc::new(Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &["--workers", "1"],
+    ));
     let batch = 64;
-    let body = Arc::new(json!({"inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32", "data": vec![0.5f32; batch * 784]}]}));
+    let body = Arc::new(
+        json!({"inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32", "data": vec![0.5f32; batch * 784]}]}),
+    );
     let clients: Vec<_> = (0..12)
         .map(|_| {
             let (v, body) = (v.clone(), body.clone());
@@ -247,7 +257,12 @@ fn shadow_copies_are_skipped_while_their_slots_are_busy() {
 
 #[test]
 fn a_retired_version_leaves_no_series_behind() {
-    let repo = repo(&[("iris", "models/iris", &[1, 2], "[version_policy]\nall = true\n")]);
+    let repo = repo(&[(
+        "iris",
+        "models/iris",
+        &[1, 2],
+        "[version_policy]\nall = true\n",
+    )]);
     let v = Vigil::start(repo.path(), Engine::Tract, &[]);
     let body = json!({"inputs": common::reference("iris_v2")["inputs"]});
     for version in ["1", "2"] {
@@ -285,7 +300,10 @@ fn a_retired_version_leaves_no_series_behind() {
     });
     let text = metrics_text(&v);
     assert_eq!(series_of(&text, "1"), Vec::<String>::new());
-    assert!(!series_of(&text, "2").is_empty(), "version 2 keeps its series");
+    assert!(
+        !series_of(&text, "2").is_empty(),
+        "version 2 keeps its series"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -389,7 +407,8 @@ fn iris_rows(n: usize, shift: f64) -> Vec<f64> {
 
 fn send_rows(v: &Vigil, model: &str, data: Vec<f64>) {
     let n = data.len() / 4;
-    let body = json!({"inputs": [{"name": "X", "shape": [n, 4], "datatype": "FP32", "data": data}]});
+    let body =
+        json!({"inputs": [{"name": "X", "shape": [n, 4], "datatype": "FP32", "data": data}]});
     let (status, got) = v.post_json(&format!("/v2/models/{model}/infer"), &body);
     assert_eq!(status, 200, "{got}");
 }
@@ -404,7 +423,10 @@ fn after_windows(v: &Vigil, model: &str, n: u64) -> Value {
 }
 
 fn features(report: &Value) -> Vec<Value> {
-    report["last_window"]["features"].as_array().unwrap().clone()
+    report["last_window"]["features"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]

@@ -449,7 +449,10 @@ fn sigkill_while_the_first_attempt_is_in_flight_loses_nothing() {
     drop(held);
     let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&state));
     let (again, stream) = rx.next("the event after the restart");
-    assert_eq!(again.headers["webhook-id"], id, "the same id after the restart");
+    assert_eq!(
+        again.headers["webhook-id"], id,
+        "the same id after the restart"
+    );
     verify_signature(&again);
     answer(stream, 200, "");
     wait_delivered(&v, &id);
@@ -516,15 +519,10 @@ fn retryable_answers_are_retried_up_to_max_attempts_honouring_retry_after() {
     let v = Vigil::start(repo.path(), Engine::Tract, &[]);
     let id = trigger(&v, "retries");
     // The first backoff is at most 1 s: a 2 s Retry-After must win.
-    let answers = [
-        (429, "retry-after: 2\r\n"),
-        (408, ""),
-        (409, ""),
-        (503, ""),
-    ];
+    let answers = [(429, "retry-after: 2\r\n"), (408, ""), (409, ""), (503, "")];
     let mut at = Vec::new();
     for (n, (status, headers)) in answers.iter().enumerate() {
-        let (seen, stream) = rx.next(&format!("attempt {} (after a {status})", n + 1));
+        let (seen, stream) = rx.next(&format!("attempt {}, to be answered {status}", n + 1));
         assert_eq!(seen.headers["webhook-id"], id);
         at.push(seen.at);
         answer(stream, *status, headers);
@@ -535,7 +533,10 @@ fn retryable_answers_are_retried_up_to_max_attempts_honouring_retry_after() {
     });
     assert_eq!(dead["id"], id.as_str());
     assert_eq!(dead["attempts"], 4, "{dead}");
-    assert!(dead["last_error"].as_str().unwrap().contains("503"), "{dead}");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("503"),
+        "{dead}"
+    );
     assert!(rx.requests.try_recv().is_err(), "a fifth attempt");
     let gap = at[1] - at[0];
     assert!(
