@@ -40,24 +40,50 @@ fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
+/// Sends a request head with `Expect: 100-continue` and waits for the interim answer:
+/// the server has parsed the head and its handler is reading the body, so the request is
+/// in flight (not an idle connection) from here on.
+fn start_request(s: &mut TcpStream, path: &str, content_length: usize) {
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {content_length}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut buf).unwrap(), 1, "closed before 100 Continue");
+        got.push(buf[0]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
 #[test]
 fn sigterm_finishes_the_request_in_flight() {
-    let mut v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+    // Idle connections would close after the header timeout anyway: far beyond the test.
+    let mut v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--header-timeout", "120"],
+    );
     let body = json!({"inputs": reference("iris_v2")["inputs"]}).to_string();
     let request_head = format!(
         "POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    // One full request proves the server has this connection.
+    // An idle keep-alive connection: one request answered, then nothing.
+    let mut idle = TcpStream::connect(&v.addr).unwrap();
+    write!(idle, "{request_head}{body}").unwrap();
+    assert!(read_response(&mut idle).starts_with("HTTP/1.1 200"));
+    // A request in flight: its head is read, its body not sent yet.
     let mut s = TcpStream::connect(&v.addr).unwrap();
-    write!(s, "{request_head}{body}").unwrap();
-    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
-    // A second one stops halfway through its body: it is now in flight.
-    let (head, tail) = body.split_at(body.len() / 2);
-    write!(s, "{request_head}{head}").unwrap();
-    s.flush().unwrap();
-    // Give the server a moment to parse the head (it is then a request, not an idle connection).
-    std::thread::sleep(Duration::from_millis(200));
+    start_request(&mut s, "/v2/models/iris/infer", body.len());
     let rc = unsafe { libc_kill(v.pid(), 15) };
     assert_eq!(rc, 0);
     // Shutdown has begun once new connections are refused.
@@ -69,14 +95,91 @@ fn sigterm_finishes_the_request_in_flight() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The idle connection is closed at once, while the request in flight still holds
+    // shutdown open (its body has not even been sent).
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the idle keep-alive connection was not closed: {other:?}"),
+    }
+    assert!(
+        v.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
     // The in-flight request completes normally.
-    s.write_all(tail.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
     let text = read_response(&mut s);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"model_version\":\"2\""), "{text}");
     drop(s);
     let status = v.child.wait().unwrap();
     assert!(status.success(), "vigil exited with {status}");
+}
+
+/// On SIGTERM the retrain delivery loop stops: an attempt the receiver holds open does
+/// not hold vigil (its timeout is 60 s), nothing more is sent, and the event stays in the
+/// outbox, delivered after a restart.
+#[test]
+fn sigterm_stops_delivery_and_the_pending_event_survives() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let repo = common::TempDir::new("lifecycle-repo");
+    let version = repo.path().join("iris/1");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::copy(
+        root().join("models/iris/2/model.onnx"),
+        version.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        format!("[retrain]\nurl = \"{url}\"\ntimeout = \"60s\"\n"),
+    )
+    .unwrap();
+    let state = common::TempDir::new("lifecycle-state");
+    let args = ["--state-dir", state.path().to_str().unwrap()];
+    let mut v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let (status, body) = v.post_json("/v2/models/iris/retrain", &json!({"reason": "term"}));
+    assert_eq!(status, 202, "{body}");
+    let id = body["event_id"].as_str().unwrap().to_string();
+    // The receiver takes the attempt and never answers it.
+    let (held, _) = listener.accept().unwrap();
+    let sent = Instant::now();
+    assert_eq!(unsafe { libc_kill(v.pid(), 15) }, 0);
+    let status = loop {
+        if let Some(status) = v.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "a delivery attempt in flight holds up the exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "vigil exited with {status}");
+    drop(held);
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "an attempt after SIGTERM");
+    // The restart delivers it (a plain receiver now, answering 204).
+    listener.set_nonblocking(false).unwrap();
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut buf).unwrap(), 1);
+        head.push(buf[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.contains(&format!("webhook-id: {id}")), "{head}");
+    write!(stream, "HTTP/1.1 204 X\r\nconnection: close\r\n\r\n").unwrap();
+    common::wait_for(20, "the event delivered after the restart", || {
+        let (_, e) = v.get("/v2/retrain/events");
+        (e["delivered"][0]["id"] == id.as_str()).then_some(())
+    });
 }
 
 #[test]
@@ -88,12 +191,9 @@ fn shutdown_grace_bounds_a_request_that_never_finishes() {
     );
     // A request whose body never completes holds its connection open.
     let mut s = TcpStream::connect(&v.addr).unwrap();
-    write!(
-        s,
-        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{{\"inputs\""
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The body is being read once the server has asked for it.
+    start_request(&mut s, "/v2/models/iris/infer", 1000);
+    s.write_all(b"{\"inputs\"").unwrap();
     let sent = Instant::now();
     assert_eq!(unsafe { libc_kill(v.pid(), 15) }, 0);
     // Exits (with success) once the grace is over, not after the 120 s body timeout.
