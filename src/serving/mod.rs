@@ -10,10 +10,12 @@
 //! This file is the face: [`Server`], [`ServedVersion`] and loading a version. The rest is
 //! one room per step: `table` (the table and its writers), `route` (which version answers),
 //! `infer` (checking inputs and running them), `pool` (the workers and batcher), `reload`
-//! (following the repository), `rollout` (split arithmetic and persisted rollouts).
+//! (following the repository), `rollout` (split arithmetic and persisted rollouts),
+//! `analysis` (the canary judge: steps, checks, decisions).
 //! Serving imports `backend`, `monitor`, `retrain`, `repository` and the ground floor;
 //! it must never import `http`, `grpc`, `registry` or `console`.
 
+pub mod analysis;
 mod infer;
 pub mod pool;
 pub mod reload;
@@ -91,6 +93,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     rollouts: rollout::RolloutStore,
+    /// The canary judge's durable state.
+    judge: analysis::Judge,
     /// Roles a model registry assigns (MLflow aliases), over any rollout setting.
     assignments: Mutex<HashMap<String, Assignment>>,
     shadow_slots: Arc<tokio::sync::Semaphore>,
@@ -201,7 +205,9 @@ impl Server {
                 forward_drift_events(&rx, &table, &defaults, &retrainer)
             });
         }
+        let judge = analysis::Judge::open(&options.state_dir, metrics.canary());
         Ok(Server {
+            judge,
             table,
             write: Mutex::new(()),
             backends,
