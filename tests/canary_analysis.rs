@@ -367,3 +367,42 @@ fn the_api_starts_stops_and_ends_an_analysis() {
     assert!(a["decision"]["reason"].as_str().unwrap().contains("promoted by hand"), "{a:#}");
     assert_eq!(rollout(&v)["stable"], 2);
 }
+
+#[test]
+fn shadow_canary_with_other_answers_is_rolled_back_on_agreement() {
+    let repo = repo(
+        &model_bytes("iris/2"),
+        &format!("mode = \"shadow\"\n[rollout.analysis]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::with_rows(&v, disputed_rows());
+    let a = wait_decided(&v, 60);
+    // The shadow never answered a client.
+    assert_eq!(traffic.answered_by(2), 0);
+    assert!(traffic.answered_by(1) > 0);
+    drop(traffic);
+    assert_eq!(a["status"], "rolled_back", "{a:#}");
+    assert_eq!(a["decision"]["check"], "agreement", "{a:#}");
+    let agreement = &a["steps"][0]["checks"][2];
+    assert_eq!(agreement["check"], "agreement", "{a:#}");
+    assert!(agreement["value"].as_f64().unwrap() < 0.5, "{agreement}");
+    assert_eq!(rollout(&v)["canary"], Value::Null);
+    // The agreement gauge went with the canary.
+    assert_eq!(v.metric(r#"vigil_shadow_agreement{model="iris""#), None);
+}
+
+#[test]
+fn identical_shadow_canary_agrees_and_is_promoted() {
+    let repo = repo(
+        &model_bytes("iris/1"),
+        &format!("mode = \"shadow\"\n[rollout.analysis]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_eq!(a["status"], "promoted", "{a:#}");
+    assert_eq!(a["steps"].as_array().unwrap().len(), 1, "shadow: one step: {a:#}");
+    assert_eq!(a["steps"][0]["checks"][2]["value"], 1.0, "{a:#}");
+    assert_eq!(rollout(&v)["stable"], 2);
+}

@@ -112,7 +112,10 @@ pub fn judge(
     let mut lat = latency(cfg, stable, canary);
     if !concurrent && !lat.passed {
         lat.passed = true;
-        lat.detail.push_str(" (not judged: no stable traffic in this step; compared with the previous step's)");
+        lat.detail.push_str(
+            " (not judged: the arms did not serve side by side: a shadow copy, or a 100% step \
+             compared with the previous step's stable arm)",
+        );
     }
     let mut checks = vec![errors(cfg, stable, canary), lat];
     // Shadow: the paired comparison is the sharper one and decides first.

@@ -486,6 +486,9 @@ impl Server {
         let last = st.step + 1 >= st.step_count();
         let mut data = entry.probe.restart(!last, seed());
         let concurrent = !(full && data.stable.requests == 0);
+        // A shadow copy runs after the stable answer, beside the next request: its
+        // latency is measured under other conditions and is shown, not judged.
+        let concurrent = concurrent && st.mode == RolloutMode::Split;
         if !concurrent {
             if let Some(b) = lock(&judge.baselines).remove(name) {
                 data.stable = b;
