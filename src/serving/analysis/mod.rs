@@ -485,15 +485,16 @@ impl Server {
         }
         let last = st.step + 1 >= st.step_count();
         let mut data = entry.probe.restart(!last, seed());
-        let concurrent = !(full && data.stable.requests == 0);
-        // A shadow copy runs after the stable answer, beside the next request: its
-        // latency is measured under other conditions and is shown, not judged.
-        let concurrent = concurrent && st.mode == RolloutMode::Split;
-        if !concurrent {
+        // A 100% step is compared with the previous step's stable arm (stable requests
+        // answered just after the switch are stragglers of that step, too few to judge
+        // with). A shadow copy runs after the stable answer, beside the next request.
+        // Either way the latencies were not measured side by side: shown, not judged.
+        if full {
             if let Some(b) = lock(&judge.baselines).remove(name) {
                 data.stable = b;
             }
         }
+        let concurrent = !full && st.mode == RolloutMode::Split;
         let shadow = (st.mode == RolloutMode::Shadow).then_some(&data.shadow);
         let checks = checks::judge(&cfg, &data.stable, &data.canary, shadow, concurrent);
         let failed = checks.iter().find(|c| !c.passed).cloned();
