@@ -157,6 +157,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 retrainer.clone().run(stop.clone())
             });
         }
+        vigil::serving::analysis::spawn(&server);
         // Load off the async workers; the server answers live (and ready = false) meanwhile.
         let loader = reloader.clone();
         let (server2, interval) = (server.clone(), args.poll_interval);

@@ -103,6 +103,19 @@ pub struct Metrics {
     drift_features: FeatureNames,
     fleet: FleetFamilies,
     retrain: RetrainCounters,
+    canary: CanaryFamilies,
+}
+
+/// The canary judge's families (`serving::analysis` owns the series).
+#[derive(Clone)]
+pub struct CanaryFamilies {
+    /// `vigil_canary_step{model}`: the 1-based step being judged, 0 when none.
+    pub step: IntGaugeVec,
+    /// `vigil_canary_decisions_total{model,decision,check}`.
+    pub decisions: IntCounterVec,
+    /// `vigil_shadow_agreement{model,version}`: share of rows where the shadow canary
+    /// gave the stable version's label, over the step so far.
+    pub agreement: GaugeVec,
 }
 
 /// The drift families a version's monitor exports to (`monitor::metrics` resolves its
@@ -436,6 +449,39 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let canary = CanaryFamilies {
+            step: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_canary_step",
+                    "The canary analysis step being judged (1-based; 0 when no analysis runs).",
+                ),
+                &["model"],
+            )
+            .expect("valid gauge definition"),
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "vigil_canary_decisions_total",
+                    "Canary analysis decisions (step_passed, promoted, rolled_back, held) by the check that decided (errors, latency, output_psi, agreement; none; traffic).",
+                ),
+                &["model", "decision", "check"],
+            )
+            .expect("valid counter definition"),
+            agreement: GaugeVec::new(
+                Opts::new(
+                    "vigil_shadow_agreement",
+                    "Share of rows where a shadow canary gave the stable version's label, over the current analysis step.",
+                ),
+                &["model", "version"],
+            )
+            .expect("valid gauge definition"),
+        };
+        for c in [
+            Box::new(canary.step.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(canary.decisions.clone()),
+            Box::new(canary.agreement.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -495,7 +541,13 @@ impl Metrics {
             drift_features: Arc::new(Mutex::new(HashMap::new())),
             fleet,
             retrain,
+            canary,
         }
+    }
+
+    /// The canary judge's families.
+    pub fn canary(&self) -> CanaryFamilies {
+        self.canary.clone()
     }
 
     /// The retrain hook's counters.

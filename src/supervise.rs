@@ -23,6 +23,7 @@ pub const TASKS: &[&str] = &[
     "console_sampler",
     "registry_sync",
     "model_load",
+    "canary_judge",
 ];
 
 /// `vigil_task_panics_total{task}`; [`crate::metrics::Metrics`] registers it.

@@ -351,6 +351,7 @@ fn openapi_describes_the_routes_served() {
         "GET /v2/models/{model}/drift",
         "GET /v2/models/{model}/ready",
         "GET /v2/models/{model}/rollout",
+        "GET /v2/models/{model}/rollout/analysis",
         "GET /v2/models/{model}/stats",
         "GET /v2/models/{model}/versions/{version}",
         "GET /v2/models/{model}/versions/{version}/config",

@@ -19,7 +19,10 @@ pub use batching::BatchingConfig;
 pub use drift::{DriftConfig, DriftMethod};
 pub use execution::{ExecutionConfig, ExecutionMode};
 pub use retrain::{key_of, Format, RetrainConfig, RetrainTrigger};
-pub use rollout::{RolloutConfig, RolloutMode, DEFAULT_STICKY_HEADER};
+pub use rollout::{
+    AnalysisConfig, OnSuccess, RolloutConfig, RolloutMode, DEFAULT_STICKY_HEADER,
+    MAX_ANALYSIS_STEPS,
+};
 pub use version_policy::{VersionPolicy, VersionPolicyConfig};
 
 /// Which engine to use: a fixed one, or `auto` (ort when its library loaded, else tract).

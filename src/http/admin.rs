@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::schema;
 use super::state::{blocking, entry, AppState};
-use crate::config::RolloutMode;
+use crate::config::{AnalysisConfig, RolloutMode};
 use crate::serving::ModelEntry;
 
 #[utoipa::path(post, path = "/v2/repository/index", tag = "repository", request_body(description = "Optional {\"ready\": true}", content(("application/json"))), responses((status = 200, description = "Every model and version on disk and its state", body = Vec<crate::serving::reload::IndexRow>), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
@@ -63,6 +63,7 @@ fn rollout_json(entry: &ModelEntry) -> Value {
         "mode": entry.rollout.mode.as_str(),
         "sticky_header": entry.rollout.sticky_header,
         "versions": entry.versions.keys().collect::<Vec<_>>(),
+        "analysis": entry.rollout.analysis,
     })
 }
 
@@ -91,12 +92,29 @@ pub(super) async fn rollout_put(
         .as_object()
         .ok_or_else(|| ApiError::BadRequest("the rollout must be a JSON object".into()))?;
     for key in obj.keys() {
-        if !["stable", "canary", "weight", "mode", "sticky_header"].contains(&key.as_str()) {
+        if ![
+            "stable",
+            "canary",
+            "weight",
+            "mode",
+            "sticky_header",
+            "analysis",
+        ]
+        .contains(&key.as_str())
+        {
             return Err(ApiError::BadRequest(format!(
-                "unknown rollout field '{key}' (expected stable, canary, weight, mode, sticky_header)"
+                "unknown rollout field '{key}' (expected stable, canary, weight, mode, sticky_header, analysis)"
             )));
         }
     }
+    let analysis = match obj.get("analysis") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => Some(Some(
+            serde_json::from_value::<AnalysisConfig>(v.clone())
+                .map_err(|e| ApiError::BadRequest(format!("invalid analysis: {e}")))?,
+        )),
+    };
     let version_field = |key: &str| -> Result<Option<Option<u64>>, ApiError> {
         match obj.get(key) {
             None => Ok(None),
@@ -159,6 +177,9 @@ pub(super) async fn rollout_put(
         if let Some(h) = sticky {
             next.sticky_header = h;
         }
+        if let Some(a) = analysis {
+            next.analysis = a;
+        }
         Ok(next)
     })?;
     current_entry_json(&s, &model)
@@ -200,4 +221,48 @@ pub(super) async fn rollout_rollback(
         Ok(next)
     })?;
     current_entry_json(&s, &model)
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/rollout/analysis", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary analysis: status, current step and its live request counts, every judged step's figures and checks, the decision", body = Object), (status = 404, description = "No such model", body = schema::ErrorBody)))]
+pub(super) async fn rollout_analysis(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&s.server, &model)?;
+    let Some((state, counts, elapsed)) = s.server.analysis(&model) else {
+        return Ok(Json(json!({
+            "model": model,
+            "status": "none",
+            "configured": entry.rollout.analysis,
+        })));
+    };
+    let running = state.status == crate::serving::analysis::Status::Running;
+    let mut v = serde_json::to_value(&state).expect("analysis state serialises");
+    let obj = v.as_object_mut().expect("an object");
+    obj.insert("model".into(), json!(model));
+    obj.insert(
+        "started_at".into(),
+        json!(crate::retrain::rfc3339(state.started_at)),
+    );
+    obj.insert(
+        "step_started_at".into(),
+        json!(crate::retrain::rfc3339(state.step_started_at)),
+    );
+    obj.insert("step".into(), json!(state.step + 1));
+    obj.insert("step_count".into(), json!(state.step_count()));
+    obj.insert(
+        "current".into(),
+        if running {
+            json!({
+                "step": state.step + 1,
+                "weight": state.weight(),
+                "stable": {"requests": counts[0].0, "errors": counts[0].1},
+                "canary": {"requests": counts[1].0, "errors": counts[1].1},
+                "collecting_seconds": elapsed,
+            })
+        } else {
+            Value::Null
+        },
+    );
+    Ok(Json(v))
 }

@@ -176,6 +176,10 @@ async fn infer_on(
         drop(accepted);
         accept(body.bytes(), header_len, &served.signature, max)
     };
+    if let (Err(_), Some(j)) = (&accepted, &route.judged) {
+        // Routed to a version that cannot take it: that version's failure.
+        j.record_failure();
+    }
     let result = match accepted {
         Ok(a) => run(s, &route, a, body).await,
         Err(e) => Err(InferOnError::Api(e)),

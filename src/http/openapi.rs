@@ -42,6 +42,7 @@ use super::schema::{
         super::admin::rollout_put,
         super::admin::rollout_promote,
         super::admin::rollout_rollback,
+        super::admin::rollout_analysis,
         super::admin::repository_index,
         super::admin::repository_load,
         super::admin::repository_unload,

@@ -8,8 +8,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::admin::{
-    repository_index, repository_load, repository_unload, rollout_get, rollout_promote,
-    rollout_put, rollout_rollback,
+    repository_index, repository_load, repository_unload, rollout_analysis, rollout_get,
+    rollout_promote, rollout_put, rollout_rollback,
 };
 use super::auth::{classify, gate, Class};
 use super::console::{console_alias, console_css, console_icon, console_js, console_page};
@@ -123,7 +123,9 @@ pub fn router(
             "/v2/models/{model}/rollout",
             get(rollout_get).put(rollout_put),
         ),
-    };
+    }
+    // Read-only, beside the rollout on every surface.
+    .route("/v2/models/{model}/rollout/analysis", get(rollout_analysis));
     routes
         .fallback(move |req: axum::extract::Request| async move {
             unrouted(surface, req.method(), req.uri().path(), false)

@@ -115,4 +115,9 @@ pub struct RolloutChange {
     pub weight: Option<u8>,
     pub mode: Option<String>,
     pub sticky_header: Option<String>,
+    /// `[rollout.analysis]` keys (steps, interval, min_requests, max_wait,
+    /// max_error_rate_delta, max_latency_ratio, max_output_psi, min_agreement,
+    /// on_success); `null` stops the analysis.
+    #[schema(value_type = Option<Object>)]
+    pub analysis: Option<serde_json::Value>,
 }

@@ -49,12 +49,18 @@ impl Server {
             let permit = self.shadow_slots.clone().try_acquire_owned().ok()?;
             Some((canary.clone(), inputs.clone(), permit))
         });
+        let start = Instant::now();
         let result = self.infer(&route.version, inputs).await;
+        let shadow_judge = super::analysis::answered(route, start.elapsed(), &result);
         if let Some((canary, copy, permit)) = shadow_copy {
             let server = self.clone();
             tokio::spawn(async move {
                 let start = Instant::now();
-                if server.infer(&canary, copy).await.is_ok() {
+                let answer = server.infer(&canary, copy).await;
+                if let Some(j) = shadow_judge {
+                    j.record(start.elapsed(), &answer);
+                }
+                if answer.is_ok() {
                     canary.metrics.count(Outcome::Success);
                     canary
                         .metrics

@@ -10,11 +10,13 @@
 //! This file is the face: [`Server`], [`ServedVersion`] and loading a version. The rest is
 //! one room per step: `table` (the table and its writers), `route` (which version answers),
 //! `infer` (checking inputs and running them), `exec` (inline or pool, decided from the
-//! measured compute), `pool` (the workers and batcher), `reload`
-//! (following the repository), `rollout` (split arithmetic and persisted rollouts).
+//! measured compute), `pool` (the workers and batcher), `reload` (following the
+//! repository), `rollout` (split arithmetic and persisted rollouts), `analysis` (the
+//! canary judge: steps, checks, decisions).
 //! Serving imports `backend`, `monitor`, `retrain`, `repository` and the ground floor;
 //! it must never import `http`, `grpc`, `registry` or `console`.
 
+pub mod analysis;
 pub mod exec;
 mod infer;
 pub mod pool;
@@ -95,6 +97,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     rollouts: rollout::RolloutStore,
+    /// The canary judge's durable state.
+    judge: analysis::Judge,
     /// Roles a model registry assigns (MLflow aliases), over any rollout setting.
     assignments: Mutex<HashMap<String, Assignment>>,
     shadow_slots: Arc<tokio::sync::Semaphore>,
@@ -214,7 +218,9 @@ impl Server {
                 forward_drift_events(&rx, &table, &defaults, &retrainer)
             });
         }
+        let judge = analysis::Judge::open(&options.state_dir, metrics.canary());
         Ok(Server {
+            judge,
             table,
             write: Mutex::new(()),
             backends,

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::analysis::{Arm, Judged, Probe};
 use super::table::lookup_entry;
 use super::{rollout, InferError, ServedVersion, Server};
 use crate::config::RolloutMode;
@@ -14,6 +15,16 @@ pub struct Route {
     pub version: Arc<ServedVersion>,
     /// In shadow mode, the canary that gets a copy after the answer.
     pub shadow: Option<Arc<ServedVersion>>,
+    /// While a canary analysis measures a step: where the answer is recorded.
+    pub judged: Option<Judged>,
+}
+
+/// The model's probe and the arm, when an analysis is measuring.
+fn judged(probe: &Arc<Probe>, arm: Arm) -> Option<Judged> {
+    probe.is_active().then(|| Judged {
+        probe: probe.clone(),
+        arm,
+    })
 }
 
 /// A route whose even split is not yet decided: the request's body is checked first, so
@@ -27,6 +38,8 @@ pub enum PendingRoute {
         canary: Result<Arc<ServedVersion>, InferError>,
         counter: Arc<AtomicU64>,
         weight: u8,
+        /// The model's probe while an analysis measures.
+        probe: Option<Arc<Probe>>,
     },
 }
 
@@ -56,11 +69,25 @@ impl PendingRoute {
                 canary,
                 counter,
                 weight,
+                probe,
             } => {
                 let to_canary = rollout::is_canary(counter.fetch_add(1, Ordering::Relaxed), weight);
+                let arm = if to_canary { Arm::Canary } else { Arm::Stable };
+                let judged = probe.map(|probe| Judged { probe, arm });
+                let version = match (to_canary, canary) {
+                    (false, _) => stable,
+                    (true, Ok(c)) => c,
+                    (true, Err(e)) => {
+                        if let Some(j) = &judged {
+                            j.record_failure();
+                        }
+                        return Err(e);
+                    }
+                };
                 Ok(Route {
-                    version: if to_canary { canary? } else { stable },
+                    version,
                     shadow: None,
+                    judged,
                 })
             }
         }
@@ -107,6 +134,7 @@ impl Server {
             Ok(PendingRoute::Decided(Route {
                 version: entry.version(v)?,
                 shadow: None,
+                judged: None,
             }))
         };
         if let Some(v) = version {
@@ -120,20 +148,29 @@ impl Server {
             RolloutMode::Shadow => Ok(PendingRoute::Decided(Route {
                 version: entry.version(stable)?,
                 shadow: Some(entry.version(canary)?),
+                judged: judged(&entry.probe, Arm::Stable),
             })),
             RolloutMode::Split => {
                 let weight = entry.rollout.weight;
                 match sticky_key(&entry.rollout.sticky_header) {
-                    Some(key) => only(if rollout::bucket_of_key(&key) < u32::from(weight) * 100 {
-                        canary
-                    } else {
-                        stable
-                    }),
+                    Some(key) => {
+                        let (v, arm) = if rollout::bucket_of_key(&key) < u32::from(weight) * 100 {
+                            (canary, Arm::Canary)
+                        } else {
+                            (stable, Arm::Stable)
+                        };
+                        Ok(PendingRoute::Decided(Route {
+                            version: entry.version(v)?,
+                            shadow: None,
+                            judged: judged(&entry.probe, arm),
+                        }))
+                    }
                     None => Ok(PendingRoute::Split {
                         stable: entry.version(stable)?,
                         canary: entry.version(canary),
                         counter: entry.split_counter.clone(),
                         weight,
+                        probe: entry.probe.is_active().then(|| entry.probe.clone()),
                     }),
                 }
             }

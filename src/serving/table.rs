@@ -29,6 +29,8 @@ pub struct ModelEntry {
     /// [`rollout::is_canary`]). Shared by every entry the model's table slot has had, so
     /// a republish (a scan, an unrelated change) never restarts the sequence.
     pub(super) split_counter: Arc<AtomicU64>,
+    /// The canary judge's accumulators for the current step, shared the same way.
+    pub(super) probe: Arc<super::analysis::Probe>,
 }
 
 impl ModelEntry {
@@ -117,9 +119,9 @@ impl Server {
                         return;
                     }
                 }
-                let counter = previous
-                    .as_ref()
-                    .map_or_else(Arc::default, |p| p.split_counter.clone());
+                let counter = previous.as_ref().map_or_else(Default::default, |p| {
+                    (p.split_counter.clone(), p.probe.clone())
+                });
                 self.metrics.set_unavailable(name, Some(failures.len()));
                 let entry = build_entry(name, config, versions, failures, rollout, counter);
                 self.metrics.publish_roles(
@@ -200,7 +202,7 @@ impl Server {
             entry.versions.clone(),
             entry.failures.clone(),
             next.clone(),
-            entry.split_counter.clone(),
+            (entry.split_counter.clone(), entry.probe.clone()),
         );
         self.metrics.publish_roles(
             name,
@@ -294,7 +296,7 @@ fn build_entry(
     versions: BTreeMap<u64, Arc<ServedVersion>>,
     failures: BTreeMap<u64, String>,
     rollout: RolloutConfig,
-    split_counter: Arc<AtomicU64>,
+    (split_counter, probe): (Arc<AtomicU64>, Arc<super::analysis::Probe>),
 ) -> ModelEntry {
     // Unpinned, the stable version is the highest served one that is not the canary
     // (the canary is usually the newest version), else whatever is served.
@@ -328,5 +330,6 @@ fn build_entry(
         canary,
         failures,
         split_counter,
+        probe,
     }
 }

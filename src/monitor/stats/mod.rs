@@ -1,6 +1,7 @@
 //! Drift statistics, computed exactly as scipy computes them (the tests compare against
 //! scipy 1.17: statistics to 1e-9, p-values relatively, in log space when tiny).
 
+pub mod compare;
 pub mod ks;
 
 use statrs::distribution::{ChiSquared, ContinuousCDF};

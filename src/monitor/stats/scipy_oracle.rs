@@ -177,3 +177,46 @@ fn js_psi_quantiles_match() {
         }
     }
 }
+
+#[test]
+fn mann_whitney_u_matches_scipy() {
+    use super::compare::mann_whitney_u_greater;
+    let cases = oracle()["mannwhitneyu"].as_array().unwrap().clone();
+    assert!(cases.len() >= 70);
+    let mut worst: f64 = 0.0;
+    for (i, c) in cases.iter().enumerate() {
+        let (x, y) = (floats(&c["x"]), floats(&c["y"]));
+        let what = format!("mannwhitneyu case {i} ({} vs {})", x.len(), y.len());
+        let got = mann_whitney_u_greater(&x, &y);
+        close(got.u, c["statistic"].as_f64().unwrap(), 1e-9, &what);
+        worst = worst.max(close_p(
+            got.pvalue,
+            c["pvalue"].as_f64().unwrap(),
+            P_TOL,
+            &what,
+        ));
+    }
+    println!("mannwhitneyu p-values: largest |ln p - ln p_scipy| {worst:.2e}");
+}
+
+#[test]
+fn two_proportions_match_scipy() {
+    use super::compare::two_proportions_greater;
+    let cases = oracle()["two_proportions"].as_array().unwrap().clone();
+    assert!(cases.len() >= 100);
+    let mut worst: f64 = 0.0;
+    for (i, c) in cases.iter().enumerate() {
+        let n = |k: &str| c[k].as_u64().unwrap();
+        let what = format!("two_proportions case {i}: {c}");
+        let got = two_proportions_greater(n("x1"), n("n1"), n("x2"), n("n2"));
+        let want = c["z"].as_f64().unwrap();
+        close(got.z, want, 1e-9 * want.abs().max(1.0), &what);
+        worst = worst.max(close_p(
+            got.pvalue,
+            c["pvalue"].as_f64().unwrap(),
+            1e-7,
+            &what,
+        ));
+    }
+    println!("two-proportion p-values: largest |ln p - ln p_scipy| {worst:.2e}");
+}

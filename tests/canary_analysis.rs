@@ -1,0 +1,495 @@
+//! The canary judge against a real server: `[rollout.analysis]` walks a canary through its
+//! steps under real traffic and promotes, holds or rolls it back; its state survives a
+//! restart; the API starts, stops and shows it.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{iris_training_rows, root, wait_for, Engine, TempDir, Vigil};
+use serde_json::{json, Value};
+
+fn model_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(root().join("models").join(name).join("model.onnx")).unwrap()
+}
+
+fn publish(repo: &Path, version: u64, bytes: &[u8]) {
+    let dir = repo.join("iris").join(version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), bytes).unwrap();
+}
+
+/// iris with versions 1 (stable) and 2 (canary) and this `config.toml` tail.
+fn repo(canary: &[u8], analysis: &str) -> TempDir {
+    let dir = TempDir::new("repo");
+    publish(dir.path(), 1, &model_bytes("iris/1"));
+    publish(dir.path(), 2, canary);
+    std::fs::write(
+        dir.path().join("iris/config.toml"),
+        format!("[version_policy]\nall = true\n[rollout]\nstable = 1\ncanary = 2\n{analysis}"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Unpinned iris requests from a client thread until dropped: 3 training rows each,
+/// cycling through the training set. Counts answers per version.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    answered: Arc<[AtomicU64; 3]>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(v: &Vigil) -> Traffic {
+        Traffic::with_rows(v, iris_training_rows())
+    }
+
+    fn with_rows(v: &Vigil, rows: Vec<[f64; 4]>) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let (url, client) = (v.url("/v2/models/iris/infer"), v.client.clone());
+        let (s, a) = (stop.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let data: Vec<f32> = (0..3)
+                    .flat_map(|k| rows[(i + k * 5) % rows.len()].map(|x| x as f32))
+                    .collect();
+                i += 1;
+                let body = json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [3, 4], "data": data}]});
+                let Ok(r) = client.post(&url).json(&body).send() else {
+                    continue;
+                };
+                let Ok(v) = r.json::<Value>() else { continue };
+                let version = v["model_version"]
+                    .as_str()
+                    .and_then(|s| s.parse::<usize>().ok());
+                a[version.unwrap_or(0).min(2)].fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Traffic {
+            stop,
+            answered,
+            thread: Some(thread),
+        }
+    }
+
+    fn answered_by(&self, version: usize) -> u64 {
+        self.answered[version].load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn analysis(v: &Vigil) -> Value {
+    let (status, body) = v.get("/v2/models/iris/rollout/analysis");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits until the analysis leaves `running` and returns it.
+fn wait_decided(v: &Vigil, secs: u64) -> Value {
+    wait_for(secs, "the canary analysis to decide", || {
+        let a = analysis(v);
+        (a["status"] != "running" && a["status"] != "none" && a["pending"].is_null()).then_some(a)
+    })
+}
+
+fn rollout(v: &Vigil) -> Value {
+    v.get("/v2/models/iris/rollout").1
+}
+
+fn put_rollout(v: &Vigil, body: Value) -> (u16, Value) {
+    let r = v
+        .client
+        .put(v.url("/v2/models/iris/rollout"))
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+const FAST: &str = "interval = \"300ms\"\nmin_requests = 15\nmax_wait = \"60s\"\n";
+
+#[test]
+fn identical_canary_walks_every_step_and_is_promoted() {
+    let repo = repo(
+        &model_bytes("iris/1"),
+        &format!("[rollout.analysis]\nsteps = [10, 50, 100]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 90);
+    assert_eq!(a["status"], "promoted", "{a:#}");
+    let steps = a["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{a:#}");
+    for (i, (s, w)) in steps.iter().zip([10, 50, 100]).enumerate() {
+        assert_eq!(s["step"], i + 1, "{s}");
+        assert_eq!(s["weight"], w, "{s}");
+        assert_eq!(s["verdict"], "passed", "{s}");
+        assert!(s["canary"]["requests"].as_u64().unwrap() >= 15, "{s}");
+        assert!(s["stable"]["requests"].as_u64().unwrap() >= 15, "{s}");
+        let names: Vec<&str> = s["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["errors", "latency", "output_psi"], "{s}");
+        assert_eq!(s["checks"][0]["value"], 0.0, "no errors: {s}");
+    }
+    let r = rollout(&v);
+    assert_eq!(
+        (r["stable"].clone(), r["canary"].clone()),
+        (json!(2), Value::Null),
+        "{r}"
+    );
+    assert!(traffic.answered_by(2) > 0 && traffic.answered_by(1) > 0);
+    drop(traffic);
+    assert_eq!(
+        v.metric(r#"vigil_canary_decisions_total{check="none",decision="promoted",model="iris"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        v.metric(
+            r#"vigil_canary_decisions_total{check="none",decision="step_passed",model="iris"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(v.metric(r#"vigil_canary_step{model="iris"}"#), Some(0.0));
+}
+
+/// Rows where iris v1 and v2 disagree (found by asking both about uniform random
+/// inputs): v1 answers 2 for most, v2 spreads them over 0, 1 and 2. On the training
+/// rows the two agree on 97%, and their class shares are within noise of each other.
+fn disputed_rows() -> Vec<[f64; 4]> {
+    vec![
+        [7.69, 5.8, 4.33, 2.22],
+        [5.13, 6.82, 4.74, 2.08],
+        [6.68, 2.26, 1.72, 5.11],
+        [3.0, 2.53, 5.53, 1.43],
+        [0.85, 5.07, 3.04, 5.8],
+        [2.27, 2.51, 2.5, 4.61],
+        [1.5, 3.14, 1.86, 6.73],
+        [6.7, 0.45, 3.08, 4.48],
+        [1.69, 1.1, 7.87, 0.02],
+        [0.55, 0.64, 2.17, 4.61],
+        [1.71, 6.23, 2.22, 7.3],
+        [1.63, 2.83, 4.35, 3.42],
+    ]
+}
+
+#[test]
+fn canary_with_other_answers_is_rolled_back_on_output_psi() {
+    let repo = repo(
+        &model_bytes("iris/2"),
+        &format!("[rollout.analysis]\nsteps = [50, 100]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::with_rows(&v, disputed_rows());
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_eq!(a["status"], "rolled_back", "{a:#}");
+    assert_eq!(a["decision"]["check"], "output_psi", "{a:#}");
+    let reason = a["decision"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("step 1") && reason.contains("output_psi"),
+        "{reason}"
+    );
+    let psi = a["steps"][0]["checks"][2]["value"].as_f64().unwrap();
+    assert!(psi > 0.2, "{a:#}");
+    let r = rollout(&v);
+    assert_eq!(
+        (
+            r["stable"].clone(),
+            r["canary"].clone(),
+            r["weight"].clone()
+        ),
+        (json!(1), Value::Null, json!(0)),
+        "{r}"
+    );
+    assert_eq!(
+        v.metric(r#"vigil_canary_decisions_total{check="output_psi",decision="rolled_back",model="iris"}"#),
+        Some(1.0)
+    );
+    // Stable keeps answering every request.
+    let (status, body) = v.post_json(
+        "/v2/models/iris/infer",
+        &json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}),
+    );
+    assert_eq!(
+        (status, body["model_version"].clone()),
+        (200, json!("1")),
+        "{body}"
+    );
+}
+
+#[test]
+fn canary_that_fails_requests_is_rolled_back_on_errors() {
+    // Another model altogether: every iris request routed to it fails.
+    let repo = repo(
+        &model_bytes("mlp/1"),
+        &format!("[rollout.analysis]\nsteps = [20, 100]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_eq!(a["status"], "rolled_back", "{a:#}");
+    assert_eq!(a["decision"]["check"], "errors", "{a:#}");
+    let errors = &a["steps"][0]["checks"][0];
+    assert!(errors["pvalue"].as_f64().unwrap() < 0.001, "{errors}");
+    assert!(errors["value"].as_f64().unwrap() > 0.9, "{errors}");
+    assert_eq!(rollout(&v)["canary"], Value::Null);
+    assert_eq!(
+        v.metric(
+            r#"vigil_canary_decisions_total{check="errors",decision="rolled_back",model="iris"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn too_little_traffic_holds_and_never_passes() {
+    let repo = repo(
+        &model_bytes("iris/1"),
+        "[rollout.analysis]\nsteps = [30, 100]\ninterval = \"100ms\"\nmin_requests = 100000\nmax_wait = \"1s\"\n",
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 30);
+    drop(traffic);
+    assert_eq!(a["status"], "held", "{a:#}");
+    assert_eq!(a["steps"][0]["verdict"], "insufficient_traffic", "{a:#}");
+    assert!(
+        a["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("min_requests"),
+        "{a:#}"
+    );
+    // Held at the first step: the canary keeps its share, nothing promoted.
+    let r = rollout(&v);
+    assert_eq!(
+        (
+            r["stable"].clone(),
+            r["canary"].clone(),
+            r["weight"].clone()
+        ),
+        (json!(1), json!(2), json!(30)),
+        "{r}"
+    );
+    assert_eq!(
+        v.metric(r#"vigil_canary_decisions_total{check="traffic",decision="held",model="iris"}"#),
+        Some(1.0)
+    );
+    assert_eq!(v.metric(r#"vigil_canary_step{model="iris"}"#), Some(0.0));
+}
+
+#[test]
+fn a_restart_in_step_two_resumes_step_two() {
+    let repo = repo(
+        &model_bytes("iris/1"),
+        "[rollout.analysis]\nsteps = [10, 40, 100]\ninterval = \"1500ms\"\nmin_requests = 10\nmax_wait = \"60s\"\n",
+    );
+    let state = TempDir::new("state");
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let args = ["--poll-interval", "0", "--state-dir", state_arg.as_str()];
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let traffic = Traffic::start(&v);
+    wait_for(60, "step 2", || (analysis(&v)["step"] == 2).then_some(()));
+    drop(traffic);
+    drop(v);
+    let persisted: Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("analysis.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        persisted["iris"]["step"], 1,
+        "0-based on disk: {persisted:#}"
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let a = wait_for(20, "the analysis to resume", || {
+        let a = analysis(&v);
+        (a["resumed"] == 1).then_some(a)
+    });
+    assert_eq!(
+        (a["status"].clone(), a["step"].clone()),
+        (json!("running"), json!(2)),
+        "{a:#}"
+    );
+    assert_eq!(a["steps"].as_array().unwrap().len(), 1, "{a:#}");
+    assert_eq!(rollout(&v)["weight"], 40);
+    assert_eq!(v.metric(r#"vigil_canary_step{model="iris"}"#), Some(2.0));
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_eq!(a["status"], "promoted", "{a:#}");
+    assert_eq!(a["steps"].as_array().unwrap().len(), 3, "{a:#}");
+}
+
+#[test]
+fn the_api_starts_stops_and_ends_an_analysis() {
+    let dir = TempDir::new("repo");
+    publish(dir.path(), 1, &model_bytes("iris/1"));
+    publish(dir.path(), 2, &model_bytes("iris/1"));
+    std::fs::write(
+        dir.path().join("iris/config.toml"),
+        "[version_policy]\nall = true\n",
+    )
+    .unwrap();
+    let v = Vigil::start(dir.path(), Engine::Tract, &["--poll-interval", "0"]);
+    assert_eq!(analysis(&v)["status"], "none");
+    assert_eq!(v.get("/v2/models/nope/rollout/analysis").0, 404);
+    // Bad analyses are 400 and change nothing.
+    for (bad, want) in [
+        (json!({"steps": [0, 50]}), "1..=100"),
+        (json!({"steps": []}), "steps"),
+        (json!({"steps": [300]}), "invalid analysis"),
+        (json!({"interval": "soon"}), "interval"),
+        (json!({"interval": "0s"}), "interval"),
+        (json!({"max_wait": "-5s"}), "max_wait"),
+        (json!({"min_requests": -1}), "invalid analysis"),
+        (json!({"min_requests": 0}), "min_requests"),
+        (json!({"max_latency_ratio": 0.5}), "max_latency_ratio"),
+        (json!({"max_error_rate_delta": 2}), "max_error_rate_delta"),
+        (json!({"min_agreement": "high"}), "invalid analysis"),
+        (json!({"on_success": "party"}), "invalid analysis"),
+        (json!({"colour": 1}), "invalid analysis"),
+        (json!([1, 2]), "invalid analysis"),
+        (
+            json!({"steps": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21]}),
+            "steps",
+        ),
+    ] {
+        let (status, body) = put_rollout(&v, json!({"canary": 2, "weight": 5, "analysis": bad}));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(want),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(rollout(&v)["canary"], Value::Null);
+    assert_eq!(analysis(&v)["status"], "none");
+
+    let long = json!({"steps": [20, 100], "interval": "1h", "min_requests": 1});
+    let (status, body) = put_rollout(&v, json!({"stable": 1, "canary": 2, "analysis": long}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["analysis"]["steps"], json!([20, 100]));
+    wait_for(10, "the analysis to start", || {
+        (analysis(&v)["status"] == "running" && rollout(&v)["weight"] == 20).then_some(())
+    });
+    // "analysis": null stops it; the canary keeps its share.
+    assert_eq!(put_rollout(&v, json!({"analysis": null})).0, 200);
+    let a = wait_for(10, "the analysis to stop", || {
+        let a = analysis(&v);
+        (a["status"] == "stopped").then_some(a)
+    });
+    assert!(
+        a["decision"]["reason"].as_str().unwrap().contains("null"),
+        "{a:#}"
+    );
+    assert_eq!(
+        (rollout(&v)["canary"].clone(), rollout(&v)["weight"].clone()),
+        (json!(2), json!(20))
+    );
+    assert_eq!(v.metric(r#"vigil_canary_step{model="iris"}"#), Some(0.0));
+    // Again, then a rollback by hand ends it.
+    assert_eq!(put_rollout(&v, json!({"analysis": long})).0, 200);
+    wait_for(10, "the analysis to run again", || {
+        (analysis(&v)["status"] == "running").then_some(())
+    });
+    let r = v
+        .client
+        .post(v.url("/v2/models/iris/rollout/rollback"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a = wait_for(10, "the analysis to end", || {
+        let a = analysis(&v);
+        (a["status"] == "ended").then_some(a)
+    });
+    assert!(
+        a["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back by hand"),
+        "{a:#}"
+    );
+    // A promote by hand ends the next one.
+    assert_eq!(put_rollout(&v, json!({"canary": 2})).0, 200);
+    wait_for(10, "a new analysis", || {
+        (analysis(&v)["status"] == "running").then_some(())
+    });
+    let r = v
+        .client
+        .post(v.url("/v2/models/iris/rollout/promote"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a = wait_for(10, "the analysis to end", || {
+        let a = analysis(&v);
+        (a["status"] == "ended").then_some(a)
+    });
+    assert!(
+        a["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("promoted by hand"),
+        "{a:#}"
+    );
+    assert_eq!(rollout(&v)["stable"], 2);
+}
+
+#[test]
+fn shadow_canary_with_other_answers_is_rolled_back_on_agreement() {
+    let repo = repo(
+        &model_bytes("iris/2"),
+        &format!("mode = \"shadow\"\n[rollout.analysis]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::with_rows(&v, disputed_rows());
+    let a = wait_decided(&v, 60);
+    // The shadow never answered a client.
+    assert_eq!(traffic.answered_by(2), 0);
+    assert!(traffic.answered_by(1) > 0);
+    drop(traffic);
+    assert_eq!(a["status"], "rolled_back", "{a:#}");
+    assert_eq!(a["decision"]["check"], "agreement", "{a:#}");
+    let agreement = &a["steps"][0]["checks"][2];
+    assert_eq!(agreement["check"], "agreement", "{a:#}");
+    assert!(agreement["value"].as_f64().unwrap() < 0.5, "{agreement}");
+    assert_eq!(rollout(&v)["canary"], Value::Null);
+    // The agreement gauge went with the canary.
+    assert_eq!(v.metric(r#"vigil_shadow_agreement{model="iris""#), None);
+}
+
+#[test]
+fn identical_shadow_canary_agrees_and_is_promoted() {
+    let repo = repo(
+        &model_bytes("iris/1"),
+        &format!("mode = \"shadow\"\n[rollout.analysis]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_eq!(a["status"], "promoted", "{a:#}");
+    assert_eq!(
+        a["steps"].as_array().unwrap().len(),
+        1,
+        "shadow: one step: {a:#}"
+    );
+    assert_eq!(a["steps"][0]["checks"][2]["value"], 1.0, "{a:#}");
+    assert_eq!(rollout(&v)["stable"], 2);
+}
