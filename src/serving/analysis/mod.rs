@@ -265,6 +265,10 @@ pub fn spawn(server: &Arc<Server>) {
     });
 }
 
+/// A model's analysis state, the current step's live (requests, failures) per arm
+/// (stable, canary), and the live shadow agreement.
+pub type LiveAnalysis = (AnalysisState, [(u64, u64); 2], Option<f64>);
+
 impl Server {
     /// One pass over every model (the timer calls it; tests may too).
     pub fn judge_tick(&self) {
@@ -275,7 +279,7 @@ impl Server {
     }
 
     /// A model's analysis now, with the current step's live counts.
-    pub fn analysis(&self, model: &str) -> Option<(AnalysisState, [(u64, u64); 2], Option<f64>)> {
+    pub fn analysis(&self, model: &str) -> Option<LiveAnalysis> {
         let state = self.judge.state(model)?;
         let counts = self
             .table
