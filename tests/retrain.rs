@@ -428,6 +428,14 @@ fn sigkill_before_delivery_loses_nothing_and_delivers_once() {
         seen.iter().all(|s| s.headers["webhook-id"] == id),
         "the same id after the restart"
     );
+    // Attempts count what the receiver saw (the delivery included): the restart's moment
+    // before the repository is loaded (no hook known yet) spends none.
+    let listed = &events(&v)["delivered"][0];
+    assert_eq!(
+        listed["attempts"].as_u64(),
+        Some(seen.len() as u64),
+        "{listed}"
+    );
 }
 
 /// Crash window 1: the event is in the outbox (the trigger's 202 comes after the fsync)
@@ -1136,4 +1144,49 @@ fn a_zero_retry_after_still_backs_off() {
             "{retry_after}: attempts {gaps:?} s apart"
         );
     }
+}
+
+/// An event whose model has no hook configured (at a restart before the repository is
+/// loaded, or after its config dropped the hook) waits without spending attempts: the
+/// outbox's attempt count is what the receiver saw.
+#[test]
+fn no_hook_configured_spends_no_attempt() {
+    let rx = Receiver::start(&[], 503);
+    let hook = format!("url = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url());
+    let repo = repo(&hook);
+    let config = repo.path().join("iris/config.toml");
+    let with_hook = std::fs::read_to_string(&config).unwrap();
+    let state = TempDir::new("retrain-state");
+    let args = [
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--poll-interval",
+        "100ms",
+    ];
+    let mut v = Vigil::start(repo.path(), Engine::Tract, &args);
+    trigger(&v, "no hook later");
+    rx.wait_answered(503, 1);
+    v.child.kill().unwrap();
+    v.child.wait().unwrap();
+    // The model comes back without a hook.
+    std::fs::write(&config, "").unwrap();
+    *rx.then.lock().unwrap() = 200;
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let pending = wait_for(30, "the event to meet the missing hook", || {
+        let p = events(&v)["pending"][0].clone();
+        (p["last_error"] == "no retrain hook configured now").then_some(p)
+    });
+    assert_eq!(pending["attempts"], 1, "{pending}");
+    // The hook is back: delivered, and the count is what the receiver saw.
+    std::fs::write(&config, &with_hook).unwrap();
+    rx.wait_answered(200, 1);
+    let delivered = wait_for(30, "delivered", || {
+        let d = events(&v)["delivered"][0].clone();
+        d.is_object().then_some(d)
+    });
+    assert_eq!(
+        delivered["attempts"].as_u64(),
+        Some(rx.seen().len() as u64),
+        "{delivered}"
+    );
 }

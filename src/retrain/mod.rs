@@ -228,6 +228,10 @@ fn event_id(seed: &str) -> String {
     format!("evt_{hex}")
 }
 
+/// How soon an event whose model has no hook configured is looked at again (no attempt
+/// is spent on it).
+const NO_HOOK_RECHECK: Duration = Duration::from_secs(5);
+
 /// The longest wait between two delivery attempts, whatever the receiver asks for.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
@@ -448,10 +452,25 @@ impl Retrainer {
                 continue;
             };
             let model = record.event.data.model.clone();
-            let outcome = match (self.resolver)(&model) {
-                None => Attempt::Retry("no retrain hook configured now".into(), None),
-                Some(target) => self.attempt(&record.event, &target).await,
+            let Some(target) = (self.resolver)(&model) else {
+                // No hook for the model now: at a restart the delivery loop runs before
+                // the repository is loaded, or its config dropped the hook. Nothing was
+                // sent, so no attempt is spent: the event waits and is looked at again.
+                tracing::debug!(model = %model, event_id = %id, "retrain event waits: no hook configured now");
+                let due = now_unix() + NO_HOOK_RECHECK.as_secs_f64();
+                let result =
+                    self.lock()
+                        .failed(&id, record.attempts, "no retrain hook configured now", due);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot write the retrain outbox");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                continue;
             };
+            let outcome = self.attempt(&record.event, &target).await;
             let jitter = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
             let max_attempts = (self.resolver)(&model).map_or(10, |t| t.max_attempts.max(1));
             let result = {
