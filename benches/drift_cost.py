@@ -129,8 +129,10 @@ class Server:
         cmd = [vigil, "serve", "--repository", repo, "--http-addr", f"127.0.0.1:{self.port}",
                "--backend", "tract", "--state-dir", os.path.join(work, "state-" + name),
                "--poll-interval", "0"]
+        # A process group of its own (for killpg) in the harness's session: a session of
+        # its own is a scheduling group of its own under sched autogroup (see load.py).
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "VIGIL_LOG": "warn"}, start_new_session=True)
+                                     env={**os.environ, "VIGIL_LOG": "warn"}, process_group=0)
         self.body_file = os.path.join(work, "body.json")
         with open(self.body_file, "wb") as f:
             f.write(body)

@@ -98,8 +98,10 @@ class Target:
     def __init__(self, name, cmd, port, path, body, env=None):
         self.name, self.port, self.path, self.body = name, port, path, body
         self.log = tempfile.NamedTemporaryFile(prefix=f"hop-{name}-", suffix=".log", delete=False)
+        # A process group of its own (for killpg) in the harness's session: a session of
+        # its own is a scheduling group of its own under sched autogroup (see load.py).
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+                                     env={**os.environ, **(env or {})}, process_group=0)
         self.body_file = tempfile.NamedTemporaryFile(prefix="hop-body-", delete=False)
         self.body_file.write(body)
         self.body_file.close()
