@@ -410,45 +410,13 @@ fn the_api_starts_stops_and_ends_an_analysis() {
     wait_for(10, "the analysis to run again", || {
         (analysis(&v)["status"] == "running").then_some(())
     });
-    let r = v
-        .client
-        .post(v.url("/v2/models/iris/rollout/rollback"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let a = wait_for(10, "the analysis to end", || {
-        let a = analysis(&v);
-        (a["status"] == "ended").then_some(a)
-    });
-    assert!(
-        a["decision"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("rolled back by hand"),
-        "{a:#}"
-    );
+    ends_by_hand(&v, "rollback", "rolled back by hand");
     // A promote by hand ends the next one.
     assert_eq!(put_rollout(&v, json!({"canary": 2})).0, 200);
     wait_for(10, "a new analysis", || {
         (analysis(&v)["status"] == "running").then_some(())
     });
-    let r = v
-        .client
-        .post(v.url("/v2/models/iris/rollout/promote"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let a = wait_for(10, "the analysis to end", || {
-        let a = analysis(&v);
-        (a["status"] == "ended").then_some(a)
-    });
-    assert!(
-        a["decision"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("promoted by hand"),
-        "{a:#}"
-    );
+    ends_by_hand(&v, "promote", "promoted by hand");
     assert_eq!(rollout(&v)["stable"], 2);
 }
 
@@ -493,4 +461,21 @@ fn identical_shadow_canary_agrees_and_is_promoted() {
     );
     assert_eq!(a["steps"][0]["checks"][2]["value"], 1.0, "{a:#}");
     assert_eq!(rollout(&v)["stable"], 2);
+}
+
+/// A promote or rollback by hand (`action`) ends the running analysis, and the decision
+/// says why.
+fn ends_by_hand(v: &Vigil, action: &str, reason: &str) {
+    let r = v
+        .client
+        .post(v.url(&format!("/v2/models/iris/rollout/{action}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a = wait_for(10, "the analysis to end", || {
+        let a = analysis(v);
+        (a["status"] == "ended").then_some(a)
+    });
+    let why = a["decision"]["reason"].as_str().unwrap();
+    assert!(why.contains(reason), "{a:#}");
 }
