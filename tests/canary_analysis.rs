@@ -195,7 +195,7 @@ fn disputed_rows() -> Vec<[f64; 4]> {
 fn canary_with_other_answers_is_rolled_back_on_output_psi() {
     let repo = repo(
         &model_bytes("iris/2"),
-        &format!("[rollout.analysis]\nsteps = [50, 100]\n{FAST}"),
+        &format!("[rollout.analysis]\nsteps = [50, 100]\n{FAST}[retrain]\nurl = \"http://127.0.0.1:9/hook\"\n"),
     );
     let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
     let traffic = Traffic::with_rows(&v, disputed_rows());
@@ -210,6 +210,16 @@ fn canary_with_other_answers_is_rolled_back_on_output_psi() {
     );
     let psi = a["steps"][0]["checks"][2]["value"].as_f64().unwrap();
     assert!(psi > 0.2, "{a:#}");
+    let events = wait_for(10, "the rollback's event", || {
+        let e = canary_events(&v);
+        (!e.is_empty()).then_some(e)
+    });
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let data = &events[0]["event"]["data"];
+    assert_eq!(events[0]["event"]["type"], "vigil.canary.rolled_back");
+    assert_eq!(data["canary"]["check"], "output_psi", "{data:#}");
+    assert_eq!(data["canary"]["figures"]["verdict"], "failed", "{data:#}");
+    assert_eq!(data["reason"], a["decision"]["reason"], "{data:#}");
     let r = rollout(&v);
     assert_eq!(
         (
@@ -478,4 +488,116 @@ fn ends_by_hand(v: &Vigil, action: &str, reason: &str) {
     });
     let why = a["decision"]["reason"].as_str().unwrap();
     assert!(why.contains(reason), "{a:#}");
+}
+
+/// The outbox's events of kind `vigil.canary.*`, oldest first.
+fn canary_events(v: &Vigil) -> Vec<Value> {
+    let (status, body) = v.get("/v2/retrain/events");
+    assert_eq!(status, 200, "{body}");
+    let mut all: Vec<Value> = ["pending", "delivered", "dead_letters"]
+        .iter()
+        .flat_map(|k| body[*k].as_array().cloned().unwrap_or_default())
+        .filter(|r| {
+            r["event"]["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("vigil.canary."))
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        a["created_at"]
+            .as_f64()
+            .partial_cmp(&b["created_at"].as_f64())
+            .unwrap()
+    });
+    all
+}
+
+#[test]
+fn every_decision_is_an_event_in_the_retrain_outbox_once() {
+    // The hook points at a port nothing listens on: events stay pending, listed.
+    let repo = repo(
+        &model_bytes("iris/1"),
+        &format!("[rollout.analysis]\nsteps = [50, 100]\n{FAST}[retrain]\nurl = \"http://127.0.0.1:9/hook\"\n"),
+    );
+    let state = TempDir::new("state");
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let args = ["--poll-interval", "0", "--state-dir", state_arg.as_str()];
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 90);
+    drop(traffic);
+    assert_eq!(a["status"], "promoted", "{a:#}");
+    let events = wait_for(10, "two canary events", || {
+        let e = canary_events(&v);
+        (e.len() >= 2).then_some(e)
+    });
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["vigil.canary.step", "vigil.canary.promoted"],
+        "{events:#?}"
+    );
+    for (e, step) in events.iter().zip([1, 2]) {
+        let c = &e["event"]["data"]["canary"];
+        assert_eq!(
+            (
+                c["stable_version"].clone(),
+                c["canary_version"].clone(),
+                c["step"].clone(),
+                c["steps"].clone()
+            ),
+            (json!("1"), json!("2"), json!(step), json!(2)),
+            "{e:#}"
+        );
+        // The figures are the step's record as the analysis API shows it.
+        assert_eq!(c["figures"], a["steps"][step - 1], "{e:#}");
+        assert_eq!(e["event"]["data"]["model"], "iris");
+        assert_eq!(e["event"]["data"]["model_version"], "2");
+    }
+    assert_eq!(events[1]["event"]["data"]["canary"]["decision"], "promoted");
+    assert!(
+        events[1]["event"]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("all 2 steps passed"),
+        "{:#}",
+        events[1]
+    );
+    let promoted_id = events[1]["event"]["data"]["event_id"].clone();
+    drop(v);
+
+    // A crash after the decision was saved and before its event was created: the state
+    // still holds the notice. Restarted on the same state, the event is created, with
+    // the same id, and only once.
+    let path = state.path().join("analysis.json");
+    let mut persisted: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(
+        persisted["iris"]["notice"].is_null(),
+        "sent notices are cleared: {persisted:#}"
+    );
+    persisted["iris"]["notice"] = json!({"kind": "vigil.canary.promoted", "decision": "promoted", "reason": "all 2 steps passed; on_success = \"promote\""});
+    std::fs::write(&path, serde_json::to_vec(&persisted).unwrap()).unwrap();
+    // (a) the event had been created too: nothing new.
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    wait_for(10, "the notice to be cleared", || {
+        let p: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        p["iris"]["notice"].is_null().then_some(())
+    });
+    let again = canary_events(&v);
+    assert_eq!(again.len(), 2, "no duplicate: {again:#?}");
+    drop(v);
+    // (b) the outbox never got it.
+    std::fs::write(&path, serde_json::to_vec(&persisted).unwrap()).unwrap();
+    std::fs::remove_dir_all(state.path().join("retrain")).unwrap();
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let resent = wait_for(10, "the promoted event to be created again", || {
+        let e = canary_events(&v);
+        (!e.is_empty()).then_some(e)
+    });
+    assert_eq!(resent.len(), 1, "{resent:#?}");
+    assert_eq!(resent[0]["event"]["type"], "vigil.canary.promoted");
+    assert_eq!(resent[0]["event"]["data"]["event_id"], promoted_id);
 }

@@ -108,6 +108,31 @@ pub struct EventData {
     pub drift_share: Option<f64>,
     pub features: Vec<FeatureInfo>,
     pub server: String,
+    /// A canary judge's decision (`vigil.canary.*` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryInfo>,
+}
+
+/// What a `vigil.canary.*` event says of the decision.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct CanaryInfo {
+    pub stable_version: String,
+    pub canary_version: String,
+    /// `split` or `shadow`.
+    pub mode: String,
+    /// `step_passed`, `promoted`, `rolled_back` or `held`.
+    pub decision: String,
+    /// The judged step (1-based) of `steps`, and its canary weight.
+    pub step: usize,
+    pub steps: usize,
+    pub weight: u8,
+    /// The check that failed (a rollback) or `traffic` (held for too few requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// The judged step's record as `GET .../rollout/analysis` shows it: both arms'
+    /// figures and every check with its value, threshold and p-value.
+    #[schema(value_type = Object)]
+    pub figures: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -352,6 +377,7 @@ impl Retrainer {
             drift_share: None,
             features: Vec::new(),
             server: self.server.clone(),
+            canary: None,
         };
         self.drift_event(data, cooldown)
     }
@@ -381,14 +407,58 @@ impl Retrainer {
             drift_share: None,
             features: Vec::new(),
             server: self.server.clone(),
+            canary: None,
         };
         self.create("vigil.retrain.requested", data, now)
+    }
+
+    /// A decision of the canary judge (`kind` is `vigil.canary.step`, `.promoted`,
+    /// `.rolled_back` or `.held`). The id comes from the analysis (model, versions, start)
+    /// and the step, so the same decision judged again after a crash names the same event
+    /// and is created once. `Ok(None)`: the model has no hook.
+    pub fn canary_decision(
+        &self,
+        kind: &str,
+        model: &str,
+        analysis_started_at: f64,
+        reason: String,
+        info: CanaryInfo,
+    ) -> Result<Option<String>, RetrainError> {
+        if (self.resolver)(model).is_none() {
+            tracing::debug!(
+                model,
+                kind,
+                "canary decision; no retrain hook configured, no event"
+            );
+            return Ok(None);
+        }
+        let id = event_id(&format!(
+            "canary\n{model}\n{}\n{}\n{analysis_started_at:.3}\n{}\n{kind}",
+            info.stable_version, info.canary_version, info.step
+        ));
+        if self.lock().knows(&id) {
+            return Ok(Some(id));
+        }
+        let data = EventData {
+            event_id: id,
+            model: model.to_string(),
+            model_version: info.canary_version.clone(),
+            reason,
+            window: None,
+            drift_share: None,
+            features: Vec::new(),
+            server: self.server.clone(),
+            canary: Some(info),
+        };
+        self.create(kind, data, now_unix()).map(Some)
     }
 
     fn create(&self, kind: &str, mut data: EventData, now: f64) -> Result<String, RetrainError> {
         data.server = self.server.clone();
         let reason_label = if kind == "vigil.drift.detected" {
             "drift"
+        } else if kind.starts_with("vigil.canary.") {
+            "canary"
         } else {
             "manual"
         };

@@ -37,7 +37,7 @@ pub struct EventRecord {
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Record {
     Create {
-        event: Event,
+        event: Box<Event>,
         at: f64,
     },
     Fail {
@@ -231,7 +231,7 @@ impl Outbox {
                         created_at: at,
                         next_attempt: at,
                         delivered_at: None,
-                        event,
+                        event: *event,
                         seq: self.seq,
                     },
                 );
@@ -330,7 +330,10 @@ impl Outbox {
     }
 
     pub fn create(&mut self, event: Event, at: f64) -> std::io::Result<()> {
-        self.append(Record::Create { event, at })
+        self.append(Record::Create {
+            event: Box::new(event),
+            at,
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<EventRecord> {
@@ -461,7 +464,7 @@ impl Outbox {
                 continue;
             }
             push(&Record::Create {
-                event: r.event.clone(),
+                event: Box::new(r.event.clone()),
                 at: r.created_at,
             });
             match r.state {

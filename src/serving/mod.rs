@@ -170,6 +170,7 @@ fn forward_drift_events(
                 })
                 .collect(),
             server: String::new(),
+            canary: None,
         };
         if let Err(e) = retrainer.drift_detected(data, cfg.cooldown()) {
             tracing::error!(model = %ev.model, error = %e, "cannot create the retrain event");

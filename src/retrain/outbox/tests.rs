@@ -24,6 +24,7 @@ fn event_with(id: &str, reason: &str) -> Event {
             drift_share: None,
             features: vec![],
             server: "s".into(),
+            canary: None,
         },
     }
 }
@@ -104,7 +105,7 @@ fn every_cut_of_a_torn_record_keeps_every_acknowledged_event() {
     }
     let base = std::fs::read(&path).unwrap();
     let torn = line(&Record::Create {
-        event: event_with("torn", REASON),
+        event: Box::new(event_with("torn", REASON)),
         at: 3.0,
     });
     let mut inside_a_char = 0;
@@ -139,7 +140,7 @@ fn every_cut_of_a_torn_record_keeps_every_acknowledged_event() {
         if cut < torn.len() {
             let mut clean = base.clone();
             clean.extend(line(&Record::Create {
-                event: event_with("c", REASON),
+                event: Box::new(event_with("c", REASON)),
                 at: 4.0,
             }));
             assert_eq!(std::fs::read(&path).unwrap(), clean, "cut at {cut}");
@@ -155,13 +156,13 @@ fn every_cut_of_a_torn_record_keeps_every_acknowledged_event() {
 fn corrupt_records_inside_the_log_are_skipped() {
     let dir = temp_dir("corrupt");
     let mut bytes = line(&Record::Create {
-        event: event_with("a", REASON),
+        event: Box::new(event_with("a", REASON)),
         at: 1.0,
     });
     bytes.extend_from_slice(b"{\"op\":\"create\",\"ev\n");
     bytes.extend_from_slice(b"\xff\xfe\x00 not json \xe6\x97\n");
     bytes.extend(line(&Record::Create {
-        event: event_with("b", REASON),
+        event: Box::new(event_with("b", REASON)),
         at: 2.0,
     }));
     // A complete but unparseable last line is part of the tail: cut.

@@ -162,6 +162,40 @@ pub struct AnalysisState {
     /// Restarts that resumed the current step.
     #[serde(default)]
     pub resumed: u32,
+    /// A decision whose event is not in the retrain outbox yet: saved with the decision,
+    /// sent after, cleared once the outbox holds it (its id is derived from the analysis
+    /// and the step, so sending it again after a crash creates nothing new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Notice>,
+}
+
+/// A decision to announce through the retrain outbox (`vigil.canary.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// `vigil.canary.step`, `.promoted`, `.rolled_back` or `.held`.
+    pub kind: String,
+    /// `step_passed`, `promoted`, `rolled_back` or `held`.
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    pub reason: String,
+}
+
+impl Notice {
+    fn new(decision: &str, check: Option<&str>, reason: String) -> Notice {
+        let kind = match decision {
+            "step_passed" => "vigil.canary.step",
+            "promoted" => "vigil.canary.promoted",
+            "rolled_back" => "vigil.canary.rolled_back",
+            _ => "vigil.canary.held",
+        };
+        Notice {
+            kind: kind.to_string(),
+            decision: decision.to_string(),
+            check: check.map(str::to_string),
+            reason,
+        }
+    }
 }
 
 impl AnalysisState {
@@ -295,6 +329,9 @@ impl Server {
         let mut states = lock(&judge.states);
         let state = states.get(name).cloned();
         if let Some(mut st) = state.clone() {
+            if st.notice.is_some() {
+                self.announce(&mut states, name, &mut st);
+            }
             if let Some(action) = st.pending {
                 if self.apply(name, &st, action) {
                     st.pending = None;
@@ -391,6 +428,7 @@ impl Server {
             decision: None,
             pending: None,
             resumed: 0,
+            notice: None,
         };
         if let Err(e) = judge.save(&mut states, name, st.clone()) {
             tracing::error!(model = name, error = %e, "cannot persist the canary analysis; not started");
@@ -496,9 +534,16 @@ impl Server {
                 });
                 self.count_decision(name, "held", "traffic");
                 self.finish_metrics(name, &st);
-                if let Err(e) = judge.save(states, name, st) {
+                let reason = st
+                    .decision
+                    .as_ref()
+                    .map_or(String::new(), |d| d.reason.clone());
+                st.notice = Some(Notice::new("held", Some("traffic"), reason));
+                if let Err(e) = judge.save(states, name, st.clone()) {
                     tracing::error!(model = name, error = %e, "cannot persist the canary analysis");
+                    return;
                 }
+                self.announce(states, name, &mut st);
             }
             return;
         }
@@ -550,6 +595,11 @@ impl Server {
                 at: rfc3339(now),
             });
             self.count_decision(name, "rolled_back", f.check.as_str());
+            let reason = st
+                .decision
+                .as_ref()
+                .map_or(String::new(), |d| d.reason.clone());
+            st.notice = Some(Notice::new("rolled_back", Some(f.check.as_str()), reason));
             tracing::warn!(model = name, canary = st.canary, reason = %st.decision.as_ref().map_or("", |d| d.reason.as_str()), "canary rolled back");
         } else if last {
             lock(&judge.clocks).remove(name);
@@ -570,6 +620,11 @@ impl Server {
                 at: rfc3339(now),
             });
             self.count_decision(name, label, "none");
+            let reason = st
+                .decision
+                .as_ref()
+                .map_or(String::new(), |d| d.reason.clone());
+            st.notice = Some(Notice::new(label, None, reason));
             tracing::info!(
                 model = name,
                 canary = st.canary,
@@ -578,10 +633,23 @@ impl Server {
             );
         } else {
             self.count_decision(name, "step_passed", "none");
+            st.notice = Some(Notice::new(
+                "step_passed",
+                None,
+                format!(
+                    "step {} ({}%) passed every check; next: step {} ({}%)",
+                    st.step + 1,
+                    st.weight(),
+                    st.step + 2,
+                    st.config.steps.get(st.step + 1).copied().unwrap_or(0)
+                ),
+            ));
             st.step += 1;
             st.step_started_at = now;
             if let Err(e) = judge.save(states, name, st.clone()) {
                 tracing::error!(model = name, error = %e, "cannot persist the canary analysis");
+            } else {
+                self.announce(states, name, &mut st);
             }
             tracing::info!(
                 model = name,
@@ -600,6 +668,7 @@ impl Server {
             tracing::error!(model = name, error = %e, "cannot persist the canary decision");
             return;
         }
+        self.announce(states, name, &mut st);
         if let Some(action) = st.pending {
             if self.apply(name, &st, action) {
                 st.pending = None;
@@ -644,6 +713,48 @@ impl Server {
                     });
                 }
                 true
+            }
+        }
+    }
+
+    /// Puts the state's unsent notice into the retrain outbox, then clears it.
+    fn announce(
+        &self,
+        states: &mut BTreeMap<String, AnalysisState>,
+        name: &str,
+        st: &mut AnalysisState,
+    ) {
+        let Some(notice) = st.notice.clone() else {
+            return;
+        };
+        let Some(record) = st.steps.last() else {
+            st.notice = None;
+            return;
+        };
+        let info = crate::retrain::CanaryInfo {
+            stable_version: st.stable.to_string(),
+            canary_version: st.canary.to_string(),
+            mode: st.mode.as_str().to_string(),
+            decision: notice.decision.clone(),
+            step: record.step,
+            steps: st.step_count(),
+            weight: record.weight,
+            check: notice.check.clone(),
+            figures: serde_json::to_value(record).unwrap_or_default(),
+        };
+        match self
+            .retrainer
+            .canary_decision(&notice.kind, name, st.started_at, notice.reason, info)
+        {
+            Ok(_) => {
+                st.notice = None;
+                if let Err(e) = self.judge.save(states, name, st.clone()) {
+                    // The notice stays: the next pass sends it again, which creates nothing.
+                    tracing::warn!(model = name, error = %e, "cannot persist the canary analysis");
+                }
+            }
+            Err(e) => {
+                tracing::error!(model = name, error = %e, "cannot create the canary decision's event; retried on the next pass");
             }
         }
     }
