@@ -154,6 +154,12 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_MLFLOW_CANARY_ALIAS", default_value = "challenger")]
     pub mlflow_canary_alias: String,
 
+    /// Let the canary judge write its decisions to the MLflow aliases: a promotion
+    /// points the stable alias at the canary's version and deletes the canary alias, a
+    /// rollback deletes the canary alias. Off by default (vigil then only reads them).
+    #[arg(long, env = "VIGIL_MLFLOW_WRITE_ALIASES")]
+    pub mlflow_write_aliases: bool,
+
     /// A second listener for the control plane (repository, rollout and retrain changes,
     /// the retrain outbox) and `/metrics`, e.g. on an internal interface. When set, the
     /// main listener serves inference, metadata and health only.

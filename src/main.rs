@@ -162,6 +162,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let loader = reloader.clone();
         let (server2, interval) = (server.clone(), args.poll_interval);
         let poll_mode = args.model_control == ModelControl::Poll;
+        let write_aliases = args.mlflow_write_aliases;
         tokio::spawn(async move {
             let first = loader.clone();
             match tokio::task::spawn_blocking(move || first.initial_load()).await {
@@ -184,6 +185,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     server2.clone(),
                     loader.clone(),
                 ));
+                if write_aliases {
+                    server2.set_role_writer(std::sync::Arc::new(
+                        vigil::registry::mlflow::AliasWriter::new(source.clone()),
+                    ));
+                }
                 // Ready once the registry has been asked (or found unreachable: the
                 // cached versions serve meanwhile).
                 source.sync().await;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{iris_training_rows, root, wait_for, Engine, TempDir, Vigil};
+use common::{iris_disputed_rows, iris_training_rows, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 
 fn model_bytes(name: &str) -> Vec<u8> {
@@ -170,27 +170,6 @@ fn identical_canary_walks_every_step_and_is_promoted() {
     assert_eq!(v.metric(r#"vigil_canary_step{model="iris"}"#), Some(0.0));
 }
 
-/// Rows where iris v1 and v2 disagree (found by asking both about uniform random
-/// inputs): v1 answers 2 for most, v2 spreads them over 0, 1 and 2. On the training
-/// rows the two agree on 97%, and their class shares are within noise of each other.
-#[allow(clippy::approx_constant)] // 3.14 is a measurement here, not π
-fn disputed_rows() -> Vec<[f64; 4]> {
-    vec![
-        [7.69, 5.8, 4.33, 2.22],
-        [5.13, 6.82, 4.74, 2.08],
-        [6.68, 2.26, 1.72, 5.11],
-        [3.0, 2.53, 5.53, 1.43],
-        [0.85, 5.07, 3.04, 5.8],
-        [2.27, 2.51, 2.5, 4.61],
-        [1.5, 3.14, 1.86, 6.73],
-        [6.7, 0.45, 3.08, 4.48],
-        [1.69, 1.1, 7.87, 0.02],
-        [0.55, 0.64, 2.17, 4.61],
-        [1.71, 6.23, 2.22, 7.3],
-        [1.63, 2.83, 4.35, 3.42],
-    ]
-}
-
 #[test]
 fn canary_with_other_answers_is_rolled_back_on_output_psi() {
     let repo = repo(
@@ -198,7 +177,7 @@ fn canary_with_other_answers_is_rolled_back_on_output_psi() {
         &format!("[rollout.analysis]\nsteps = [50, 100]\n{FAST}[retrain]\nurl = \"http://127.0.0.1:9/hook\"\n"),
     );
     let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
-    let traffic = Traffic::with_rows(&v, disputed_rows());
+    let traffic = Traffic::with_rows(&v, iris_disputed_rows());
     let a = wait_decided(&v, 60);
     drop(traffic);
     assert_eq!(a["status"], "rolled_back", "{a:#}");
@@ -437,7 +416,7 @@ fn shadow_canary_with_other_answers_is_rolled_back_on_agreement() {
         &format!("mode = \"shadow\"\n[rollout.analysis]\n{FAST}"),
     );
     let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
-    let traffic = Traffic::with_rows(&v, disputed_rows());
+    let traffic = Traffic::with_rows(&v, iris_disputed_rows());
     let a = wait_decided(&v, 60);
     // The shadow never answered a client.
     assert_eq!(traffic.answered_by(2), 0);

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_output_close, free_port, reference, root, wait_for, Engine, TempDir, Vigil};
+use common::{
+    assert_output_close, free_port, iris_disputed_rows, iris_training_rows, reference, root,
+    wait_for, Engine, TempDir, Vigil,
+};
 use serde_json::{json, Value};
 
 struct Mlflow {
@@ -534,4 +537,127 @@ fn a_truncated_cached_model_is_downloaded_again() {
             "{logs}"
         );
     }
+}
+
+impl Mlflow {
+    /// A model's aliases as MLflow reports them.
+    fn aliases(&self, model: &str) -> BTreeMap<String, String> {
+        let r: Value = self
+            .http
+            .get(format!("{}/api/2.0/mlflow/registered-models/get", self.uri))
+            .query(&[("name", model)])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["registered_model"]["aliases"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                (
+                    a["alias"].as_str().unwrap().to_string(),
+                    a["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// iris requests of 3 rows each from `rows`, from a thread, until the flag is set.
+fn iris_traffic(
+    v: &Vigil,
+    rows: Vec<[f64; 4]>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (url, client) = (v.url("/v2/models/iris/infer"), v.client.clone());
+    std::thread::spawn(move || {
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let data: Vec<f32> = (0..3)
+                .flat_map(|k| rows[(i + k * 5) % rows.len()].map(|x| x as f32))
+                .collect();
+            i += 1;
+            let body = json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [3, 4], "data": data}]});
+            let _ = client.post(&url).json(&body).send();
+        }
+    })
+}
+
+/// Runs the judge on the current champion and challenger under `rows` and returns its
+/// decided analysis.
+fn judged(v: &Vigil, stable: u64, canary: u64, rows: Vec<[f64; 4]>) -> Value {
+    let analysis = json!({"steps": [50, 100], "interval": "300ms", "min_requests": 15, "max_wait": "60s", "max_output_psi": 1.0});
+    let r = v
+        .client
+        .put(v.url("/v2/models/iris/rollout"))
+        .json(&json!({"stable": stable, "canary": canary, "analysis": analysis}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = iris_traffic(v, rows, stop.clone());
+    let a = wait_for(90, "the judge's decision", || {
+        let a = v.get("/v2/models/iris/rollout/analysis").1;
+        (a["canary"] == json!(canary)
+            && a["status"] != "running"
+            && a["status"] != "none"
+            && a["pending"].is_null())
+        .then_some(a)
+    });
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    a
+}
+
+#[test]
+fn the_judge_writes_its_decisions_to_the_aliases() {
+    let dir = TempDir::new("mlflow");
+    let mlflow = Mlflow::start(dir.path(), free_port());
+    log_models(&mlflow, false);
+    mlflow.alias("iris", "champion", Some(1));
+    mlflow.alias("iris", "challenger", Some(2));
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let state = dir.path().join("state");
+    let mut a = follow(&mlflow.uri, "iris", &state);
+    a.push("--mlflow-write-aliases".into());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let v = Vigil::start(&cache, Engine::Tract, &a);
+    wait_for(30, "the challenger to become the canary", || {
+        (rollout(&v)["canary"] == json!(2)).then_some(())
+    });
+
+    // On the training rows v2 answers like v1: promoted, and the registry says so.
+    let decided = judged(&v, 1, 2, iris_training_rows());
+    assert_eq!(decided["status"], "promoted", "{decided:#}");
+    let aliases = mlflow.aliases("iris");
+    assert_eq!(
+        aliases,
+        BTreeMap::from([("champion".to_string(), "2".to_string())]),
+        "champion moved, challenger deleted"
+    );
+    wait_for(30, "vigil to serve the new champion alone", || {
+        let r = rollout(&v);
+        (r["stable"] == json!(2) && r["canary"].is_null()).then_some(())
+    });
+    assert_eq!(served(&v), "2");
+
+    // v1 as the challenger of v2, on rows where they disagree: rolled back, and the
+    // challenger alias is gone while the champion stays.
+    mlflow.alias("iris", "challenger", Some(1));
+    wait_for(30, "v1 to become the canary", || {
+        (rollout(&v)["canary"] == json!(1)).then_some(())
+    });
+    let decided = judged(&v, 2, 1, iris_disputed_rows());
+    assert_eq!(decided["status"], "rolled_back", "{decided:#}");
+    assert_eq!(
+        mlflow.aliases("iris"),
+        BTreeMap::from([("champion".to_string(), "2".to_string())]),
+    );
+    wait_for(30, "the canary to be gone", || {
+        rollout(&v)["canary"].is_null().then_some(())
+    });
+    assert_eq!(served(&v), "2");
 }

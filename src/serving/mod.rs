@@ -88,6 +88,22 @@ pub struct Assignment {
     pub canary: Option<u64>,
 }
 
+/// A change of roles the canary judge decided, for a registry that owns the roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleChange {
+    /// The canary (this version) becomes stable; the canary role is emptied.
+    Promote(u64),
+    /// The canary (this version) is dropped; stable is untouched.
+    Rollback(u64),
+}
+
+/// Writes the judge's decisions back to a model registry (MLflow with
+/// `--mlflow-write-aliases`), so the registry says what serves.
+pub trait RoleWriter: Send + Sync {
+    /// Blocks until the registry holds the change; `false`: try again later.
+    fn write(&self, model: &str, change: RoleChange) -> bool;
+}
+
 pub struct Server {
     table: Arc<ArcSwap<RoutingTable>>,
     /// Serialises table writers; held only while a new table is built from loaded parts.
@@ -106,6 +122,8 @@ pub struct Server {
     drift_events: crossbeam_channel::Sender<DriftEvent>,
     pub retrainer: Arc<Retrainer>,
     pub options: ServerOptions,
+    /// Where the judge's decisions go when a registry owns the roles.
+    role_writer: std::sync::OnceLock<Arc<dyn RoleWriter>>,
 }
 
 /// A model's effective `[retrain]` settings: its own over the server's defaults.
@@ -237,7 +255,13 @@ impl Server {
             drift_events,
             retrainer,
             options,
+            role_writer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends the canary judge's decisions to the registry that owns the roles (once).
+    pub fn set_role_writer(&self, writer: Arc<dyn RoleWriter>) {
+        let _ = self.role_writer.set(writer);
     }
 
     /// A model's effective `[retrain]` settings.

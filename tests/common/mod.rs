@@ -492,3 +492,24 @@ pub fn iris_training_rows() -> Vec<[f64; 4]> {
         .map(|c| [c[0], c[1], c[2], c[3]])
         .collect()
 }
+
+/// Rows where iris v1 and v2 disagree (found by asking both about uniform random
+/// inputs): v1 answers 2 for most, v2 spreads them over 0, 1 and 2. On the training
+/// rows the two agree on 97%, and their class shares are within noise of each other.
+#[allow(clippy::approx_constant)] // 3.14 is a measurement here, not π
+pub fn iris_disputed_rows() -> Vec<[f64; 4]> {
+    vec![
+        [7.69, 5.8, 4.33, 2.22],
+        [5.13, 6.82, 4.74, 2.08],
+        [6.68, 2.26, 1.72, 5.11],
+        [3.0, 2.53, 5.53, 1.43],
+        [0.85, 5.07, 3.04, 5.8],
+        [2.27, 2.51, 2.5, 4.61],
+        [1.5, 3.14, 1.86, 6.73],
+        [6.7, 0.45, 3.08, 4.48],
+        [1.69, 1.1, 7.87, 0.02],
+        [0.55, 0.64, 2.17, 4.61],
+        [1.71, 6.23, 2.22, 7.3],
+        [1.63, 2.83, 4.35, 3.42],
+    ]
+}

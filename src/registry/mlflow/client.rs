@@ -58,8 +58,8 @@ impl Mlflow {
         format!("{}/api/2.0/{}", self.opts.uri.trim_end_matches('/'), path)
     }
 
-    fn request(&self, url: &str) -> reqwest::RequestBuilder {
-        let r = self.client.get(url);
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.client.request(method, url);
         if let Some(t) = &self.opts.token {
             r.bearer_auth(t)
         } else if let Some((u, p)) = &self.opts.basic {
@@ -74,14 +74,43 @@ impl Mlflow {
         url: &str,
         what: &str,
     ) -> Result<reqwest::Response, MlflowError> {
-        let resp = self
-            .request(url)
-            .send()
+        self.execute(self.request(reqwest::Method::GET, url), what)
             .await
-            .map_err(|e| MlflowError::Unreachable {
+    }
+
+    /// A write to the registry (`--mlflow-write-aliases`): `method` on `path` with
+    /// `query` and a JSON `body`.
+    pub(super) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(), MlflowError> {
+        let mut url =
+            reqwest::Url::parse(&self.url(path)).map_err(|e| MlflowError::Unreachable {
                 uri: self.opts.uri.clone(),
-                reason: error_chain(&e),
+                reason: format!("not a URL: {e}"),
             })?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let mut r = self.request(method, url.as_str());
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        self.execute(r, path).await.map(drop)
+    }
+
+    async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, MlflowError> {
+        let resp = request.send().await.map_err(|e| MlflowError::Unreachable {
+            uri: self.opts.uri.clone(),
+            reason: error_chain(&e),
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

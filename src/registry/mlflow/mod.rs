@@ -25,13 +25,16 @@
 //! Rooms: this file owns the options, the errors and the scheduler (the run loop, one
 //! task per model, its backoff and its reports); `roles.rs` one model's sync; `client.rs`
 //! the REST calls and artifact listings; `download.rs` bringing a version into the
-//! cache (`registry::cache`). Imports serving (roles are applied there), never http.
+//! cache (`registry::cache`); `write.rs` the judge's decisions written back to the
+//! aliases (`--mlflow-write-aliases`). Imports serving (roles are applied there), never
+//! http.
 
 mod client;
 mod download;
 mod roles;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -41,6 +44,8 @@ use std::time::{Duration, Instant};
 use super::AssignmentStore;
 use crate::serving::reload::Reloader;
 use crate::serving::{Assignment, Server};
+
+pub use write::AliasWriter;
 
 /// Settings of the MLflow source.
 #[derive(Clone, Debug)]

@@ -703,16 +703,29 @@ impl Server {
                 false
             }
             Err(e) => {
-                // A registry owns the versions (MLflow aliases): take the canary's traffic away.
-                tracing::error!(model = name, error = %e, "cannot move the canary; setting its weight to 0");
+                // A registry owns the versions (MLflow aliases): take the canary's traffic
+                // away at once, and move the roles in the registry if allowed to.
                 if action == Action::Rollback {
                     let _ = self.set_rollout(name, |e| {
                         let mut next = e.rollout.clone();
+                        if next.weight == 0 {
+                            return Err("unchanged".into());
+                        }
                         next.weight = 0;
                         Ok(next)
                     });
                 }
-                true
+                let Some(writer) = self.role_writer.get() else {
+                    tracing::error!(model = name, error = %e, "cannot move the canary (its registry owns the roles; --mlflow-write-aliases lets vigil move them)");
+                    return true;
+                };
+                writer.write(
+                    name,
+                    match action {
+                        Action::Promote => super::RoleChange::Promote(canary),
+                        Action::Rollback => super::RoleChange::Rollback(canary),
+                    },
+                )
             }
         }
     }
