@@ -120,6 +120,13 @@ overview = dashboard("vigil-overview", "vigil — overview", [
           [('rate(process_cpu_seconds_total{job=~"vigil.*"}[$__rate_interval])', "cpu {{instance}}"),
            ('process_resident_memory_bytes{job=~"vigil.*"}', "rss {{instance}}")],
           12, 32),
+    panel(12, "Canary analysis step", "The step the canary judge is at (1-based; 0 when no analysis runs).",
+          [('vigil_canary_step{model=~"$model"}', "{{model}}")],
+          0, 40, w=8),
+    panel(13, "Canary judge decisions", "Decisions of the canary judge over the range, by decision and check.",
+          [('sum by (model, decision, check) (increase(vigil_canary_decisions_total{model=~"$model"}[$__range]))',
+            "{{model}} {{decision}} {{check}}")],
+          8, 40, w=16, kind="table"),
 ])
 
 drift = dashboard("vigil-drift", "vigil — drift and retraining", [

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIGIL = os.path.join(ROOT, "target", "release", "vigil")
 GRAFANA = os.path.join(ROOT, "grafana")
 # Alerts that cannot be provoked live on demand; grafana/prometheus/vigil-alerts.test.yml covers them.
-UNIT_TESTED = {"VigilHighLatencyP99", "VigilScrapeDown", "VigilTaskPanicked"}
+UNIT_TESTED = {"VigilHighLatencyP99", "VigilScrapeDown", "VigilTaskPanicked", "VigilCanaryRolledBack"}
 
 
 def free_port():
@@ -121,6 +121,12 @@ specific = [1, 3, 4]
 stable = 1
 canary = 3
 weight = 30
+[rollout.analysis]
+# Judged only after an hour: the live proof sees the judge's series with the canary in place.
+steps = [30, 100]
+interval = "1h"
+max_wait = "2h"
+min_requests = 1
 [drift]
 window_rows = 200
 drift_share = 0.25
@@ -198,7 +204,7 @@ max_attempts = 3
         metrics = http("GET", base + "/metrics")[1]
         subprocess.run(["promtool", "check", "metrics"], input=metrics, check=True)
 
-        subst = {"$__rate_interval": "1m", "${datasource}": "", "$model": ".*", "$version": ".*"}
+        subst = {"$__rate_interval": "1m", "$__range": "5m", "${datasource}": "", "$model": ".*", "$version": ".*"}
         def fill(expr):
             for k, v in subst.items():
                 expr = expr.replace(k, v)

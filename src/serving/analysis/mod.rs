@@ -435,6 +435,7 @@ impl Server {
             return;
         }
         lock(&judge.baselines).remove(name);
+        self.export_decisions(name);
         tracing::info!(model = name, stable, canary, "canary analysis started");
         self.begin_step(name, entry, &st);
     }
@@ -769,6 +770,27 @@ impl Server {
             Err(e) => {
                 tracing::error!(model = name, error = %e, "cannot create the canary decision's event; retried on the next pass");
             }
+        }
+    }
+
+    /// Every decision's series at its count (0 if new): a series born at 1 is invisible
+    /// to `increase()`, so an alert on the first rollback ever would not fire.
+    fn export_decisions(&self, name: &str) {
+        let checks = [
+            CheckKind::Errors,
+            CheckKind::Latency,
+            CheckKind::OutputPsi,
+            CheckKind::Agreement,
+        ];
+        let all = [("step_passed", "none"), ("promoted", "none"), ("held", "none")]
+            .into_iter()
+            .chain([("held", "traffic")])
+            .chain(checks.iter().map(|c| ("rolled_back", c.as_str())));
+        for (decision, check) in all {
+            self.judge
+                .metrics
+                .decisions
+                .with_label_values(&[name, decision, check]);
         }
     }
 
