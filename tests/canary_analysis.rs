@@ -199,6 +199,37 @@ fn canary_with_other_answers_is_rolled_back_on_output_psi() {
     assert_eq!(data["canary"]["check"], "output_psi", "{data:#}");
     assert_eq!(data["canary"]["figures"]["verdict"], "failed", "{data:#}");
     assert_eq!(data["reason"], a["decision"]["reason"], "{data:#}");
+    // The console shows the analysis as a timeline: start, the failed step with its
+    // checks, and the decision with its reason.
+    let page = v.client.get(v.url("/")).send().unwrap().text().unwrap();
+    let timeline = page
+        .split("<ol class=\"analysis-timeline\">")
+        .nth(1)
+        .and_then(|t| t.split("</ol>").next())
+        .unwrap_or_else(|| panic!("no analysis timeline on the console:\n{page}"));
+    assert!(
+        timeline.contains("started: stable v1, canary v2, split, steps 50 % → 100 %"),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("data-step=\"1\" data-verdict=\"failed\""),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("<li class=\"bad\" data-check=\"output_psi\">"),
+        "{timeline}"
+    );
+    assert!(!timeline.contains("data-step=\"2\""), "{timeline}");
+    let reason = a["decision"]["reason"].as_str().unwrap();
+    let escaped = reason
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    assert!(
+        timeline.contains(&format!("rolled_back: {escaped}")),
+        "{reason} in {timeline}"
+    );
     let r = rollout(&v);
     assert_eq!(
         (

@@ -6,6 +6,7 @@
 //! only; a small script (`console.js`) re-fetches it every few seconds, and without
 //! scripts a `<noscript>` refresh keeps it current. Everything is embedded in the binary.
 
+pub mod analysis;
 pub mod plot;
 pub mod traffic;
 
@@ -54,6 +55,8 @@ pub struct ModelView {
     pub weight: u8,
     pub mode: &'static str,
     pub versions: Vec<VersionView>,
+    /// The canary judge's analysis, if the model has had one.
+    pub analysis: Option<crate::serving::analysis::LiveAnalysis>,
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +136,7 @@ pub fn collect(server: &Server, index: &[IndexRow], traffic: &Traffic) -> View {
                 },
                 mode: entry.rollout.mode.as_str(),
                 versions,
+                analysis: server.analysis(&entry.name),
             },
         );
     }
@@ -146,6 +150,7 @@ pub fn collect(server: &Server, index: &[IndexRow], traffic: &Traffic) -> View {
             weight: 0,
             mode: "split",
             versions: Vec::new(),
+            analysis: None,
         });
         let Some(version) = row.version.as_deref().and_then(|v| v.parse::<u64>().ok()) else {
             if !row.reason.is_empty() && !model.problems.contains(&row.reason) {
@@ -354,6 +359,7 @@ fn model_part(m: &ModelView) -> Markup {
             }
             p.rollout { "Rollout: " (rollout) }
             @for p in &m.problems { p.problem { (p) } }
+            @if let Some(a) = &m.analysis { (analysis::part(a)) }
             table.versions {
                 thead { tr {
                     th { "Version" } th { "State" } th { "Role" } th { "Engine" }

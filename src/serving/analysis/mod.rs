@@ -782,10 +782,14 @@ impl Server {
             CheckKind::OutputPsi,
             CheckKind::Agreement,
         ];
-        let all = [("step_passed", "none"), ("promoted", "none"), ("held", "none")]
-            .into_iter()
-            .chain([("held", "traffic")])
-            .chain(checks.iter().map(|c| ("rolled_back", c.as_str())));
+        let all = [
+            ("step_passed", "none"),
+            ("promoted", "none"),
+            ("held", "none"),
+        ]
+        .into_iter()
+        .chain([("held", "traffic")])
+        .chain(checks.iter().map(|c| ("rolled_back", c.as_str())));
         for (decision, check) in all {
             self.judge
                 .metrics
