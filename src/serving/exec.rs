@@ -15,9 +15,12 @@
 //!   linearly from the warm-up's, goes to the pool whatever the mode;
 //! - unbatched executions (inline or on a worker; one in eight per thread, the clock
 //!   being a system call) feed a windowed histogram; at the end of each window of
-//!   [`WINDOW`] samples the version is inline exactly when the window's p90 stayed under
-//!   the threshold and its p99 under [`P99_FACTOR`] times it, so one slow kind of request
-//!   cannot keep stalling the async threads.
+//!   [`WINDOW`] samples the version is inline when the window's p90 stayed under the
+//!   threshold and its p99 under [`P99_FACTOR`] times it, so one slow kind of request
+//!   cannot keep stalling the async threads. An inline version moves to the pool only
+//!   after [`SLOW_WINDOWS`] slow windows in a row: a slow kind of request recurs in every
+//!   window, while on a busy machine three interrupted samples of 256 (a preemption or an
+//!   interrupt charged to the thread's CPU time) make one window's p99 alone.
 //!
 //! Compute is measured here in CPU time of the running thread, not wall time: on a busy
 //! machine a preempted run takes milliseconds of wall time whichever thread it is on,
@@ -26,7 +29,7 @@
 //! `mode = "pool"` and `mode = "inline"` force the choice (inline then ignores the
 //! element guard and the estimate: the operator decided). The hot path reads one atomic.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -40,6 +43,10 @@ pub const WINDOW: u64 = 256;
 /// The served p99 may be this many times the threshold (rare slow runs are tolerated,
 /// a slow kind of request is not).
 pub const P99_FACTOR: u64 = 5;
+
+/// Consecutive slow windows that move an inline version to the pool (one fast window
+/// brings it back).
+pub const SLOW_WINDOWS: u32 = 2;
 
 /// Buckets of the compute histogram: quarter-octaves of nanoseconds, from 1 ns to ~4 s.
 const BUCKETS: usize = 128;
@@ -56,6 +63,14 @@ fn bucket(ns: u64) -> usize {
         (ns << (2 - log)) & 3
     };
     ((log * 4 + frac) as usize).min(BUCKETS - 1)
+}
+
+/// The lower bound of a bucket, in ns (exclusive: a value in bucket `i` is above it).
+fn bucket_lower(i: usize) -> u64 {
+    match i {
+        0 => 0,
+        i => bucket_upper(i - 1),
+    }
 }
 
 /// The upper bound of a bucket, in ns.
@@ -112,11 +127,15 @@ pub struct Execution {
     estimate_inline: AtomicBool,
     /// Whether a full window has been seen (until then the warm-up decides).
     measured: AtomicBool,
+    /// Slow windows in a row so far (see [`SLOW_WINDOWS`]).
+    slow_windows: AtomicU32,
     window_count: AtomicU64,
     histogram: [AtomicU64; BUCKETS],
-    last_p50_ns: AtomicU64,
-    last_p90_ns: AtomicU64,
-    last_p99_ns: AtomicU64,
+    /// The buckets of the last window's percentiles: reported by their upper bounds,
+    /// decided on by their lower bounds (see [`Execution::fast_enough`]).
+    last_p50: AtomicU64,
+    last_p90: AtomicU64,
+    last_p99: AtomicU64,
 }
 
 impl Execution {
@@ -126,11 +145,12 @@ impl Execution {
             warmup,
             estimate_inline: AtomicBool::new(false),
             measured: AtomicBool::new(false),
+            slow_windows: AtomicU32::new(0),
             window_count: AtomicU64::new(0),
             histogram: std::array::from_fn(|_| AtomicU64::new(0)),
-            last_p50_ns: AtomicU64::new(0),
-            last_p90_ns: AtomicU64::new(0),
-            last_p99_ns: AtomicU64::new(0),
+            last_p50: AtomicU64::new(0),
+            last_p90: AtomicU64::new(0),
+            last_p99: AtomicU64::new(0),
         };
         e.estimate_inline.store(e.warmup_says_inline(), Relaxed);
         e
@@ -146,8 +166,8 @@ impl Execution {
         self.settings.store(std::sync::Arc::new(settings));
         let inline = if self.measured.load(Relaxed) {
             Self::fast_enough(
-                self.last_p90_ns.load(Relaxed),
-                self.last_p99_ns.load(Relaxed),
+                self.last_p90.load(Relaxed) as usize,
+                self.last_p99.load(Relaxed) as usize,
                 self.settings.load().threshold,
             )
         } else {
@@ -156,9 +176,16 @@ impl Execution {
         self.estimate_inline.store(inline, Relaxed);
     }
 
-    fn fast_enough(p90_ns: u64, p99_ns: u64, threshold: Duration) -> bool {
+    /// Whether a window whose p90 and p99 fell in these buckets stays inline. A bucket
+    /// spans a quarter octave (up to 25 %), so a percentile is only known to lie in it:
+    /// the version leaves inline execution when the percentile is surely over its bound
+    /// (the bucket's lower bound reaches it), not when the bucket merely straddles it.
+    /// Judging by the upper bound sent a 2-4 µs model with a p90 of 8.2-10 µs under load
+    /// (the 10 µs default's bucket is 8.19-10.24 µs) to the pool, where the hop cost more
+    /// CPU per request than the whole compute.
+    fn fast_enough(p90: usize, p99: usize, threshold: Duration) -> bool {
         let t = threshold.as_nanos().min(u64::MAX as u128) as u64;
-        p90_ns < t && p99_ns < t.saturating_mul(P99_FACTOR)
+        bucket_lower(p90) < t && bucket_lower(p99) < t.saturating_mul(P99_FACTOR)
     }
 
     fn warmup_says_inline(&self) -> bool {
@@ -223,28 +250,36 @@ impl Execution {
         if total == 0 {
             return;
         }
+        // The bucket holding the quantile.
         let quantile = |q: f64| {
             let rank = ((total as f64) * q).ceil().max(1.0) as u64;
             let mut seen = 0;
             for (i, c) in counts.iter().enumerate() {
                 seen += c;
                 if seen >= rank {
-                    return bucket_upper(i);
+                    return i;
                 }
             }
-            bucket_upper(BUCKETS - 1)
+            BUCKETS - 1
         };
         let (p50, p90, p99) = (quantile(0.50), quantile(0.90), quantile(0.99));
-        self.last_p50_ns.store(p50, Relaxed);
-        self.last_p90_ns.store(p90, Relaxed);
-        self.last_p99_ns.store(p99, Relaxed);
+        self.last_p50.store(p50 as u64, Relaxed);
+        self.last_p90.store(p90 as u64, Relaxed);
+        self.last_p99.store(p99 as u64, Relaxed);
         self.measured.store(true, Relaxed);
-        let inline = Self::fast_enough(p90, p99, threshold);
+        let inline = if Self::fast_enough(p90, p99, threshold) {
+            self.slow_windows.store(0, Relaxed);
+            true
+        } else {
+            // An inline version stays until the SLOW_WINDOWS-th slow window in a row.
+            let slow = self.slow_windows.fetch_add(1, Relaxed).saturating_add(1);
+            self.estimate_inline.load(Relaxed) && slow < SLOW_WINDOWS
+        };
         if self.estimate_inline.swap(inline, Relaxed) != inline {
             tracing::info!(
                 inline,
-                p90_us = p90 as f64 / 1e3,
-                p99_us = p99 as f64 / 1e3,
+                p90_us = bucket_upper(p90) as f64 / 1e3,
+                p99_us = bucket_upper(p99) as f64 / 1e3,
                 threshold_us = threshold.as_micros() as u64,
                 "execution mode changes with the measured compute"
             );
@@ -259,7 +294,7 @@ impl Execution {
     pub fn report(&self) -> ExecReport {
         let s = self.settings.load();
         let measured = self.measured.load(Relaxed);
-        let us = |ns: u64| ns as f64 / 1e3;
+        let us = |b: &AtomicU64| bucket_upper(b.load(Relaxed) as usize) as f64 / 1e3;
         ExecReport {
             configured: s.mode.as_str(),
             mode: if self.is_inline() { "inline" } else { "pool" },
@@ -269,9 +304,9 @@ impl Execution {
                 _ => None,
             },
             warmup_cpu_p90_us: self.warmup.map(|w| w.p90.as_nanos() as f64 / 1e3),
-            cpu_p50_us: measured.then(|| us(self.last_p50_ns.load(Relaxed))),
-            cpu_p90_us: measured.then(|| us(self.last_p90_ns.load(Relaxed))),
-            cpu_p99_us: measured.then(|| us(self.last_p99_ns.load(Relaxed))),
+            cpu_p50_us: measured.then(|| us(&self.last_p50)),
+            cpu_p90_us: measured.then(|| us(&self.last_p90)),
+            cpu_p99_us: measured.then(|| us(&self.last_p99)),
             window_samples: WINDOW,
         }
     }
@@ -364,7 +399,10 @@ mod tests {
                 e.record(4, Duration::from_micros(us));
             }
         };
-        // 2 % of a window far above the threshold: p99 above five times it.
+        // 2 % of a window far above the threshold: p99 above five times it, in two
+        // windows in a row (one alone may be a busy machine's noise).
+        window(50, 400);
+        assert!(e.is_inline(), "one slow window");
         window(50, 400);
         assert!(!e.is_inline());
         let r = e.report();
@@ -381,9 +419,61 @@ mod tests {
         assert!(e.is_inline());
         // 20 % at 12 µs: the p90 is over the threshold.
         window(5, 12);
+        window(5, 12);
         assert!(!e.is_inline());
         window(1000, 30);
         assert!(e.is_inline());
+    }
+
+    #[test]
+    fn a_percentile_in_the_thresholds_bucket_stays_inline() {
+        // Under load a 3 µs model's p90 reads 8-10 µs of CPU time: the 10 µs default's
+        // bucket (8.19-10.24 µs) straddles it, so nothing says the p90 crossed it.
+        let e = Execution::new(auto(false), warmup(3));
+        for i in 0..WINDOW {
+            let us = if i % 5 == 0 { 9 } else { 3 };
+            e.record(4, Duration::from_micros(us));
+        }
+        let r = e.report();
+        assert!(
+            r.cpu_p90_us.unwrap() > 10.0,
+            "reported as its bucket's upper bound: {r:?}"
+        );
+        assert!(e.is_inline(), "{r:?}");
+        // A p99 in the bucket of five times the threshold (49.15-57.34 µs) stays too.
+        for i in 0..WINDOW {
+            let us = if i % 50 == 0 { 52 } else { 3 };
+            e.record(4, Duration::from_micros(us));
+        }
+        assert!(e.is_inline(), "{:?}", e.report());
+        // Surely over: the next bucket up (twice: see SLOW_WINDOWS).
+        for _ in 0..SLOW_WINDOWS {
+            for i in 0..WINDOW {
+                let us = if i % 5 == 0 { 11 } else { 3 };
+                e.record(4, Duration::from_micros(us));
+            }
+        }
+        assert!(!e.is_inline(), "{:?}", e.report());
+    }
+
+    #[test]
+    fn a_lone_noisy_window_keeps_a_cheap_version_inline() {
+        // Under wrk on the busy 2-core machine a 3.6 µs model's windows read a p99 of
+        // 10-20 µs, and now and then 60-80 µs (three preempted or interrupted samples).
+        let e = Execution::new(auto(false), warmup(3));
+        let window = |slow_every: u64, slow_us: u64| {
+            for i in 0..WINDOW {
+                let us = if i % slow_every == 0 { slow_us } else { 3 };
+                e.record(4, Duration::from_micros(us));
+            }
+        };
+        for _ in 0..4 {
+            window(80, 70);
+            assert!(e.is_inline(), "{:?}", e.report());
+            window(200, 70);
+            assert!(e.is_inline(), "{:?}", e.report());
+        }
+        assert!(e.report().cpu_p99_us.unwrap() < 50.0);
     }
 
     #[test]
