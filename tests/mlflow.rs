@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_output_close, free_port, reference, root, wait_for, Engine, TempDir, Vigil};
+use common::{
+    assert_output_close, logged_port, reference, root, wait_for, Engine, TempDir, Vigil,
+};
 use serde_json::{json, Value};
 
 struct Mlflow {
@@ -21,21 +23,23 @@ struct Mlflow {
 }
 
 impl Mlflow {
-    fn start(dir: &std::path::Path, port: u16) -> Mlflow {
+    /// Starts `mlflow server` on port 0 and reads the port uvicorn bound from its log.
+    fn start(dir: &std::path::Path) -> Mlflow {
         let bin = root().join(".venv-mlflow/bin/mlflow");
         assert!(
             bin.exists(),
             "{} missing: run scripts/setup-test-deps.sh",
             bin.display()
         );
-        let log = std::fs::File::create(dir.join("mlflow.log")).unwrap();
+        let log_path = dir.join("mlflow.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         use std::os::unix::process::CommandExt;
         let child = Command::new(bin)
             .process_group(0)
             // No telemetry threads (they race on os.environ: one run failed with a
             // KeyError '_MLFLOW_TELEMETRY_SESSION_ID' in a REST call).
             .env("MLFLOW_DISABLE_TELEMETRY", "true")
-            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["server", "--host", "127.0.0.1", "--port", "0"])
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
             .arg("--artifacts-destination")
@@ -45,14 +49,17 @@ impl Mlflow {
             .stderr(log)
             .spawn()
             .expect("start mlflow server");
-        let m = Mlflow {
+        // Owned (killed on drop) before anything here can fail.
+        let mut m = Mlflow {
             child,
-            uri: format!("http://127.0.0.1:{port}"),
+            uri: String::new(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
         };
+        let port = logged_port(&log_path, "Uvicorn running on http://", 180);
+        m.uri = format!("http://127.0.0.1:{port}");
         wait_for(180, "mlflow server to answer /health", || {
             let r = m.http.get(format!("{}/health", m.uri)).send().ok()?;
             r.status().is_success().then_some(())
@@ -162,7 +169,7 @@ fn rollout(v: &Vigil) -> Value {
 #[test]
 fn serves_from_the_mlflow_registry_by_alias() {
     let dir = TempDir::new("mlflow");
-    let mut mlflow = Mlflow::start(dir.path(), free_port());
+    let mut mlflow = Mlflow::start(dir.path());
 
     // A training pipeline logs and registers two ONNX versions (and a non-ONNX model).
     let logged = log_models(&mlflow, false);
@@ -368,7 +375,7 @@ fn within(bound: Duration, what: &str, mut done: impl FnMut() -> bool) -> Durati
 #[test]
 fn one_broken_model_never_delays_another() {
     let dir = TempDir::new("mlflow-isolation");
-    let mlflow = Mlflow::start(dir.path(), free_port());
+    let mlflow = Mlflow::start(dir.path());
     let logged = log_models(&mlflow, true);
     assert_eq!(logged["sklearn_only"], json!([1]));
     assert_eq!(logged["cnn"], json!([1]));
@@ -474,7 +481,7 @@ fn one_broken_model_never_delays_another() {
 #[test]
 fn a_truncated_cached_model_is_downloaded_again() {
     let dir = TempDir::new("mlflow-cache");
-    let mlflow = Mlflow::start(dir.path(), free_port());
+    let mlflow = Mlflow::start(dir.path());
     log_models(&mlflow, false);
     mlflow.alias("iris", "champion", Some(1));
     let cache = dir.path().join("cache");
