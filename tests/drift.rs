@@ -654,7 +654,9 @@ fn drift_report_matches_scipy_on_the_rows_served() {
     );
     let oracle: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut p_values = Vec::new();
-    for (w, (report, want)) in reports.iter().zip(oracle.as_array().unwrap()).enumerate() {
+    let oracle = oracle.as_array().unwrap();
+    assert_eq!(oracle.len(), reports.len(), "one oracle answer per window");
+    for (w, (report, want)) in reports.iter().zip(oracle).enumerate() {
         for (side, key) in [("features", "features"), ("outputs", "outputs")] {
             let got = report[key].as_array().unwrap();
             let want = want[side].as_object().unwrap();

@@ -6,8 +6,10 @@
 //! Checks: the since-start fleet PSI equals numpy's PSI over the union of all rows sent;
 //! a shift no replica's own window sees (`window_rows` far above what a replica gets)
 //! trips the fleet alert; the receiver gets exactly one retrain event although
-//! Alertmanager notifies repeatedly; SIGKILL of a replica loses no event and the fleet
-//! view carries on from the other two.
+//! Alertmanager notifies repeatedly; a replica SIGKILLed while its event is still pending
+//! (the receiver answering 503) delivers that event from its durable outbox after a
+//! restart, and the fleet view carries on from the other two meanwhile. Every process
+//! binds port 0 (or, nginx, a socket the test bound) and the test reads the port back.
 
 mod common;
 
@@ -15,10 +17,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, iris_training_rows, python, root, wait_for, Engine, TempDir, Vigil};
+use common::{iris_training_rows, logged_port, python, root, wait_for, Engine, TempDir, Vigil};
 use serde_json::{json, Value};
 use vigil::rng::Rng;
 
@@ -61,12 +64,26 @@ fn spawn(what: &'static str, cmd: &mut Command, log: &Path) -> Proc {
 /// Deliveries the receiver got: (webhook-id, body).
 type Deliveries = Arc<Mutex<Vec<(String, Value)>>>;
 
-/// A webhook receiver that checks Standard Webhooks signatures and answers 200.
-fn receiver() -> (u16, Deliveries) {
+/// The test's webhook receiver.
+struct Hook {
+    port: u16,
+    /// Correctly signed deliveries it accepted (200).
+    delivered: Deliveries,
+    /// Correctly signed deliveries it refused (503) while `refuse` was set.
+    refused: Deliveries,
+    /// Down for maintenance: answer 503 to everything.
+    refuse: Arc<AtomicBool>,
+}
+
+/// A webhook receiver that checks Standard Webhooks signatures and answers 200 (503
+/// while its `refuse` flag is set).
+fn receiver() -> Hook {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got: Deliveries = Arc::default();
-    let seen = got.clone();
+    let refused: Deliveries = Arc::default();
+    let refuse = Arc::new(AtomicBool::new(false));
+    let (seen, turned_away, down) = (got.clone(), refused.clone(), refuse.clone());
     std::thread::spawn(move || {
         use base64::Engine as _;
         use hmac::Mac;
@@ -109,9 +126,15 @@ fn receiver() -> (u16, Deliveries) {
             if !ok {
                 eprintln!("receiver: bad signature on {id}: {headers:?}");
             }
-            let status = if ok { "200 OK" } else { "401 Unauthorized" };
+            let down = down.load(Ordering::SeqCst);
+            let status = match (ok, down) {
+                (false, _) => "401 Unauthorized",
+                (true, true) => "503 Service Unavailable",
+                (true, false) => "200 OK",
+            };
             if ok {
-                seen.lock()
+                let to = if down { &turned_away } else { &seen };
+                to.lock()
                     .unwrap()
                     .push((id, serde_json::from_slice(&body).unwrap()));
             }
@@ -121,7 +144,12 @@ fn receiver() -> (u16, Deliveries) {
             );
         }
     });
-    (port, got)
+    Hook {
+        port,
+        delivered: got,
+        refused,
+        refuse,
+    }
 }
 
 fn repository(receiver_port: u16) -> TempDir {
@@ -156,7 +184,13 @@ fn replica(repo: &Path, state: &Path) -> Vigil {
     )
 }
 
-fn nginx(dir: &Path, port: u16, replicas: &[&str]) -> Proc {
+/// nginx on `listener`, a socket the test bound on port 0 (nginx refuses `listen ...:0`):
+/// the child inherits it and nginx takes it over, as in its binary upgrade, through the
+/// `NGINX` variable naming the descriptor.
+fn nginx(dir: &Path, listener: TcpListener, replicas: &[&str]) -> Proc {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let port = listener.local_addr().unwrap().port();
     let servers: String = replicas
         .iter()
         .map(|a| format!("    server {a} max_fails=1 fail_timeout=30s;\n"))
@@ -175,21 +209,34 @@ fn nginx(dir: &Path, port: u16, replicas: &[&str]) -> Proc {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    spawn(
-        "nginx",
-        Command::new(if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        })
-        .arg("-c")
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    });
+    cmd.arg("-c")
         .arg(&path)
         .arg("-p")
         .arg(dir)
         .arg("-e")
-        .arg(dir.join("nginx-error.log")),
-        &dir.join("nginx.log"),
-    )
+        .arg(dir.join("nginx-error.log"))
+        .env("NGINX", format!("{fd};"));
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which is
+    // async-signal-safe; it keeps the listening socket open across exec in this child
+    // alone (the parent's copy stays close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proc = spawn("nginx", &mut cmd, &dir.join("nginx.log"));
+    drop(listener);
+    proc
 }
 
 /// The shipped rules with a 20 s window and a 2 s `for:` (the test's time scale).
@@ -205,7 +252,8 @@ fn test_rules(dir: &Path) -> PathBuf {
     path
 }
 
-fn prometheus(dir: &Path, port: u16, am_port: u16, targets: &[&str]) -> Proc {
+/// Prometheus on port 0; returns it and the port it reports.
+fn prometheus(dir: &Path, am_port: u16, targets: &[&str]) -> (Proc, u16) {
     let rules = test_rules(dir);
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     let conf = format!(
@@ -218,7 +266,8 @@ fn prometheus(dir: &Path, port: u16, am_port: u16, targets: &[&str]) -> Proc {
     );
     let path = dir.join("prometheus.yml");
     std::fs::write(&path, conf).unwrap();
-    spawn(
+    let log = dir.join("prometheus.log");
+    let proc = spawn(
         "prometheus",
         Command::new("prometheus")
             .arg(format!("--config.file={}", path.display()))
@@ -226,12 +275,15 @@ fn prometheus(dir: &Path, port: u16, am_port: u16, targets: &[&str]) -> Proc {
                 "--storage.tsdb.path={}",
                 dir.join("tsdb").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
-        &dir.join("prometheus.log"),
-    )
+            .arg("--web.listen-address=127.0.0.1:0"),
+        &log,
+    );
+    let port = logged_port(&log, "msg=\"Listening on\" address=", 60);
+    (proc, port)
 }
 
-fn alertmanager(dir: &Path, port: u16, nginx_port: u16) -> Proc {
+/// Alertmanager on port 0; returns it and the port it reports.
+fn alertmanager(dir: &Path, nginx_port: u16) -> (Proc, u16) {
     let token = dir.join("token");
     std::fs::write(&token, TOKEN).unwrap();
     let conf = [
@@ -254,15 +306,18 @@ fn alertmanager(dir: &Path, port: u16, nginx_port: u16) -> Proc {
     .join("\n");
     let path = dir.join("alertmanager.yml");
     std::fs::write(&path, conf).unwrap();
-    spawn(
+    let log = dir.join("alertmanager.log");
+    let proc = spawn(
         "alertmanager",
         Command::new("prometheus-alertmanager")
             .arg(format!("--config.file={}", path.display()))
             .arg(format!("--storage.path={}", dir.join("am").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .arg("--cluster.listen-address="),
-        &dir.join("alertmanager.log"),
-    )
+        &log,
+    );
+    let port = logged_port(&log, "msg=\"Listening on\" address=", 60);
+    (proc, port)
 }
 
 /// An instant query: (labels, value) per series.
@@ -347,7 +402,9 @@ fn oracle(dir: &Path, rows: &[[f32; 4]]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn event_ids(v: &Vigil) -> Vec<String> {
+/// The ids of a replica's retrain events in the given states (`pending`, `delivered`,
+/// `dead_letters`).
+fn ids_in(v: &Vigil, states: &[&str]) -> Vec<String> {
     let r = v
         .client
         .get(v.url("/v2/retrain/events"))
@@ -356,18 +413,39 @@ fn event_ids(v: &Vigil) -> Vec<String> {
         .unwrap();
     assert_eq!(r.status(), 200);
     let ev: Value = r.json().unwrap();
-    ["pending", "delivered", "dead_letters"]
+    states
         .iter()
         .flat_map(|k| ev[k].as_array().cloned().unwrap_or_default())
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect()
 }
 
+fn event_ids(v: &Vigil) -> Vec<String> {
+    ids_in(v, &["pending", "delivered", "dead_letters"])
+}
+
+/// A counter of Alertmanager's own `/metrics` (0 when absent).
+fn am_counter(client: &reqwest::blocking::Client, port: u16, line_start: &str) -> Option<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    Some(
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0),
+    )
+}
+
 #[test]
 fn three_replicas_one_fleet_view_one_retrain() {
     let work = TempDir::new("fleet");
-    let (recv_port, deliveries) = receiver();
-    let repo = repository(recv_port);
+    let hook = receiver();
+    let deliveries = hook.delivered.clone();
+    let repo = repository(hook.port);
     let states: Vec<TempDir> = (0..3)
         .map(|i| TempDir::new(&format!("fleet-state{i}")))
         .collect();
@@ -380,10 +458,11 @@ fn three_replicas_one_fleet_view_one_retrain() {
         .map(|r| r.as_ref().unwrap().addr.clone())
         .collect();
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let (nginx_port, prom_port, am_port) = (free_port(), free_port(), free_port());
-    let _nginx = nginx(work.path(), nginx_port, &addr_refs);
-    let _am = alertmanager(work.path(), am_port, nginx_port);
-    let _prom = prometheus(work.path(), prom_port, am_port, &addr_refs);
+    let lb_socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nginx_port = lb_socket.local_addr().unwrap().port();
+    let _nginx = nginx(work.path(), lb_socket, &addr_refs);
+    let (_am, am_port) = alertmanager(work.path(), nginx_port);
+    let (_prom, prom_port) = prometheus(work.path(), am_port, &addr_refs);
     let lb = format!("http://127.0.0.1:{nginx_port}");
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -483,7 +562,9 @@ fn three_replicas_one_fleet_view_one_retrain() {
     };
     println!("since-start fleet PSI (Prometheus) {fleet:?}, JS {js:?}; oracle {want}");
 
-    // 2. A shift, spread over the fleet; no replica's window (1 000 000 rows) closes.
+    // 2. A shift, spread over the fleet; no replica's window (1 000 000 rows) closes. The
+    //    retrain receiver is down (503) until a replica holding the event is killed.
+    hook.refuse.store(true, Ordering::SeqCst);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let (stop, lb, client) = (stop.clone(), lb.clone(), client.clone());
@@ -502,7 +583,7 @@ fn three_replicas_one_fleet_view_one_retrain() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let first = loop {
-        if let Some(d) = deliveries.lock().unwrap().first().cloned() {
+        if let Some(d) = hook.refused.lock().unwrap().first().cloned() {
             break d;
         }
         if std::time::Instant::now() > deadline {
@@ -548,36 +629,52 @@ fn three_replicas_one_fleet_view_one_retrain() {
             "a replica window closed"
         );
     }
-    // Alertmanager keeps notifying (repeat_interval 3 s); every notification names the
-    // same event.
-    let am_metrics = format!("http://127.0.0.1:{am_port}/metrics");
-    wait_for(60, "three notifications from Alertmanager", || {
-        let text = client.get(&am_metrics).send().ok()?.text().ok()?;
-        let n: f64 = text
-            .lines()
-            .find(|l| l.starts_with("alertmanager_notifications_total{integration=\"webhook\"}"))?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()?;
-        (n >= 3.0).then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let ids: std::collections::BTreeSet<String> = deliveries
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| d.0.clone())
-        .collect();
-    assert_eq!(ids.len(), 1, "one retrain event for one shift: {ids:?}");
-    let event_id = ids.into_iter().next().unwrap();
+    let event_id = first.0.clone();
     assert_eq!(first.1["data"]["event_id"], event_id.as_str());
+    // Alertmanager keeps notifying (repeat_interval 3 s); every notification names the
+    // same event. It counts a notification request once vigil has answered it, and vigil
+    // answers after the event is in its outbox (created, or known: a duplicate), so
+    // after three answered requests the replicas' outboxes hold all they ever made of
+    // them (the receiver has accepted nothing yet).
+    let answered = || {
+        let webhook = "{integration=\"webhook\"}";
+        let all = am_counter(
+            &client,
+            am_port,
+            &format!("alertmanager_notification_requests_total{webhook}"),
+        )?;
+        let failed = am_counter(
+            &client,
+            am_port,
+            &format!("alertmanager_notification_requests_failed_total{webhook}"),
+        )?;
+        Some(all - failed)
+    };
+    wait_for(60, "three notifications answered by vigil", || {
+        (answered()? >= 3.0).then_some(())
+    });
+    let held: std::collections::BTreeSet<String> =
+        replicas.iter().flatten().flat_map(event_ids).collect();
+    assert_eq!(
+        held,
+        std::collections::BTreeSet::from([event_id.clone()]),
+        "one retrain event for one shift, however often Alertmanager notifies"
+    );
+    assert!(deliveries.lock().unwrap().is_empty());
 
-    // 3. SIGKILL one replica: traffic goes on through the other two, the fleet view
-    //    recovers from them, and no created event is lost.
-    let victim = replicas[1].take().unwrap();
+    // 3. SIGKILL a replica whose event is still pending (the receiver answers 503):
+    //    traffic goes on through the other two and the fleet view recovers from them.
+    let v = replicas
+        .iter()
+        .position(|r| {
+            r.as_ref()
+                .is_some_and(|r| ids_in(r, &["pending"]).contains(&event_id))
+        })
+        .expect("a replica holds the event pending");
+    let victim = replicas[v].take().unwrap();
     let victim_addr = victim.addr.clone();
     drop(victim); // kill -9 and wait
+    let refused_attempts = hook.refused.lock().unwrap().len();
     wait_for(30, "Prometheus to see the replica down", || {
         let up = query(
             &client,
@@ -623,11 +720,39 @@ fn three_replicas_one_fleet_view_one_retrain() {
         (fleet.first().map(|x| x.1) == Some(now) && now >= survivors && psi.len() == 4)
             .then_some(())
     });
-    // The event is in a survivor's or the victim's durable outbox; restart the victim on
-    // its state directory and look everywhere.
-    replicas[1] = Some(replica(repo.path(), states[1].path()));
+    // The receiver is back; the victim restarts on its state directory and delivers the
+    // event it held when it was killed. It creates no event of its own (a notification
+    // that reached it now would count one in vigil_retrain_events_total if the outbox had
+    // lost the event), so what it delivers came from its disk.
+    hook.refuse.store(false, Ordering::SeqCst);
+    replicas[v] = Some(replica(repo.path(), states[v].path()));
+    let restarted = replicas[v].as_ref().unwrap();
+    wait_for(
+        60,
+        "the restarted replica to deliver the event it held",
+        || {
+            ids_in(restarted, &["delivered"])
+                .contains(&event_id)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        restarted
+            .metric("vigil_retrain_events_total{model=\"iris\"")
+            .unwrap_or(0.0),
+        0.0,
+        "the restarted replica created the event anew instead of recovering it"
+    );
+    assert!(
+        restarted
+            .metric("vigil_retrain_deliveries_total{model=\"iris\",outcome=\"delivered\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    println!(
+        "{refused_attempts} deliveries refused with 503 before the kill; delivered after restart"
+    );
     let held: Vec<String> = replicas.iter().flatten().flat_map(event_ids).collect();
-    assert!(held.contains(&event_id), "{event_id} lost: {held:?}");
     assert!(held.iter().all(|id| *id == event_id), "{held:?}");
     let ids: std::collections::BTreeSet<String> = deliveries
         .lock()
@@ -635,7 +760,7 @@ fn three_replicas_one_fleet_view_one_retrain() {
         .iter()
         .map(|d| d.0.clone())
         .collect();
-    assert_eq!(ids.len(), 1);
+    assert_eq!(ids, std::collections::BTreeSet::from([event_id]));
 }
 
 /// The shipped Prometheus example loads both rule files; the Alertmanager example parses

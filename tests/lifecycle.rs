@@ -119,6 +119,72 @@ fn sigterm_finishes_the_request_in_flight() {
     assert!(status.success(), "vigil exited with {status}");
 }
 
+/// Bytes waiting unread in the receive queue of the TCP socket from `local` to `peer`
+/// (`/proc/net/tcp`), or `None` while there is no such socket.
+fn unread_bytes(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u64> {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(a) => {
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(a.ip().octets()),
+                a.port()
+            )
+        }
+        std::net::SocketAddr::V6(_) => panic!("IPv4 loopback expected"),
+    };
+    let (l, p) = (hex(local), hex(peer));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|row| {
+        let f: Vec<&str> = row.split_whitespace().collect();
+        (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&p.as_str()))
+            .then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())?
+    })
+}
+
+/// On SIGTERM readiness turns 503 before anything else stops: a health check whose
+/// request began before the signal (its first line read by vigil, so the connection is
+/// not idle and shutdown waits for it) and ends after the listener has closed is told
+/// 503 `{"ready": false}`, and its connection is closed after that answer.
+#[test]
+fn sigterm_turns_readiness_503() {
+    let mut v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+    let mut probe = TcpStream::connect(&v.addr).unwrap();
+    probe
+        .write_all(b"GET /v2/health/ready HTTP/1.1\r\n")
+        .unwrap();
+    // vigil has accepted the connection and read those bytes once its side of the socket
+    // holds nothing unread.
+    let server_side = v.addr.parse().unwrap();
+    let client_side = probe.local_addr().unwrap();
+    common::wait_for(10, "vigil to read the probe's first line", || {
+        (unread_bytes(server_side, client_side)? == 0).then_some(())
+    });
+    assert_eq!(unsafe { libc_kill(v.pid(), 15) }, 0);
+    // Shutdown has begun once new connections are refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&v.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    probe.write_all(b"Host: t\r\n\r\n").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let text = read_response(&mut probe);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"ready\":false"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    drop(probe);
+    let status = v.child.wait().unwrap();
+    assert!(status.success(), "vigil exited with {status}");
+}
+
 /// On SIGTERM the retrain delivery loop stops: an attempt the receiver holds open does
 /// not hold vigil (its timeout is 60 s), nothing more is sent, and the event stays in the
 /// outbox, delivered after a restart.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_output_close, free_port, iris_disputed_rows, iris_training_rows, reference, root,
-    wait_for, Engine, TempDir, Vigil,
+    assert_output_close, assert_outputs_close, iris_disputed_rows, iris_training_rows, logged_port,
+    reference, root, wait_for, Engine, TempDir, Vigil,
 };
 use serde_json::{json, Value};
 
@@ -24,21 +24,23 @@ struct Mlflow {
 }
 
 impl Mlflow {
-    fn start(dir: &std::path::Path, port: u16) -> Mlflow {
+    /// Starts `mlflow server` on port 0 and reads the port uvicorn bound from its log.
+    fn start(dir: &std::path::Path) -> Mlflow {
         let bin = root().join(".venv-mlflow/bin/mlflow");
         assert!(
             bin.exists(),
             "{} missing: run scripts/setup-test-deps.sh",
             bin.display()
         );
-        let log = std::fs::File::create(dir.join("mlflow.log")).unwrap();
+        let log_path = dir.join("mlflow.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         use std::os::unix::process::CommandExt;
         let child = Command::new(bin)
             .process_group(0)
             // No telemetry threads (they race on os.environ: one run failed with a
             // KeyError '_MLFLOW_TELEMETRY_SESSION_ID' in a REST call).
             .env("MLFLOW_DISABLE_TELEMETRY", "true")
-            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["server", "--host", "127.0.0.1", "--port", "0"])
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
             .arg("--artifacts-destination")
@@ -48,14 +50,17 @@ impl Mlflow {
             .stderr(log)
             .spawn()
             .expect("start mlflow server");
-        let m = Mlflow {
+        // Owned (killed on drop) before anything here can fail.
+        let mut m = Mlflow {
             child,
-            uri: format!("http://127.0.0.1:{port}"),
+            uri: String::new(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
         };
+        let port = logged_port(&log_path, "Uvicorn running on http://", 180);
+        m.uri = format!("http://127.0.0.1:{port}");
         wait_for(180, "mlflow server to answer /health", || {
             let r = m.http.get(format!("{}/health", m.uri)).send().ok()?;
             r.status().is_success().then_some(())
@@ -165,7 +170,7 @@ fn rollout(v: &Vigil) -> Value {
 #[test]
 fn serves_from_the_mlflow_registry_by_alias() {
     let dir = TempDir::new("mlflow");
-    let mut mlflow = Mlflow::start(dir.path(), free_port());
+    let mut mlflow = Mlflow::start(dir.path());
 
     // A training pipeline logs and registers two ONNX versions (and a non-ONNX model).
     let logged = log_models(&mlflow, false);
@@ -274,18 +279,27 @@ fn serves_from_the_mlflow_registry_by_alias() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Requests answered before the move, during it, and after it.
+    let answered = |n: usize, what: &str| {
+        wait_for(60, what, || {
+            (done.load(Ordering::Relaxed) >= n).then_some(())
+        })
+    };
+    answered(100, "100 requests before the move");
     mlflow.alias("iris", "champion", Some(2));
     wait_for(30, "champion 2 to become stable", || {
         (rollout(&v)["stable"] == json!(2)).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    answered(
+        done.load(Ordering::Relaxed) + 100,
+        "100 requests after the move",
+    );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0);
-    assert!(done.load(Ordering::Relaxed) > 100);
+    assert!(done.load(Ordering::Relaxed) >= 200);
     // champion and challenger now name the same version: no canary.
     assert_eq!(rollout(&v)["canary"], Value::Null);
     assert!((0..50).all(|_| served(&v) == "2"));
@@ -371,7 +385,7 @@ fn within(bound: Duration, what: &str, mut done: impl FnMut() -> bool) -> Durati
 #[test]
 fn one_broken_model_never_delays_another() {
     let dir = TempDir::new("mlflow-isolation");
-    let mlflow = Mlflow::start(dir.path(), free_port());
+    let mlflow = Mlflow::start(dir.path());
     let logged = log_models(&mlflow, true);
     assert_eq!(logged["sklearn_only"], json!([1]));
     assert_eq!(logged["cnn"], json!([1]));
@@ -477,7 +491,7 @@ fn one_broken_model_never_delays_another() {
 #[test]
 fn a_truncated_cached_model_is_downloaded_again() {
     let dir = TempDir::new("mlflow-cache");
-    let mlflow = Mlflow::start(dir.path(), free_port());
+    let mlflow = Mlflow::start(dir.path());
     log_models(&mlflow, false);
     mlflow.alias("iris", "champion", Some(1));
     let cache = dir.path().join("cache");
@@ -490,14 +504,7 @@ fn a_truncated_cached_model_is_downloaded_again() {
             v.post_json("/v2/models/iris/infer", &json!({"inputs": case["inputs"]}));
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["model_version"], "1");
-        for (got, want) in body["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(case["outputs"].as_array().unwrap())
-        {
-            assert_output_close(got, want, 1e-5);
-        }
+        assert_outputs_close(&body["outputs"], case["outputs"].as_array().unwrap(), 1e-5);
     };
     let onnx = cache.join("iris/1/model.onnx");
     let size = {
@@ -537,6 +544,254 @@ fn a_truncated_cached_model_is_downloaded_again() {
             "{logs}"
         );
     }
+}
+
+/// A proxy between vigil and MLflow. It passes everything through, except that while
+/// `cut` is set, it answers a download of a `model.onnx` artifact with MLflow's headers
+/// (the full `Content-Length`) and half the body, then holds the connection open (a
+/// slow download) until `release` is set, and closes it (a download cut short).
+struct CuttingProxy {
+    uri: String,
+    cut: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    /// Downloads cut: half sent, now held or closed.
+    stalled: Arc<AtomicUsize>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: &str) -> CuttingProxy {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let (cut, release, stalled) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let p = CuttingProxy {
+            uri: format!("http://127.0.0.1:{port}"),
+            cut: cut.clone(),
+            release: release.clone(),
+            stalled: stalled.clone(),
+        };
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                let (upstream, cut, release, stalled) = (
+                    upstream.clone(),
+                    cut.clone(),
+                    release.clone(),
+                    stalled.clone(),
+                );
+                std::thread::spawn(move || {
+                    // One request per connection: answered with `connection: close`.
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut head = request_line.clone();
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if lower.starts_with("connection:") || lower.starts_with("host:") {
+                            continue;
+                        }
+                        head.push_str(&line);
+                    }
+                    head.push_str(&format!("host: {upstream}\r\nconnection: close\r\n\r\n"));
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let _ = up.write_all(head.as_bytes());
+                    let _ = up.write_all(&body);
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    let path = request_line.split(' ').nth(1).unwrap_or("");
+                    let path = path.split('?').next().unwrap_or("");
+                    let onnx = path.contains("/mlflow-artifacts/artifacts/")
+                        && path.ends_with("/model.onnx");
+                    let split = answer.windows(4).position(|w| w == b"\r\n\r\n");
+                    match split {
+                        Some(end) if onnx && cut.load(Ordering::SeqCst) => {
+                            let half = end + 4 + (answer.len() - end - 4) / 2;
+                            let _ = client.write_all(&answer[..half]);
+                            let _ = client.flush();
+                            stalled.fetch_add(1, Ordering::SeqCst);
+                            while !release.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                        }
+                        _ => {
+                            let _ = client.write_all(&answer);
+                        }
+                    }
+                });
+            }
+        });
+        p
+    }
+}
+
+/// A version whose download is slow and then cut short is never loaded (the cache never
+/// holds it under its name; the version served before keeps serving, its answers
+/// right); the next full download serves it. Deleting the `champion` alias, and then
+/// deleting the version it named, keeps the last stable version serving, though a newer
+/// one is cached (the registry's failure is reported per model).
+#[test]
+fn a_half_downloaded_version_is_never_loaded_and_deletions_keep_the_last_serving() {
+    let dir = TempDir::new("mlflow-partial");
+    let mlflow = Mlflow::start(dir.path());
+    log_models(&mlflow, false);
+    mlflow.alias("iris", "champion", Some(1));
+    let proxy = CuttingProxy::start(&mlflow.uri);
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let a = follow(&proxy.uri, "iris", &dir.path().join("state"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let v = Vigil::start(&cache, Engine::Tract, &a);
+    let answers = |v: &Vigil, version: &str| {
+        let case = reference(&format!("iris_v{version}"));
+        let (status, body) =
+            v.post_json("/v2/models/iris/infer", &json!({"inputs": case["inputs"]}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model_version"], version, "{body}");
+        assert_outputs_close(&body["outputs"], case["outputs"].as_array().unwrap(), 1e-5);
+    };
+    answers(&v, "1");
+    let loads_failed = |v: &Vigil| {
+        v.metric("vigil_model_load_total{model=\"iris\",outcome=\"failure\"}")
+            .unwrap_or(0.0)
+    };
+
+    // champion moves to 2; its model.onnx arrives half, then nothing (a slow download).
+    proxy.cut.store(true, Ordering::SeqCst);
+    mlflow.alias("iris", "champion", Some(2));
+    wait_for(60, "version 2's model.onnx half sent", || {
+        (proxy.stalled.load(Ordering::SeqCst) >= 1).then_some(())
+    });
+    let in_iris = || -> Vec<String> {
+        std::fs::read_dir(cache.join("iris"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    wait_for(30, "the download under way in a hidden directory", || {
+        in_iris()
+            .iter()
+            .any(|n| n.starts_with(".download-2-"))
+            .then_some(())
+    });
+    assert!(!cache.join("iris/2").exists(), "{:?}", in_iris());
+    answers(&v, "1");
+    assert_ne!(v.get("/v2/models/iris/versions/2/ready").0, 200);
+    // The connection closes mid-body: the download fails and is thrown away.
+    let up = |v: &Vigil| v.metric("vigil_registry_model_up{model=\"iris\",source=\"mlflow\"}");
+    assert_eq!(up(&v), Some(1.0));
+    proxy.release.store(true, Ordering::SeqCst);
+    wait_for(60, "the cut download to end", || {
+        (up(&v) == Some(0.0) || cache.join("iris/2").exists() || loads_failed(&v) > 0.0)
+            .then_some(())
+    });
+    assert!(
+        !cache.join("iris/2").exists(),
+        "a download cut short was published: {:?}",
+        in_iris()
+    );
+    assert_eq!(loads_failed(&v), 0.0, "a partial version was loaded");
+    let (models, _) = index(&v);
+    println!("cut download: {}", models["iris"]);
+    assert!(models["iris"].contains("model.onnx"), "{models:?}");
+    let leftovers: Vec<String> = in_iris().into_iter().filter(|n| n != "1").collect();
+    assert!(
+        leftovers.is_empty(),
+        "partial download left behind: {leftovers:?}"
+    );
+    assert_eq!(loads_failed(&v), 0.0, "a partial version was loaded");
+    answers(&v, "1");
+    assert_eq!(rollout(&v)["stable"], json!(1));
+
+    // The registry serves the whole file again: version 2 follows, answering right.
+    proxy.cut.store(false, Ordering::SeqCst);
+    wait_for(60, "champion 2 to become stable", || {
+        (rollout(&v)["stable"] == json!(2)).then_some(())
+    });
+    answers(&v, "2");
+    assert_eq!(loads_failed(&v), 0.0);
+    wait_for(30, "iris followed again", || {
+        (up(&v) == Some(1.0)).then_some(())
+    });
+
+    // champion back on 1: the cache now holds 1 and 2, and 1 is not the latest, so
+    // keeping "the last one" cannot be mistaken for falling back to the newest cached.
+    mlflow.alias("iris", "champion", Some(1));
+    wait_for(30, "champion 1 stable again", || {
+        (rollout(&v)["stable"] == json!(1)).then_some(())
+    });
+    assert!(cache.join("iris/2/model.onnx").is_file());
+
+    // Deleting the champion alias: vigil reports it and keeps serving version 1.
+    mlflow.alias("iris", "champion", None);
+    wait_for(30, "the missing alias reported", || {
+        (up(&v) == Some(0.0)).then_some(())
+    });
+    let (models, _) = index(&v);
+    assert!(models["iris"].contains("no 'champion' alias"), "{models:?}");
+    for _ in 0..10 {
+        answers(&v, "1");
+    }
+    assert_eq!(v.get("/v2/health/ready").0, 200);
+    assert_eq!(rollout(&v)["stable"], json!(1));
+
+    // champion on 1 again, then version 1 deleted from MLflow (its alias goes with it):
+    // version 1 keeps serving from the cache.
+    mlflow.alias("iris", "champion", Some(1));
+    wait_for(30, "iris followed again", || {
+        (up(&v) == Some(1.0)).then_some(())
+    });
+    let r = mlflow
+        .http
+        .delete(format!(
+            "{}/api/2.0/mlflow/model-versions/delete",
+            mlflow.uri
+        ))
+        .json(&json!({"name": "iris", "version": "1"}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+    wait_for(30, "the deleted version reported", || {
+        (up(&v) == Some(0.0)).then_some(())
+    });
+    let (models, _) = index(&v);
+    println!("after deleting version 1: {}", models["iris"]);
+    for _ in 0..10 {
+        answers(&v, "1");
+    }
+    assert_eq!(v.get("/v2/health/ready").0, 200);
+    assert_eq!(rollout(&v)["stable"], json!(1));
+    assert_eq!(loads_failed(&v), 0.0);
+    // The cache keeps it, so a restart (MLflow still without it) serves it too.
+    assert!(cache.join("iris/1/model.onnx").is_file());
+    drop(v);
+    let v = Vigil::start(&cache, Engine::Tract, &a);
+    answers(&v, "1");
+    assert_eq!(rollout(&v)["stable"], json!(1));
 }
 
 impl Mlflow {
@@ -614,7 +869,7 @@ fn judged(v: &Vigil, stable: u64, canary: u64, rows: Vec<[f64; 4]>) -> Value {
 #[test]
 fn the_judge_writes_its_decisions_to_the_aliases() {
     let dir = TempDir::new("mlflow");
-    let mlflow = Mlflow::start(dir.path(), free_port());
+    let mlflow = Mlflow::start(dir.path());
     log_models(&mlflow, false);
     mlflow.alias("iris", "champion", Some(1));
     mlflow.alias("iris", "challenger", Some(2));
@@ -659,5 +914,5 @@ fn the_judge_writes_its_decisions_to_the_aliases() {
     wait_for(30, "the canary to be gone", || {
         rollout(&v)["canary"].is_null().then_some(())
     });
-    assert_eq!(served(&v), "2");
+    assert_eq!(served(&v), "2")
 }

@@ -4,8 +4,8 @@ Run by tests/observability.sh (part of scripts/test.sh). Steps:
 1. a temporary repository: iris v1 (stable, with its drift reference), iris v3 = a model
    with another signature as a failing canary (30 % split), iris v4 a corrupt file;
    drift settings that trip; a retrain webhook receiver that answers 503;
-2. vigil (target/release/vigil, on 127.0.0.1:0, its port read from its log) and
-   Prometheus (Debian's, loopback, 1 s scrape and rule interval) on a free port;
+2. vigil (target/release/vigil) and Prometheus (Debian's, 1 s scrape and rule interval),
+   each on 127.0.0.1:0, the port it bound read from its log;
 3. traffic once Prometheus scrapes: normal and drifted requests, a failing request, an
    explicit load that retries the corrupt version;
 4. checks: promtool check rules / check metrics / test rules; every panel expression and
@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,30 +37,27 @@ GRAFANA = os.path.join(ROOT, "grafana")
 UNIT_TESTED = {"VigilHighLatencyP99", "VigilScrapeDown", "VigilTaskPanicked", "VigilCanaryRolledBack"}
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def listening_port(proc, timeout=60):
-    """The port a vigil started on 127.0.0.1:0 reports ("listening on http://ADDR");
-    the rest of its log is drained in the background so that it never blocks."""
+def reported_port(proc, marker, timeout=60):
+    """The port a process started on 127.0.0.1:0 reports in its log: the HOST:PORT after
+    `marker` (vigil: "listening on http://ADDR"; Prometheus: 'msg="Listening on"
+    address=ADDR'). The rest of its log is drained in the background so that it never
+    blocks."""
     found = []
     ready = threading.Event()
 
     def read():
         for line in proc.stderr:
-            if not found and "listening on http://" in line:
-                found.append(int(line.split("listening on http://", 1)[1].split()[0].rsplit(":", 1)[1]))
-                ready.set()
+            if not found and marker in line:
+                addr = line.split(marker, 1)[1].split()[0].strip('"')
+                port = int(addr.rsplit(":", 1)[1])
+                if port:
+                    found.append(port)
+                    ready.set()
         ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     if not ready.wait(timeout) or not found:
-        raise SystemExit("vigil did not report its address")
+        raise SystemExit(f"{proc.args[0]} did not report its address ('{marker}')")
     return found[0]
 
 
@@ -140,9 +136,8 @@ max_attempts = 3
              "--poll-interval", "0", "--state-dir", os.path.join(tmp, "state")],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "VIGIL_LOG": "info"})
         procs.append(vigil)
-        vport = listening_port(vigil)
+        vport = reported_port(vigil, "listening on http://")
         base = f"http://127.0.0.1:{vport}"
-        pport = free_port()  # Prometheus does not report a port it chose itself
         wait("vigil ready", lambda: http("GET", base + "/v2/health/ready")[0] == 200)
 
         prom_dir = os.path.join(tmp, "prom")
@@ -157,9 +152,10 @@ max_attempts = 3
             }, f)
         prom = subprocess.Popen(
             ["prometheus", f"--config.file={prom_dir}/prometheus.yml", f"--storage.tsdb.path={prom_dir}/data",
-             f"--web.listen-address=127.0.0.1:{pport}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--web.listen-address=127.0.0.1:0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs.append(prom)
+        pport = reported_port(prom, 'msg="Listening on" address=')
         papi = f"http://127.0.0.1:{pport}/api/v1"
 
         def query(expr):

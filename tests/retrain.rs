@@ -361,12 +361,55 @@ fn drift_trip_creates_one_event_and_the_cooldown_holds_the_next() {
     rx.wait_answered(200, 2);
 }
 
+/// A TCP socket bound to a port of 127.0.0.1 and not listening: connecting to it is
+/// refused (a receiver that is down), yet the port stays the test's, so nobody else can
+/// take it before [`Reserved::listen`] brings the receiver up on it.
+struct Reserved(std::os::fd::OwnedFd);
+
+impl Reserved {
+    fn new() -> (Reserved, u16) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain socket calls on a descriptor this function owns from creation;
+        // the address structures are fully initialised and sized as the calls expect.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(
+                owned.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                len,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut bound: libc::sockaddr_in = std::mem::zeroed();
+            let mut blen = len;
+            let rc = libc::getsockname(
+                owned.as_raw_fd(),
+                &mut bound as *mut _ as *mut libc::sockaddr,
+                &mut blen,
+            );
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            (Reserved(owned), u16::from_be(bound.sin_port))
+        }
+    }
+
+    fn listen(self) -> TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on the bound socket this value owns.
+        let rc = unsafe { libc::listen(self.0.as_raw_fd(), 128) };
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+        TcpListener::from(self.0)
+    }
+}
+
 #[test]
 fn receiver_down_then_back_and_slow_receiver() {
-    // Down: nothing listens on the port yet.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    // Down: the port is bound, nothing listens on it yet.
+    let (reserved, port) = Reserved::new();
     let url = format!("http://127.0.0.1:{port}/hook");
     let repo = repo(&format!(
         "url = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"1s\"\n"
@@ -386,11 +429,7 @@ fn receiver_down_then_back_and_slow_receiver() {
         "{failed}"
     );
     // Back up, but slow on the first request (past the 1 s timeout).
-    let rx = Receiver::on(
-        TcpListener::bind(("127.0.0.1", port)).unwrap(),
-        &[(200, 2500)],
-        200,
-    );
+    let rx = Receiver::on(reserved.listen(), &[(200, 2500)], 200);
     let seen = rx.wait_answered(200, 2);
     assert!(seen.iter().all(|s| s.headers["webhook-id"] == id));
     let e = wait_for(20, "delivery", || {

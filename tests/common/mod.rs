@@ -457,13 +457,30 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// A port that was free a moment ago (for processes that take a port number).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The port a process started on port 0 reports in its log file at `path`: the first
+/// line holding `marker` followed by `HOST:PORT` (Prometheus and Alertmanager print
+/// `msg="Listening on" address=127.0.0.1:PORT`, uvicorn `Uvicorn running on
+/// http://127.0.0.1:PORT`). Waits up to `secs` seconds for the line. No port is chosen
+/// by the test, so none can be taken by someone else between choosing and binding.
+pub fn logged_port(path: &Path, marker: &str, secs: u64) -> u16 {
+    let what = format!("'{marker}' and a port in {}", path.display());
+    wait_for(secs, &what, || {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().find_map(|l| port_after(l, marker))
+    })
+}
+
+/// The port of the `HOST:PORT` that follows `marker` in `line` (0 is no port).
+fn port_after(line: &str, marker: &str) -> Option<u16> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let addr = rest
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '/')
+        .find(|s| !s.is_empty())?;
+    addr.rsplit(':')
+        .next()?
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
 }
 
 /// The population standard deviation (ddof = 0) of column `j` of iris's training data,

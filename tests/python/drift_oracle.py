@@ -54,6 +54,8 @@ def pooled_homogeneity(observed, reference):
         return None
     factor = min(n_obs, n_ref) / (n_obs + n_ref)
     support = lambda c: (c[0] + c[1]) * factor
+    if len(observed) != len(reference):
+        raise ValueError(f"{len(observed)} observed categories against {len(reference)} in the reference")
     kept, pool, pooled = [], (0.0, 0.0), False
     for c in zip(map(float, observed), map(float, reference)):
         if support(c) < CHI2_MIN_EXPECTED:
