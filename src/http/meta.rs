@@ -66,7 +66,8 @@ pub(super) async fn model_metadata(
     Ok(Json(json!({
         "name": entry.name,
         "versions": entry.versions.keys().map(u64::to_string).collect::<Vec<_>>(),
-        "platform": format!("onnx_{}", v.engine),
+        // Triton's name for an ONNX model, whichever engine runs it here.
+        "platform": "onnxruntime_onnx",
         "inputs": tensor_specs(&v.signature.inputs),
         "outputs": tensor_specs(&v.signature.outputs),
     })))

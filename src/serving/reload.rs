@@ -20,8 +20,11 @@ use crate::repository::{self, Fingerprint, ModelSource};
 /// Why a repository API call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no model '{0}' in the repository")]
+    /// Triton's text for a load of a model the repository does not hold.
+    #[error("failed to load '{0}', failed to poll from model repository: no model directory '{0}' in the repository")]
     NotFound(String),
+    #[error("failed to unload '{0}', no model '{0}' is served or in the repository")]
+    NotServed(String),
     #[error("{0}")]
     Failed(String),
     #[error("{0}")]
@@ -312,8 +315,12 @@ impl Reloader {
         state.wanted.insert(name.to_string());
         // An explicit request retries versions that failed before.
         state.failed.remove(name);
-        self.reconcile(&mut state, &source, true)
-            .map_err(ControlError::Failed)
+        self.reconcile(&mut state, &source, true).map_err(|reason| {
+            // Triton's text first (clients match on it), vigil's reason after.
+            ControlError::Failed(format!(
+                "failed to load '{name}', no version is available: {reason}"
+            ))
+        })
     }
 
     /// `POST /v2/repository/models/{m}/unload` (explicit mode only).
@@ -326,7 +333,7 @@ impl Reloader {
         let mut state = self.lock();
         let known = state.wanted.remove(name) | self.server.table().models.contains_key(name);
         if !known {
-            return Err(ControlError::NotFound(name.to_string()));
+            return Err(ControlError::NotServed(name.to_string()));
         }
         self.server.publish(name, None);
         state.seen.remove(name);
