@@ -39,6 +39,9 @@ pub struct IndexRow {
     pub version: Option<String>,
     pub state: &'static str,
     pub reason: String,
+    /// Fields of the model's Triton `config.pbtxt` that vigil read but does not act on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 #[derive(Default)]
@@ -357,13 +360,22 @@ impl Reloader {
         let table = self.server.table();
         let state = self.lock();
         let mut rows = Vec::new();
-        let row = |name: &str, version: Option<u64>, st: &'static str, reason: String| IndexRow {
-            name: name.to_string(),
-            version: version.map(|v| v.to_string()),
-            state: st,
-            reason,
-        };
         for source in &sources {
+            let ignored: Vec<String> = source
+                .config
+                .as_ref()
+                .ok()
+                .and_then(|c| c.triton.as_ref())
+                .map(|t| t.ignored.clone())
+                .unwrap_or_default();
+            let row =
+                |name: &str, version: Option<u64>, st: &'static str, reason: String| IndexRow {
+                    name: name.to_string(),
+                    version: version.map(|v| v.to_string()),
+                    state: st,
+                    reason,
+                    ignored: ignored.clone(),
+                };
             let name = source.name.as_str();
             let entry = table.models.get(name);
             if let Some(reason) = state.source_errors.get(name) {
@@ -411,7 +423,13 @@ impl Reloader {
         }
         for (name, reason) in &state.source_errors {
             if !sources.iter().any(|s| &s.name == name) {
-                rows.push(row(name, None, "UNAVAILABLE", reason.clone()));
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: None,
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                    ignored: Vec::new(),
+                });
             }
         }
         rows
