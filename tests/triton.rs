@@ -256,3 +256,57 @@ fn a_bad_config_pbtxt_costs_only_its_model() {
     let (status, out) = v.post_json("/v2/models/good/infer", &body(2, 1));
     assert_eq!(status, 200, "{out}");
 }
+
+#[test]
+fn load_with_a_config_override_as_tritonclient_sends_it() {
+    let dir = simple_repo(Some(SIMPLE));
+    let v = Vigil::start(dir.path(), Engine::Ort, &[]);
+    let load = |body: Value| v.post_json("/v2/repository/models/simple/load", &body);
+    let config = json!({
+        "name": "simple",
+        "backend": "onnxruntime",
+        "max_batch_size": 8,
+        "version_policy": {"all": {}},
+    });
+    let (status, out) = load(json!({"parameters": {"config": config.to_string()}}));
+    assert_eq!(status, 200, "{out}");
+    let rows = index(&v);
+    for version in ["1", "2", "3"] {
+        assert_eq!(
+            row(&rows, "simple", Some(version))["state"],
+            "READY",
+            "{rows:?}"
+        );
+    }
+    let (_, cfg) = v.get("/v2/models/simple/config");
+    assert_eq!(cfg["version_policy"], json!({"all": {}}), "{cfg}");
+    assert!(
+        cfg.get("dynamic_batching").is_none(),
+        "the override replaces config.pbtxt: {cfg}"
+    );
+
+    // A bad override: Triton's text, 400, and what was served keeps serving.
+    for bad in [
+        json!({"parameters": {"config": "{not json"}}),
+        json!({"parameters": {"config": 5}}),
+        json!({"parameters": {"config": "{\"max_batch_size\": \"x\"}"}}),
+        json!({"parameters": {"config": "{\"name\": \"other\"}"}}),
+        json!({"parameters": {"config": "{\"platform\": \"pytorch_libtorch\"}"}}),
+    ] {
+        let (status, out) = load(bad.clone());
+        assert_eq!(status, 400, "{bad}: {out}");
+        let msg = out["error"].as_str().unwrap();
+        assert!(
+            msg.starts_with(
+                "failed to load 'simple', failed to parse the model configuration override"
+            ),
+            "{bad}: {msg}"
+        );
+    }
+    assert_eq!(v.get("/v2/models/simple/versions/2/ready").0, 200);
+    assert_eq!(v.post_json("/v2/models/simple/infer", &body(1, 0)).0, 200);
+
+    // A load without an override goes back to config.pbtxt.
+    assert_eq!(load(json!({})).0, 200);
+    assert_eq!(v.get("/v2/models/simple/versions/2/ready").0, 503);
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{ModelUpdate, ServedVersion, Server};
-use crate::config::{ModelControl, VersionPolicy};
+use crate::config::{ModelConfig, ModelControl, VersionPolicy};
 use crate::repository::{self, Fingerprint, ModelSource};
 
 /// Why a repository API call failed.
@@ -56,6 +56,9 @@ struct ReloadState {
     wanted: BTreeSet<String>,
     /// Why a model's source (a model registry) cannot provide it now, by model.
     source_errors: BTreeMap<String, String>,
+    /// Triton configurations a `load` request carried, in place of the model's
+    /// `config.pbtxt` until the next `load` without one.
+    overrides: HashMap<String, crate::config::TritonConfig>,
 }
 
 pub struct Reloader {
@@ -158,7 +161,10 @@ impl Reloader {
     ) -> Result<(), String> {
         let name = source.name.as_str();
         let current = self.server.table().models.get(name).cloned();
-        let config = match &source.config {
+        let overridden = state.overrides.get(name).map(|t| {
+            ModelConfig::load_with(&source.dir, Some(t.clone())).map_err(|e| e.to_string())
+        });
+        let config = match overridden.as_ref().unwrap_or(&source.config) {
             Ok(c) => c.clone(),
             Err(e) => {
                 // Keep serving what was served, with the last good settings.
@@ -311,10 +317,25 @@ impl Reloader {
 
     /// `POST /v2/repository/models/{m}/load`: (re)loads a model now.
     pub fn load(&self, name: &str) -> Result<(), ControlError> {
+        self.load_with(name, None)
+    }
+
+    /// `load` with Triton's configuration override (`{"parameters": {"config": ".."}}`):
+    /// the model is served with `config` in place of its `config.pbtxt` until the next
+    /// load without one (`config.toml` still wins where both set a thing).
+    pub fn load_with(
+        &self,
+        name: &str,
+        config: Option<crate::config::TritonConfig>,
+    ) -> Result<(), ControlError> {
         let source = repository::scan_model(&self.root, name)
             .map_err(|e| ControlError::Failed(e.to_string()))?
             .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         let mut state = self.lock();
+        match config {
+            Some(c) => state.overrides.insert(name.to_string(), c),
+            None => state.overrides.remove(name),
+        };
         state.wanted.insert(name.to_string());
         // An explicit request retries versions that failed before.
         state.failed.remove(name);
