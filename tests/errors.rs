@@ -28,13 +28,13 @@ fn bad_requests_get_clear_errors() {
             "/v2/models/nope/infer",
             json!({"inputs": ok["inputs"]}),
             404,
-            "unknown model 'nope'",
+            "Request for unknown model: 'nope' is not found",
         ),
         (
             "/v2/models/iris/versions/9/infer",
             json!({"inputs": ok["inputs"]}),
             404,
-            "no version 9",
+            "Request for unknown model: 'iris' version 9 is not found",
         ),
         (
             "/v2/models/iris/versions/x/infer",
@@ -52,19 +52,19 @@ fn bad_requests_get_clear_errors() {
             "/v2/models/iris/infer",
             iris_input(json!([1, 3]), "FP32", json!([1, 2, 3])),
             400,
-            "input 'X' has shape [1, 3], the model expects [-1, 4]",
+            "unexpected shape for input 'X' for model 'iris'. Expected [-1,4], got [1,3]",
         ),
         (
             "/v2/models/iris/infer",
             iris_input(json!([4]), "FP32", json!([1, 2, 3, 4])),
             400,
-            "input 'X' has shape [4]",
+            "unexpected shape for input 'X' for model 'iris'. Expected [-1,4], got [4]",
         ),
         (
             "/v2/models/iris/infer",
             iris_input(json!([1, 4]), "FP64", json!([1, 2, 3, 4])),
             400,
-            "input 'X' has datatype FP64, the model expects FP32",
+            "inference input 'X' data-type is 'FP64', but model 'iris' expects 'FP32'",
         ),
         (
             "/v2/models/iris/infer",
@@ -88,13 +88,13 @@ fn bad_requests_get_clear_errors() {
             "/v2/models/iris/infer",
             json!({"inputs": [{"name": "Y", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
             400,
-            "unexpected input 'Y'",
+            "unexpected inference input 'Y' for model 'iris'",
         ),
         (
             "/v2/models/iris/infer",
             json!({"inputs": []}),
             400,
-            "missing input 'X'",
+            "expected 1 inputs but got 0 inputs for model 'iris': missing input 'X'",
         ),
         (
             "/v2/models/iris/infer",
@@ -106,7 +106,7 @@ fn bad_requests_get_clear_errors() {
             "/v2/models/iris/infer",
             json!({"inputs": ok["inputs"], "outputs": [{"name": "logits"}]}),
             400,
-            "unknown output 'logits'",
+            "unexpected inference output 'logits' for model 'iris'",
         ),
         (
             "/v2/models/iris/infer",
@@ -178,7 +178,12 @@ fn fixed_dimensions_are_enforced() {
     let body = json!({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": vec![1.0; 12]}]});
     let (status, got) = v.post_json("/v2/models/fixed/infer", &body);
     assert_eq!(status, 400);
-    assert!(error_of(&got).contains("the model expects [2, 4]"), "{got}");
+    assert!(
+        error_of(&got).contains(
+            "unexpected shape for input 'x' for model 'fixed'. Expected [2,4], got [3,4]"
+        ),
+        "{got}"
+    );
     let body = json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [-1, 2, -3, 4, 5, -6, 7, -8]}]});
     let (status, got) = v.post_json("/v2/models/fixed/infer", &body);
     assert_eq!(status, 200, "{got}");

@@ -214,7 +214,7 @@ fn limits_and_malformed_requests() {
             json!({"inputs": [{"name": "X", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}),
             &[200, 0, 0, 0, b'a', b'b', b'c', b'd'],
             None,
-            "datatype bytes, the model expects fp32",
+            "data-type is 'bytes', but model 'iris' expects 'fp32'",
         ),
     ];
     for (header, payload, hlen, want) in bin_cases {
@@ -1215,7 +1215,7 @@ fn memory_per_request_is_bounded_by_the_body() {
                 "15 M empty BYTES, JSON",
                 body,
                 None,
-                "has datatype BYTES, the model expects FP32",
+                "data-type is 'BYTES', but model 'iris' expects 'FP32'",
                 false,
             )
         }),
@@ -1225,7 +1225,7 @@ fn memory_per_request_is_bounded_by_the_body() {
                 "15 M empty BYTES, binary",
                 body,
                 h,
-                "has datatype BYTES, the model expects FP32",
+                "data-type is 'BYTES', but model 'iris' expects 'FP32'",
                 false,
             )
         }),
@@ -1235,7 +1235,7 @@ fn memory_per_request_is_bounded_by_the_body() {
                 "15 M FP64 of 2 bytes, JSON",
                 body,
                 None,
-                "has datatype FP64, the model expects FP32",
+                "data-type is 'FP64', but model 'iris' expects 'FP32'",
                 false,
             )
         }),

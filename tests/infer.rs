@@ -52,7 +52,10 @@ fn sample_models_on(engine: Engine) {
     );
     assert_eq!(status, 404, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("no version 1"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Request for unknown model: 'iris' version 1 is not found"),
         "{body}"
     );
     for &(model, version, refname, engines) in CASES {
@@ -221,8 +224,10 @@ fn metadata_config_and_stats() {
     assert_eq!(cfg["backend"], "tract");
     assert_eq!(
         cfg["input"],
-        json!([{"name": "X", "data_type": "TYPE_FP32", "dims": [-1, 32]}])
+        json!([{"name": "X", "data_type": "TYPE_FP32", "dims": [32]}])
     );
+    // Triton's meaning: the batch dimension is not in `dims` when max_batch_size > 0.
+    assert_eq!(cfg["max_batch_size"], 32, "{cfg}");
     assert_eq!(cfg["output"][0]["data_type"], "TYPE_INT64");
 
     // Stats count what was served.

@@ -38,10 +38,44 @@ pub(super) async fn repository_index(
 pub(super) async fn repository_load(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let config = load_override(&model, &body)?;
     let reloader = s.reloader.clone();
-    blocking(move || reloader.load(&model)).await??;
+    blocking(move || reloader.load_with(&model, config)).await??;
     Ok(Json(json!({})))
+}
+
+/// The Triton configuration a load request carries (`{"parameters": {"config": "<JSON>"}}`,
+/// as `tritonclient`'s `load_model(name, config=...)` sends it), if any.
+fn load_override(
+    model: &str,
+    body: &[u8],
+) -> Result<Option<crate::config::TritonConfig>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    // Triton's text first, vigil's reason after.
+    let bad = |why: String| {
+        ApiError::BadRequest(format!(
+            "failed to load '{model}', failed to parse the model configuration override: {why}"
+        ))
+    };
+    let req: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let Some(config) = req.get("parameters").and_then(|p| p.get("config")) else {
+        return Ok(None);
+    };
+    let text = config
+        .as_str()
+        .ok_or_else(|| bad("parameters.config must be a string holding JSON".into()))?;
+    let parsed = crate::config::TritonConfig::from_json(text).map_err(|e| bad(e.to_string()))?;
+    if !parsed.name.is_empty() && parsed.name != model {
+        return Err(bad(format!(
+            "its name '{}' is not the model's name",
+            parsed.name
+        )));
+    }
+    Ok(Some(parsed))
 }
 
 #[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Unloaded"), (status = 400, description = "Not allowed in this model-control mode", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]

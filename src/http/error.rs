@@ -45,7 +45,7 @@ impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         let msg = e.to_string();
         match e {
-            ControlError::NotFound(_) => ApiError::NotFound(msg),
+            ControlError::NotFound(_) | ControlError::NotServed(_) => ApiError::NotFound(msg),
             ControlError::Failed(_) | ControlError::NotAllowed(_) => ApiError::BadRequest(msg),
         }
     }

@@ -18,7 +18,6 @@ use super::state::{target, AppState};
 use super::v2::{self, BodyBuffer};
 use std::sync::Arc;
 
-use crate::backend::ModelSignature;
 use crate::serving::{InferError, PendingRoute, Route, ServedVersion};
 
 /// The header that says how long the JSON part of a binary-tensor body is.
@@ -114,10 +113,11 @@ struct Accepted {
 fn accept(
     body: &[u8],
     header_len: Option<usize>,
-    sig: &ModelSignature,
+    version: &ServedVersion,
     max_elements: usize,
 ) -> Result<Accepted, ApiError> {
-    let req = v2::check_request(body, header_len, sig, max_elements)?;
+    let sig = &version.signature;
+    let req = v2::check_request(&version.model, body, header_len, sig, max_elements)?;
     let chosen: Vec<(usize, bool)> = match &req.outputs {
         None => (0..sig.outputs.len())
             .map(|i| (i, req.binary_output))
@@ -133,8 +133,8 @@ fn accept(
                         let names: Vec<&str> =
                             sig.outputs.iter().map(|o| o.name.as_str()).collect();
                         ApiError::BadRequest(format!(
-                            "unknown output '{}': the model's outputs are {names:?}",
-                            o.name
+                            "unexpected inference output '{}' for model '{}': the model's outputs are {names:?}",
+                            o.name, version.model
                         ))
                     })
             })
@@ -154,11 +154,10 @@ async fn infer_on(
 ) -> (Arc<ServedVersion>, Result<Response, InferOnError>) {
     let primary = plan.primary().clone();
     let max = s.opts.max_tensor_elements;
-    let accepted = match accept(body.bytes(), header_len, &primary.signature, max) {
+    let accepted = match accept(body.bytes(), header_len, &primary, max) {
         Err(e)
             if !plan.alternative().is_some_and(|c| {
-                c.signature != primary.signature
-                    && accept(body.bytes(), header_len, &c.signature, max).is_ok()
+                c.signature != primary.signature && accept(body.bytes(), header_len, c, max).is_ok()
             }) =>
         {
             return (primary.clone(), Err(InferOnError::Api(e)));
@@ -174,7 +173,7 @@ async fn infer_on(
         accepted
     } else {
         drop(accepted);
-        accept(body.bytes(), header_len, &served.signature, max)
+        accept(body.bytes(), header_len, &served, max)
     };
     if let (Err(_), Some(j)) = (&accepted, &route.judged) {
         // Routed to a version that cannot take it: that version's failure.

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::schema;
 use super::state::{entry, target, AppState};
+use crate::config::VersionPolicy;
 use crate::serving::ServedVersion;
 
 /// The extensions of the protocol this server implements, as `GET /v2` lists them.
@@ -66,7 +67,8 @@ pub(super) async fn model_metadata(
     Ok(Json(json!({
         "name": entry.name,
         "versions": entry.versions.keys().map(u64::to_string).collect::<Vec<_>>(),
-        "platform": format!("onnx_{}", v.engine),
+        // Triton's name for an ONNX model, whichever engine runs it here.
+        "platform": "onnxruntime_onnx",
         "inputs": tensor_specs(&v.signature.inputs),
         "outputs": tensor_specs(&v.signature.outputs),
     })))
@@ -95,11 +97,29 @@ pub(super) async fn model_ready(
     Ok((status, Json(body)).into_response())
 }
 
-fn config_io(specs: &[crate::tensor::spec::TensorSpec]) -> Value {
+/// Inputs or outputs as Triton's configuration shows them: with `batched`, the batch
+/// dimension (the first) is left out of `dims`, as `max_batch_size > 0` means in Triton.
+fn config_io(specs: &[crate::tensor::spec::TensorSpec], batched: bool) -> Value {
     specs
         .iter()
-        .map(|s| json!({ "name": s.name, "data_type": s.datatype.triton_config_name(), "dims": s.shape }))
+        .map(|s| {
+            let dims = if batched {
+                s.shape.get(1..).unwrap_or_default()
+            } else {
+                &s.shape[..]
+            };
+            json!({ "name": s.name, "data_type": s.datatype.triton_config_name(), "dims": dims })
+        })
         .collect()
+}
+
+fn version_policy_json(policy: Option<VersionPolicy>) -> Value {
+    match policy {
+        Some(VersionPolicy::All) => json!({ "all": {} }),
+        Some(VersionPolicy::Specific(v)) => json!({ "specific": { "versions": v } }),
+        Some(VersionPolicy::Latest(n)) => json!({ "latest": { "num_versions": n } }),
+        None => json!({ "latest": { "num_versions": 1 } }),
+    }
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/config", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton model configuration, with dynamic_batching in force"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
@@ -108,31 +128,61 @@ pub(super) async fn model_config(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let (model, version) = target(&p)?;
+    let entry = entry(&s.server, model)?;
     let v = s.server.resolve(model, version)?;
+    let triton = entry.config.triton.as_ref();
+    let b = v.batcher.settings();
+    let batch_dim = !v.signature.inputs.is_empty()
+        && v.signature
+            .inputs
+            .iter()
+            .all(|s| s.shape.first() == Some(&-1));
+    // Triton's meaning: `max_batch_size > 0` says the first dimension is the batch and
+    // `dims` leave it out.
+    let max_batch_size = match triton {
+        Some(t) if t.max_batch_size > 0 => t.max_batch_size,
+        _ if b.max_batch > 1 && batch_dim => b.max_batch,
+        _ => 0,
+    };
+    let batched = max_batch_size > 0;
     let mut config = json!({
         "name": model,
         "platform": "onnxruntime_onnx",
         "backend": v.engine.as_str(),
         "version": v.version.to_string(),
-        // Shapes below include the batch dimension, as Triton shows them with batching off.
-        "max_batch_size": 0,
-        "input": config_io(&v.signature.inputs),
-        "output": config_io(&v.signature.outputs),
-        "version_policy": { "latest": { "num_versions": 1 } },
+        "max_batch_size": max_batch_size,
+        "input": config_io(&v.signature.inputs, batched),
+        "output": config_io(&v.signature.outputs, batched),
+        "version_policy": version_policy_json(entry.config.version_policy.policy().ok()),
+        "instance_group": [{
+            "count": triton.and_then(|t| t.instance_count).unwrap_or(1),
+            "kind": "KIND_CPU",
+        }],
     });
+    if let Some(t) = triton {
+        config["parameters"] = t
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({ "string_value": v })))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        if !t.ignored.is_empty() {
+            // vigil's own: fields of config.pbtxt it read but does not act on.
+            config["ignored"] = json!(t.ignored);
+        }
+    }
     config["execution"] = json!({
         "mode": v.exec.report().configured,
         "in_force": if v.exec.is_inline() { "inline" } else { "pool" },
     });
-    let b = v.batcher.settings();
     if b.max_batch > 1 {
-        // Triton's field names; the batch size lives here because the shapes above keep
-        // their batch dimension.
+        // Triton's field names (and vigil's `max_batch_size`, the largest batch formed).
         config["dynamic_batching"] = json!({
             "max_batch_size": b.max_batch,
             "max_queue_delay_microseconds": b.delay.as_micros() as u64,
             "preferred_batch_size": b.preferred,
             "max_queue_size": b.max_queue,
+            "default_queue_policy": { "max_queue_size": b.max_queue },
         });
     }
     Ok(Json(config))

@@ -30,6 +30,8 @@ use crate::serving::Server;
 fn data_routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
+        // The OIP specification's path for the same.
+        .route("/v2/", get(server_metadata))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
         .route(

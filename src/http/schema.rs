@@ -85,7 +85,7 @@ pub struct TensorMetadata {
 pub struct ModelMetadata {
     pub name: String,
     pub versions: Vec<String>,
-    /// `onnx_tract` or `onnx_ort`.
+    /// `onnxruntime_onnx`, Triton's name for an ONNX model, whichever engine runs it.
     pub platform: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,

@@ -20,7 +20,8 @@ pub enum InferError {
     Invalid(String),
     #[error("the server is overloaded: the inference queue is full")]
     Overloaded,
-    #[error("model '{model}' is not ready: {reason}")]
+    /// Triton's text first (clients match on it), vigil's reason after.
+    #[error("Request for unknown model: '{model}' has no available versions; {reason}")]
     NotReady { model: String, reason: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -96,7 +97,7 @@ impl Server {
         version: &Arc<ServedVersion>,
         inputs: Vec<Tensor>,
     ) -> Result<Vec<Tensor>, InferError> {
-        let ordered = order_inputs(&version.signature, inputs)?;
+        let ordered = order_inputs(&version.model, &version.signature, inputs)?;
         let rows = ordered
             .first()
             .and_then(|t| t.shape.first().copied())
@@ -141,17 +142,41 @@ impl Server {
 
 /// Checks a request's inputs against a signature one descriptor at a time (name known
 /// and given once, datatype, shape), before any data is decoded: the HTTP decoder runs it
-/// on the header, so data that cannot be served is never turned into tensors.
+/// on the header, so data that cannot be served is never turned into tensors. Messages
+/// begin with Triton's text for the same fault (clients match on it); vigil's detail follows.
 pub struct InputCheck<'a> {
     signature: &'a ModelSignature,
+    /// The model's name, for Triton's "... for model 'm'"; empty when not known.
+    model: &'a str,
     seen: Vec<bool>,
+}
+
+/// Triton's way of printing a shape: `[-1,16]`.
+pub fn dims_str<T: std::fmt::Display>(dims: &[T]) -> String {
+    let parts: Vec<String> = dims.iter().map(ToString::to_string).collect();
+    format!("[{}]", parts.join(","))
 }
 
 impl<'a> InputCheck<'a> {
     pub fn new(signature: &'a ModelSignature) -> InputCheck<'a> {
+        InputCheck::for_model(signature, "")
+    }
+
+    /// A check whose messages name `model`, as Triton's do.
+    pub fn for_model(signature: &'a ModelSignature, model: &'a str) -> InputCheck<'a> {
         InputCheck {
             signature,
+            model,
             seen: vec![false; signature.inputs.len()],
+        }
+    }
+
+    /// `" for model 'm'"`, or nothing when the model is not known.
+    fn for_model_str(&self) -> String {
+        if self.model.is_empty() {
+            String::new()
+        } else {
+            format!(" for model '{}'", self.model)
         }
     }
 
@@ -166,7 +191,8 @@ impl<'a> InputCheck<'a> {
         let Some(i) = inputs.iter().position(|s| s.name == name) else {
             let expected: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
             return Err(InferError::Invalid(format!(
-                "unexpected input '{name}': the model's inputs are {expected:?}"
+                "unexpected inference input '{name}'{}: the model's inputs are {expected:?}",
+                self.for_model_str()
             )));
         };
         if std::mem::replace(&mut self.seen[i], true) {
@@ -177,19 +203,27 @@ impl<'a> InputCheck<'a> {
         let spec = &inputs[i];
         if datatype != spec.datatype {
             return Err(InferError::Invalid(format!(
-                "input '{name}' has datatype {datatype}, the model expects {}",
+                "inference input '{name}' data-type is '{datatype}', but {} expects '{}'",
+                if self.model.is_empty() {
+                    "the model".to_string()
+                } else {
+                    format!("model '{}'", self.model)
+                },
                 spec.datatype
             )));
         }
         if shape.contains(&0) {
             return Err(InferError::Invalid(format!(
-                "input '{name}' has shape {shape:?}: empty tensors are not served"
+                "input '{name}' has shape {}: empty tensors are not served",
+                dims_str(shape)
             )));
         }
         if !spec.accepts_shape(shape) {
             return Err(InferError::Invalid(format!(
-                "input '{name}' has shape {shape:?}, the model expects {} (-1 = any size)",
-                spec.shape_str()
+                "unexpected shape for input '{name}'{}. Expected {}, got {} (-1 = any size)",
+                self.for_model_str(),
+                dims_str(&spec.shape),
+                dims_str(shape)
             )));
         }
         Ok(i)
@@ -197,23 +231,38 @@ impl<'a> InputCheck<'a> {
 
     /// Every declared input was given.
     pub fn finish(self) -> Result<(), InferError> {
-        match self.seen.iter().position(|&seen| !seen) {
-            Some(i) => Err(InferError::Invalid(format!(
-                "missing input '{}'",
-                self.signature.inputs[i].name
-            ))),
-            None => Ok(()),
+        let missing: Vec<&str> = self
+            .seen
+            .iter()
+            .zip(&self.signature.inputs)
+            .filter(|(seen, _)| !**seen)
+            .map(|(_, s)| s.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
         }
+        let want = self.signature.inputs.len();
+        Err(InferError::Invalid(format!(
+            "expected {want} inputs but got {} inputs{}: missing input {}",
+            want - missing.len(),
+            self.for_model_str(),
+            missing
+                .iter()
+                .map(|m| format!("'{m}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 }
 
 /// Checks every input against the signature (present once, no strangers, datatype,
 /// shape, element count) and returns them in signature order.
 pub fn order_inputs(
+    model: &str,
     signature: &ModelSignature,
     inputs: Vec<Tensor>,
 ) -> Result<Vec<Tensor>, InferError> {
-    let mut check = InputCheck::new(signature);
+    let mut check = InputCheck::for_model(signature, model);
     let mut slots: Vec<Option<Tensor>> = (0..signature.inputs.len()).map(|_| None).collect();
     for t in inputs {
         let i = check.input(&t.name, t.datatype(), &t.shape)?;

@@ -25,6 +25,7 @@ pub mod rollout;
 mod route;
 mod stats;
 mod table;
+pub mod triton_io;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -324,6 +325,14 @@ impl Server {
             Err(BackendError::Load(format!(
                 "the engine panicked while loading: {panic}"
             )))
+        })
+        .and_then(|mut loaded| {
+            // A Triton config.pbtxt must describe the file; its dims narrow the signature.
+            if let Some(t) = &config.triton {
+                loaded.signature =
+                    triton_io::conform(loaded.signature, t).map_err(BackendError::Unsupported)?;
+            }
+            Ok(loaded)
         });
         self.metrics
             .count_load(model, result.is_ok(), start.elapsed());

@@ -14,14 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{ModelUpdate, ServedVersion, Server};
-use crate::config::{ModelControl, VersionPolicy};
+use crate::config::{ModelConfig, ModelControl, VersionPolicy};
 use crate::repository::{self, Fingerprint, ModelSource};
 
 /// Why a repository API call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no model '{0}' in the repository")]
+    /// Triton's text for a load of a model the repository does not hold.
+    #[error("failed to load '{0}', failed to poll from model repository: no model directory '{0}' in the repository")]
     NotFound(String),
+    #[error("failed to unload '{0}', no model '{0}' is served or in the repository")]
+    NotServed(String),
     #[error("{0}")]
     Failed(String),
     #[error("{0}")]
@@ -36,6 +39,9 @@ pub struct IndexRow {
     pub version: Option<String>,
     pub state: &'static str,
     pub reason: String,
+    /// Fields of the model's Triton `config.pbtxt` that vigil read but does not act on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 #[derive(Default)]
@@ -50,6 +56,9 @@ struct ReloadState {
     wanted: BTreeSet<String>,
     /// Why a model's source (a model registry) cannot provide it now, by model.
     source_errors: BTreeMap<String, String>,
+    /// Triton configurations a `load` request carried, in place of the model's
+    /// `config.pbtxt` until the next `load` without one.
+    overrides: HashMap<String, crate::config::TritonConfig>,
 }
 
 pub struct Reloader {
@@ -152,7 +161,10 @@ impl Reloader {
     ) -> Result<(), String> {
         let name = source.name.as_str();
         let current = self.server.table().models.get(name).cloned();
-        let config = match &source.config {
+        let overridden = state.overrides.get(name).map(|t| {
+            ModelConfig::load_with(&source.dir, Some(t.clone())).map_err(|e| e.to_string())
+        });
+        let config = match overridden.as_ref().unwrap_or(&source.config) {
             Ok(c) => c.clone(),
             Err(e) => {
                 // Keep serving what was served, with the last good settings.
@@ -305,15 +317,34 @@ impl Reloader {
 
     /// `POST /v2/repository/models/{m}/load`: (re)loads a model now.
     pub fn load(&self, name: &str) -> Result<(), ControlError> {
+        self.load_with(name, None)
+    }
+
+    /// `load` with Triton's configuration override (`{"parameters": {"config": ".."}}`):
+    /// the model is served with `config` in place of its `config.pbtxt` until the next
+    /// load without one (`config.toml` still wins where both set a thing).
+    pub fn load_with(
+        &self,
+        name: &str,
+        config: Option<crate::config::TritonConfig>,
+    ) -> Result<(), ControlError> {
         let source = repository::scan_model(&self.root, name)
             .map_err(|e| ControlError::Failed(e.to_string()))?
             .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         let mut state = self.lock();
+        match config {
+            Some(c) => state.overrides.insert(name.to_string(), c),
+            None => state.overrides.remove(name),
+        };
         state.wanted.insert(name.to_string());
         // An explicit request retries versions that failed before.
         state.failed.remove(name);
-        self.reconcile(&mut state, &source, true)
-            .map_err(ControlError::Failed)
+        self.reconcile(&mut state, &source, true).map_err(|reason| {
+            // Triton's text first (clients match on it), vigil's reason after.
+            ControlError::Failed(format!(
+                "failed to load '{name}', no version is available: {reason}"
+            ))
+        })
     }
 
     /// `POST /v2/repository/models/{m}/unload` (explicit mode only).
@@ -326,7 +357,7 @@ impl Reloader {
         let mut state = self.lock();
         let known = state.wanted.remove(name) | self.server.table().models.contains_key(name);
         if !known {
-            return Err(ControlError::NotFound(name.to_string()));
+            return Err(ControlError::NotServed(name.to_string()));
         }
         self.server.publish(name, None);
         state.seen.remove(name);
@@ -350,13 +381,22 @@ impl Reloader {
         let table = self.server.table();
         let state = self.lock();
         let mut rows = Vec::new();
-        let row = |name: &str, version: Option<u64>, st: &'static str, reason: String| IndexRow {
-            name: name.to_string(),
-            version: version.map(|v| v.to_string()),
-            state: st,
-            reason,
-        };
         for source in &sources {
+            let ignored: Vec<String> = source
+                .config
+                .as_ref()
+                .ok()
+                .and_then(|c| c.triton.as_ref())
+                .map(|t| t.ignored.clone())
+                .unwrap_or_default();
+            let row =
+                |name: &str, version: Option<u64>, st: &'static str, reason: String| IndexRow {
+                    name: name.to_string(),
+                    version: version.map(|v| v.to_string()),
+                    state: st,
+                    reason,
+                    ignored: ignored.clone(),
+                };
             let name = source.name.as_str();
             let entry = table.models.get(name);
             if let Some(reason) = state.source_errors.get(name) {
@@ -404,7 +444,13 @@ impl Reloader {
         }
         for (name, reason) in &state.source_errors {
             if !sources.iter().any(|s| &s.name == name) {
-                rows.push(row(name, None, "UNAVAILABLE", reason.clone()));
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: None,
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                    ignored: Vec::new(),
+                });
             }
         }
         rows

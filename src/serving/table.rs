@@ -68,7 +68,7 @@ pub struct ModelUpdate {
 /// Why a rollout change was refused (nothing changed).
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
-    #[error("unknown model '{0}'")]
+    #[error("Request for unknown model: '{0}' is not found")]
     UnknownModel(String),
     #[error("{0}")]
     Invalid(String),
@@ -258,17 +258,19 @@ pub fn lookup_entry<'t>(
     table: &'t RoutingTable,
     model: &str,
 ) -> Result<&'t Arc<ModelEntry>, InferError> {
-    table
-        .models
-        .get(model)
-        .ok_or_else(|| InferError::NotFound(format!("unknown model '{model}'")))
+    table.models.get(model).ok_or_else(|| {
+        InferError::NotFound(format!("Request for unknown model: '{model}' is not found"))
+    })
 }
 
 impl ModelEntry {
     /// A loaded version, or 404.
     pub(super) fn version(&self, v: u64) -> Result<Arc<ServedVersion>, InferError> {
         self.versions.get(&v).cloned().ok_or_else(|| {
-            InferError::NotFound(format!("model '{}' has no version {v} loaded", self.name))
+            InferError::NotFound(format!(
+                "Request for unknown model: '{}' version {v} is not found",
+                self.name
+            ))
         })
     }
 

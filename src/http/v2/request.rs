@@ -141,7 +141,7 @@ pub fn decode_request(
     signature: &ModelSignature,
     max_elements: usize,
 ) -> Result<InferRequest, DecodeError> {
-    check_request(body, header_len, signature, max_elements)?.decode(body)
+    check_request("", body, header_len, signature, max_elements)?.decode(body)
 }
 
 /// The smallest number of JSON text bytes one element of `datatype` takes (`0`, `""`,
@@ -158,8 +158,10 @@ fn min_json_element(datatype: DataType) -> usize {
 /// limit, before any tensor data is decoded; the memory the data will take is then
 /// known to be within a small multiple of the body. `header_len` is
 /// `Inference-Header-Content-Length` when present: the JSON is the first `header_len`
-/// bytes and binary tensor data follows.
+/// bytes and binary tensor data follows. `model` names the model in messages (Triton's
+/// "... for model 'm'"); empty when not known.
 pub fn check_request(
+    model: &str,
     body: &[u8],
     header_len: Option<usize>,
     signature: &ModelSignature,
@@ -194,7 +196,7 @@ pub fn check_request(
     }
     let binary_output =
         param_bool(&raw.parameters, "binary_data_output", "request")?.unwrap_or(false);
-    let mut check = InputCheck::new(signature);
+    let mut check = InputCheck::for_model(signature, model);
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for input in raw.inputs {
         let whose = format!("input '{}'", input.name);

@@ -155,21 +155,24 @@ fn descriptors_are_checked_against_the_signature_before_the_data() {
     let cases: &[(&[u8], &str)] = &[
         (
             br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"BYTES","data":["",""]}]}"#,
-            "input 'x' has datatype BYTES, the model expects FP32",
+            "inference input 'x' data-type is 'BYTES', but the model expects 'FP32'",
         ),
         (
             br#"{"inputs":[{"name":"y","shape":[1,2],"datatype":"FP32","data":["nope"]}]}"#,
-            "unexpected input 'y'",
+            "unexpected inference input 'y'",
         ),
         (
             br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":["nope"]}]}"#,
-            "the model expects [-1, 2]",
+            "unexpected shape for input 'x'. Expected [-1,2], got [1,3]",
         ),
         (
             br#"{"inputs":[{"name":"x","shape":[0,2],"datatype":"FP32","data":["nope"]}]}"#,
             "empty tensors",
         ),
-        (br#"{"inputs":[]}"#, "missing input 'x'"),
+        (
+            br#"{"inputs":[]}"#,
+            "expected 1 inputs but got 0 inputs: missing input 'x'",
+        ),
         // 10⁸ elements claimed, 3 bytes of data: refused without decoding anything.
         (
             br#"{"inputs":[{"name":"x","shape":[50000000,2],"datatype":"FP32","data":[1]}]}"#,
@@ -273,7 +276,7 @@ fn decode_both(body: &[u8], header_len: Option<usize>) -> (Result<InferRequest, 
     let sig = lenient(body, header_len);
     let plain = decode_request(body, header_len, &sig, usize::MAX).map_err(|e| e.0);
     let mut buf = buffered(body, body.len());
-    let released = check_request(buf.bytes(), header_len, &sig, usize::MAX)
+    let released = check_request("", buf.bytes(), header_len, &sig, usize::MAX)
         .and_then(|req| req.decode_releasing(&mut buf))
         .map_err(|e| e.0);
     match (&plain, &released) {
