@@ -127,7 +127,13 @@ fn grpc_tokens_in_metadata() {
     let failures = v
         .metric("vigil_auth_failures_total{endpoint=\"api\",status=\"401\"}")
         .unwrap_or(0.0);
-    assert!(failures >= 4.0, "api auth failures counted: {failures}");
+    // Refused: no token, a wrong one, and an inference without one (api); the api
+    // token on two control-plane calls (admin).
+    assert_eq!(failures, 3.0, "api auth failures counted");
+    let admin = v
+        .metric("vigil_auth_failures_total{endpoint=\"admin\",status=\"401\"}")
+        .unwrap_or(0.0);
+    assert_eq!(admin, 2.0, "admin auth failures counted");
 }
 
 #[test]

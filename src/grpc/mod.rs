@@ -7,7 +7,7 @@
 //! the model's `sticky_header`, shadow copies), batching, drift and statistics; the same
 //! tokens guard the same classes of call; errors carry the HTTP front's messages with the
 //! matching gRPC codes. `--max-body-bytes` is the largest message accepted
-//! (RESOURCE_EXHAUSTED beyond), `--max-tensor-elements` bounds a request's inputs.
+//! (OUT_OF_RANGE beyond), `--max-tensor-elements` bounds a request's inputs.
 //!
 //! Rooms: [`proto`] (generated), `codec` (messages to tensors and back), `service` (the
 //! RPCs), `auth` (the gate), `status` (errors to codes). Never imports `http`.

@@ -3,7 +3,7 @@
 //! (400 → INVALID_ARGUMENT, 404 → NOT_FOUND, 503 → UNAVAILABLE, 401 → UNAUTHENTICATED,
 //! 403 → PERMISSION_DENIED, 500 → INTERNAL; a repository change the model-control mode
 //! refuses is FAILED_PRECONDITION; a message over the size limit is
-//! RESOURCE_EXHAUSTED, answered by tonic before any handler runs).
+//! OUT_OF_RANGE, tonic's answer before any handler runs).
 
 use tonic::Status;
 

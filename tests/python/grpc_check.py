@@ -161,7 +161,7 @@ def serve(repo, engine):
         stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         assert int(stats["inference_stats"]["success"]["count"]) >= 6, stats
         print(f"ok {model} v{version} on {engine}: {len(md['inputs'])} inputs, {len(names)} outputs")
-        last_model, last_md = model, md
+        last_model, last_md, last_inputs = model, md, inputs
 
     # Errors: the HTTP front's messages, with gRPC codes.
     expect_error("NOT_FOUND", "unknown model 'no_such_model'", client.get_model_metadata, "no_such_model")
@@ -173,7 +173,7 @@ def serve(repo, engine):
     expect_error("INVALID_ARGUMENT", "unexpected input 'nope'", client.infer, last_model, [bad])
     expect_error("NOT_FOUND", "unknown model", client.infer, "no_such_model", [bad])
     expect_error("INVALID_ARGUMENT", "unknown output 'zz'", client.infer, last_model,
-                 [bad], outputs=[grpcclient.InferRequestedOutput("zz")])
+                 last_inputs, outputs=[grpcclient.InferRequestedOutput("zz")])
 
     # Malformed messages on the first input of the last model: each INVALID_ARGUMENT.
     spec = last_md["inputs"][0]
@@ -214,8 +214,9 @@ def serve(repo, engine):
     # A message over --max-body-bytes is refused before any handler runs.
     if os.environ.get("VIGIL_CHECK_MAX_MESSAGE"):
         limit = int(os.environ["VIGIL_CHECK_MAX_MESSAGE"])
-        expect_error("RESOURCE_EXHAUSTED", "", stub.ModelInfer, raw_request(base_shape, b"\x00" * (limit + 1)))
-        print("ok an oversized message is RESOURCE_EXHAUSTED")
+        expect_error("OUT_OF_RANGE", "message length too large", stub.ModelInfer,
+                     raw_request(base_shape, b"\x00" * (limit + 1)))
+        print("ok an oversized message is OUT_OF_RANGE")
 
     # Repository control from loopback with no admin token: in poll mode the repository
     # decides what is served; a load rescans.
