@@ -94,7 +94,14 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_HTTP_ADDR", default_value = "0.0.0.0:8000")]
     pub http_addr: SocketAddr,
 
-    /// Largest request body accepted, in bytes; larger bodies get 413.
+    /// Address to listen on for gRPC (KServe V2 / Triton `inference.GRPCInferenceService`,
+    /// grpc.health.v1, reflection); off unless given. Port 0 picks a free port; the log
+    /// says which.
+    #[arg(long, env = "VIGIL_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// Largest request body accepted, in bytes; larger bodies get 413 (over gRPC, the
+    /// largest request message: OUT_OF_RANGE).
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 

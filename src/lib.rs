@@ -10,6 +10,7 @@ pub mod console;
 pub mod cputime;
 pub mod duration;
 pub mod fsutil;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

@@ -149,6 +149,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         tracing::info!(%addr, "vigil listening on http://{addr}");
+        let grpc_listener = match args.grpc_addr {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding --grpc-addr {a}"))?;
+                let bound = l.local_addr()?;
+                tracing::info!(grpc_addr = %bound, "gRPC listening on grpc://{bound}");
+                Some(l)
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (retrain_stop_tx, retrain_stop_rx) = tokio::sync::watch::channel(false);
         {
@@ -217,7 +228,42 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             header_timeout: args.header_timeout,
             max_connections: args.max_connections,
         };
-        vigil::http::serve(listeners, server, reloader, opts, shutdown_signal()).await?;
+        // One signal, both fronts: each stops accepting and drains within the grace.
+        let (down_tx, down_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = down_tx.send(true);
+        });
+        let stopped = move || {
+            let mut rx = down_rx.clone();
+            async move {
+                let _ = rx.wait_for(|&down| down).await;
+            }
+        };
+        let grpc = grpc_listener.map(|l| {
+            let grpc_opts = vigil::grpc::GrpcOptions::new(
+                args.max_body_bytes,
+                args.max_tensor_elements,
+                args.shutdown_grace,
+                admin_token.clone(),
+                args.api_token.clone(),
+            );
+            tokio::spawn(vigil::grpc::serve(
+                l,
+                server.clone(),
+                reloader.clone(),
+                grpc_opts,
+                stopped(),
+            ))
+        });
+        vigil::http::serve(listeners, server, reloader, opts, stopped()).await?;
+        if let Some(g) = grpc {
+            match g.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "gRPC front failed"),
+                Err(e) => tracing::error!(error = %e, "gRPC front panicked"),
+            }
+        }
         drop(stop_tx);
         let _ = retrain_stop_tx.send(true);
         tracing::info!("stopped");

@@ -48,6 +48,22 @@ pub enum Outcome {
     Error,
 }
 
+/// The front a request came in on, as the `protocol` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +95,7 @@ pub struct Metrics {
     /// Jobs waiting for a worker (set at scrape time).
     pub queue_depth: IntGauge,
     auth_failures: IntCounterVec,
+    protocol_requests: IntCounterVec,
     /// Open HTTP connections by listener (`main`, `admin`).
     pub http_connections: IntGaugeVec,
     /// Times a listener stopped accepting because `--max-connections` were open.
@@ -259,6 +276,14 @@ impl Metrics {
                 "Requests refused for a missing or wrong token (401) or a non-loopback peer (403), by endpoint class.",
             ),
             &["endpoint", "status"],
+        )
+        .expect("valid counter definition");
+        let protocol_requests = IntCounterVec::new(
+            Opts::new(
+                "vigil_protocol_requests_total",
+                "Inference requests by front (protocol: http, grpc), model and outcome; the per-version families above count both fronts together.",
+            ),
+            &["protocol", "model", "outcome"],
         )
         .expect("valid counter definition");
         let http_connections = IntGaugeVec::new(
@@ -493,6 +518,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(queue_depth.clone()),
             Box::new(auth_failures.clone()),
+            Box::new(protocol_requests.clone()),
             Box::new(http_connections.clone()),
             Box::new(http_connection_limit_waits.clone()),
             Box::new(registry_errors.clone()),
@@ -524,6 +550,7 @@ impl Metrics {
             in_flight,
             queue_depth,
             auth_failures,
+            protocol_requests,
             http_connections,
             http_connection_limit_waits,
             registry_errors,
@@ -569,6 +596,13 @@ impl Metrics {
     }
 
     /// Counts a refused request (`endpoint`: admin, api, metrics; `status`: 401, 403).
+    /// One answered inference request of `model` on the front `protocol`.
+    pub fn count_protocol(&self, protocol: Protocol, model: &str, outcome: Outcome) {
+        self.protocol_requests
+            .with_label_values(&[protocol.as_str(), model, outcome.as_str()])
+            .inc();
+    }
+
     pub fn auth_failure(&self, endpoint: &str, status: u16) {
         self.auth_failures
             .with_label_values(&[endpoint, &status.to_string()])

@@ -54,6 +54,14 @@ pub(super) async fn infer(
         Err(e) => (plan.primary().clone(), Err(InferOnError::Api(e))),
         Ok((body, header_len)) => infer_on(&s, plan, body, header_len).await,
     };
+    let outcome = match &result {
+        Ok(_) => crate::metrics::Outcome::Success,
+        Err(InferOnError::Api(_)) => crate::metrics::Outcome::BadRequest,
+        Err(InferOnError::Serving(e)) => e.outcome(),
+    };
+    s.server
+        .metrics
+        .count_protocol(crate::metrics::Protocol::Http, &served.model, outcome);
     match &result {
         Ok(_) => {
             served.metrics.count(crate::metrics::Outcome::Success);

@@ -28,7 +28,8 @@ pub enum InferError {
 }
 
 impl InferError {
-    fn outcome(&self) -> Outcome {
+    /// The `outcome` label this error is counted under.
+    pub fn outcome(&self) -> Outcome {
         match self {
             InferError::NotFound(_) | InferError::Invalid(_) => Outcome::BadRequest,
             InferError::Overloaded | InferError::NotReady { .. } => Outcome::Overloaded,

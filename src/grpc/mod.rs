@@ -1,0 +1,189 @@
+//! The gRPC front: KServe V2 / Triton's `inference.GRPCInferenceService` on its own
+//! listener (`--grpc-addr`), beside `http/`, plus `grpc.health.v1.Health` (SERVING while
+//! the server is ready, NOT_SERVING from shutdown on) and server reflection.
+//!
+//! Same serving path as HTTP, not a copy: requests decode into the same `Tensor`s and go
+//! through `serving`'s routing (canary split, sticky key from the request metadata under
+//! the model's `sticky_header`, shadow copies), batching, drift and statistics; the same
+//! tokens guard the same classes of call; errors carry the HTTP front's messages with the
+//! matching gRPC codes. `--max-body-bytes` is the largest message accepted
+//! (OUT_OF_RANGE beyond), `--max-tensor-elements` bounds a request's inputs.
+//!
+//! Rooms: [`proto`] (generated), `codec` (messages to tensors and back), `service` (the
+//! RPCs), `auth` (the gate), `status` (errors to codes). Never imports `http`.
+
+mod auth;
+mod codec;
+pub mod proto;
+mod service;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+use crate::serving::reload::Reloader;
+use crate::serving::Server;
+use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+/// The service name clients and probes ask grpc.health.v1 about ("" is the server).
+pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// Settings of the gRPC front (the HTTP front's limits and tokens).
+#[derive(Clone)]
+pub struct GrpcOptions {
+    /// Largest request message, in bytes (`--max-body-bytes`).
+    pub max_message_bytes: usize,
+    /// Elements of all input tensors of one request together.
+    pub max_tensor_elements: usize,
+    /// How long in-flight calls may take to finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// Bearer token for the repository RPCs; `None`: loopback listeners only.
+    pub admin_token: Option<String>,
+    /// Bearer token for every other RPC but health; `None`: open.
+    pub api_token: Option<String>,
+    /// Set by [`serve`]: the listener is bound to a loopback address.
+    control_open: bool,
+}
+
+impl GrpcOptions {
+    pub fn new(
+        max_message_bytes: usize,
+        max_tensor_elements: usize,
+        shutdown_grace: Duration,
+        admin_token: Option<String>,
+        api_token: Option<String>,
+    ) -> GrpcOptions {
+        GrpcOptions {
+            max_message_bytes,
+            max_tensor_elements,
+            shutdown_grace,
+            admin_token,
+            api_token,
+            control_open: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for GrpcOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcOptions")
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_tensor_elements", &self.max_tensor_elements)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("api_token", &self.api_token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often the health service looks at readiness (a load, an unload, the first scan).
+const HEALTH_TICK: Duration = Duration::from_millis(100);
+
+/// Serves gRPC on `listener` until `shutdown` resolves; then health turns NOT_SERVING,
+/// no new connections are taken, and calls in flight get `opts.shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    reloader: Arc<Reloader>,
+    mut opts: GrpcOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GrpcError> {
+    opts.control_open = listener.local_addr()?.ip().is_loopback();
+    let grace = opts.shutdown_grace;
+    let opts = Arc::new(opts);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let inference = GrpcInferenceServiceServer::new(service::Inference {
+        server: server.clone(),
+        reloader,
+        opts: opts.clone(),
+    })
+    .max_decoding_message_size(opts.max_message_bytes)
+    .max_encoding_message_size(usize::MAX);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    // Health follows readiness until shutdown, then says NOT_SERVING before the drain.
+    let follow = {
+        let (server, reporter, mut stop) = (server.clone(), reporter.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_TICK);
+            loop {
+                let status = if server.is_ready() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for name in ["", SERVICE_NAME] {
+                    reporter.set_service_status(name, status).await;
+                }
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+            }
+            for name in ["", SERVICE_NAME] {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        })
+    };
+    // Small answers go out at once (no Nagle delay behind the client's delayed ACK).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(tcp) = &conn {
+                let _ = tcp.set_nodelay(true);
+            }
+            conn
+        },
+    );
+    let drained = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(inference)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = drain_rx.wait_for(|&s| s).await;
+        });
+    tokio::pin!(drained);
+    let result = tokio::select! {
+        r = &mut drained => r,
+        () = shutdown => {
+            tracing::info!("gRPC: shutting down, health NOT_SERVING, finishing calls in flight");
+            let _ = stop_tx.send(true);
+            let _ = follow.await;
+            let _ = drain_tx.send(true);
+            match tokio::time::timeout(grace, &mut drained).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(grace_s = grace.as_secs_f64(), "gRPC calls still in flight at the end of the shutdown grace; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    Ok(result?)
+}
