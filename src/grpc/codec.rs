@@ -107,7 +107,7 @@ pub fn check(
             req.inputs.len()
         )));
     }
-    let mut check = InputCheck::new(sig);
+    let mut check = InputCheck::for_model(sig, &req.model_name);
     let mut total_elements = 0usize;
     for (i, input) in req.inputs.iter().enumerate() {
         let whose = format!("input '{}'", input.name);
@@ -184,8 +184,8 @@ pub fn check(
             .ok_or_else(|| {
                 let names: Vec<&str> = sig.outputs.iter().map(|o| o.name.as_str()).collect();
                 bad(format!(
-                    "unknown output '{}': the model's outputs are {names:?}",
-                    o.name
+                    "unexpected inference output '{}' for model '{}': the model's outputs are {names:?}",
+                    o.name, req.model_name
                 ))
             })?;
         chosen.push(i);

@@ -164,15 +164,15 @@ def serve(repo, engine):
         last_model, last_md, last_inputs = model, md, inputs
 
     # Errors: the HTTP front's messages, with gRPC codes.
-    expect_error("NOT_FOUND", "unknown model 'no_such_model'", client.get_model_metadata, "no_such_model")
-    expect_error("NOT_FOUND", "unknown model", client.is_model_ready, "no_such_model")
-    expect_error("NOT_FOUND", "has no version 99", client.get_model_config, last_model, "99")
+    expect_error("NOT_FOUND", "Request for unknown model: 'no_such_model' is not found", client.get_model_metadata, "no_such_model")
+    expect_error("NOT_FOUND", "Request for unknown model: 'no_such_model' is not found", client.is_model_ready, "no_such_model")
+    expect_error("NOT_FOUND", f"Request for unknown model: '{last_model}' version 99 is not found", client.get_model_config, last_model, "99")
     expect_error("INVALID_ARGUMENT", "not a positive integer", client.get_model_metadata, last_model, "-3")
     bad = grpcclient.InferInput("nope", [1, 4], "FP32")
     bad.set_data_from_numpy(np.zeros((1, 4), np.float32))
-    expect_error("INVALID_ARGUMENT", "unexpected input 'nope'", client.infer, last_model, [bad])
-    expect_error("NOT_FOUND", "unknown model", client.infer, "no_such_model", [bad])
-    expect_error("INVALID_ARGUMENT", "unknown output 'zz'", client.infer, last_model,
+    expect_error("INVALID_ARGUMENT", f"unexpected inference input 'nope' for model '{last_model}'", client.infer, last_model, [bad])
+    expect_error("NOT_FOUND", "Request for unknown model: 'no_such_model' is not found", client.infer, "no_such_model", [bad])
+    expect_error("INVALID_ARGUMENT", f"unexpected inference output 'zz' for model '{last_model}'", client.infer, last_model,
                  last_inputs, outputs=[grpcclient.InferRequestedOutput("zz")])
 
     # Malformed messages on the first input of the last model: each INVALID_ARGUMENT.
@@ -223,7 +223,7 @@ def serve(repo, engine):
     expect_error("FAILED_PRECONDITION", "--model-control explicit", client.unload_model, last_model)
     client.load_model(last_model)
     assert client.is_model_ready(last_model)
-    expect_error("NOT_FOUND", "no model 'ghost'", client.load_model, "ghost")
+    expect_error("NOT_FOUND", "failed to load 'ghost', failed to poll from model repository", client.load_model, "ghost")
     expect_error("INVALID_ARGUMENT", "load parameters are not supported", client.load_model, last_model, config="{}")
     assert client.is_server_live()
     print(f"grpc: {checked} inference checks passed")
@@ -249,7 +249,7 @@ def auth(api, admin):
     client.get_model_repository_index(headers=bearer(admin))
     # --model-control explicit: unload, then load again.
     client.unload_model("iris", headers=bearer(admin))
-    expect_error("NOT_FOUND", "unknown model 'iris'", client.is_model_ready, "iris", headers=bearer(api))
+    expect_error("NOT_FOUND", "Request for unknown model: 'iris' is not found", client.is_model_ready, "iris", headers=bearer(api))
     client.load_model("iris", headers=bearer(admin))
     assert client.is_model_ready("iris", headers=bearer(api))
     print("grpc auth checks passed")
