@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod payload;
 pub mod registry;
 pub mod repository;
 pub mod retrain;

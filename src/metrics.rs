@@ -104,6 +104,18 @@ pub struct Metrics {
     fleet: FleetFamilies,
     retrain: RetrainCounters,
     canary: CanaryFamilies,
+    payload: PayloadFamilies,
+}
+
+/// The payload log's families (`payload` counts through them).
+#[derive(Clone)]
+pub struct PayloadFamilies {
+    /// `vigil_payload_records_total{model}`: records written to the payload log.
+    pub written: IntCounterVec,
+    /// `vigil_payload_dropped_total{model,reason}`: sampled records not written.
+    pub dropped: IntCounterVec,
+    /// `vigil_payload_queue_bytes`: tensor bytes waiting for the writer.
+    pub queue_bytes: IntGauge,
 }
 
 /// The canary judge's families (`serving::analysis` owns the series).
@@ -482,6 +494,36 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let payload = PayloadFamilies {
+            written: IntCounterVec::new(
+                Opts::new(
+                    "vigil_payload_records_total",
+                    "Sampled requests written to the payload log, by model.",
+                ),
+                &["model"],
+            )
+            .expect("valid counter definition"),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "vigil_payload_dropped_total",
+                    "Sampled requests the payload log did not keep, by model and reason (queue_full: the writer fell behind; write_error: the directory or disk refused the write; no_dir: sample > 0 without --payload-dir).",
+                ),
+                &["model", "reason"],
+            )
+            .expect("valid counter definition"),
+            queue_bytes: IntGauge::new(
+                "vigil_payload_queue_bytes",
+                "Tensor bytes of payload records waiting for the writer thread.",
+            )
+            .expect("valid gauge definition"),
+        };
+        for c in [
+            Box::new(payload.written.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(payload.dropped.clone()),
+            Box::new(payload.queue_bytes.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -542,7 +584,13 @@ impl Metrics {
             fleet,
             retrain,
             canary,
+            payload,
         }
+    }
+
+    /// The payload log's families.
+    pub fn payload(&self) -> PayloadFamilies {
+        self.payload.clone()
     }
 
     /// The canary judge's families.

@@ -7,6 +7,7 @@
 mod batching;
 mod drift;
 mod execution;
+mod logging;
 mod retrain;
 mod rollout;
 mod version_policy;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 pub use batching::BatchingConfig;
 pub use drift::{DriftConfig, DriftMethod};
 pub use execution::{ExecutionConfig, ExecutionMode};
+pub use logging::LoggingConfig;
 pub use retrain::{key_of, Format, RetrainConfig, RetrainTrigger};
 pub use rollout::{
     AnalysisConfig, OnSuccess, RolloutConfig, RolloutMode, DEFAULT_STICKY_HEADER,
@@ -65,6 +67,9 @@ pub struct ModelConfig {
     /// Where compute runs: inline on the async thread, on the worker pool, or `auto`.
     #[serde(default)]
     pub execution: ExecutionConfig,
+    /// Payload logging: the share of requests written to `--payload-dir`.
+    #[serde(default)]
+    pub logging: LoggingConfig,
 }
 
 /// A `config.toml` that cannot be used, with the file named.
@@ -106,6 +111,7 @@ impl ModelConfig {
         config.retrain.validate().map_err(invalid)?;
         config.batching.validate().map_err(invalid)?;
         config.execution.validate().map_err(invalid)?;
+        config.logging.validate().map_err(invalid)?;
         Ok(config)
     }
 }

@@ -67,6 +67,8 @@ pub struct ServedVersion {
     pub batcher: pool::Batcher,
     /// Inline or pool (`[execution]`), and the compute measurements behind it.
     pub exec: exec::Execution,
+    /// Which of its requests the payload log keeps (`[logging] sample`).
+    pub sampler: crate::payload::Sampler,
 }
 
 /// Everything the serving layer needs to start.
@@ -77,6 +79,8 @@ pub struct ServerOptions {
     pub max_shadow_in_flight: usize,
     /// `[retrain]` defaults for models that do not set them.
     pub retrain_defaults: RetrainConfig,
+    /// Where sampled requests are logged (`--payload-*`).
+    pub payload: crate::payload::PayloadOptions,
 }
 
 /// The versions a model registry says should serve (e.g. MLflow's `champion` and
@@ -105,6 +109,8 @@ pub struct Server {
     scorer: Scorer,
     drift_events: crossbeam_channel::Sender<DriftEvent>,
     pub retrainer: Arc<Retrainer>,
+    /// The payload log's queue (its writer thread owns the files).
+    payload: crate::payload::PayloadLog,
     pub options: ServerOptions,
 }
 
@@ -219,6 +225,7 @@ impl Server {
             });
         }
         let judge = analysis::Judge::open(&options.state_dir, metrics.canary());
+        let payload = crate::payload::PayloadLog::start(options.payload.clone(), metrics.payload());
         Ok(Server {
             judge,
             table,
@@ -235,6 +242,7 @@ impl Server {
             scorer: Scorer::start(),
             drift_events,
             retrainer,
+            payload,
             options,
         })
     }
@@ -317,6 +325,9 @@ impl Server {
         let batching =
             pool::BatchSettings::resolve(&config.batching, &loaded.signature, self.pool.capacity());
         let exec = exec::Execution::new(exec_settings(config, &batching), loaded.warmup);
+        if config.logging.sample > 0.0 && !self.payload.has_dir() {
+            tracing::warn!(model, "[logging] sample > 0 but no --payload-dir: sampled requests are dropped (vigil_payload_dropped_total{{reason=\"no_dir\"}})");
+        }
         if let Some(w) = loaded.warmup {
             tracing::info!(
                 model,
@@ -340,6 +351,7 @@ impl Server {
             stats: VersionStats::default(),
             batcher: pool::Batcher::new(batching),
             exec,
+            sampler: Default::default(),
         }))
     }
 }
