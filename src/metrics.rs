@@ -116,6 +116,12 @@ pub struct PayloadFamilies {
     pub dropped: IntCounterVec,
     /// `vigil_payload_queue_bytes`: tensor bytes waiting for the writer.
     pub queue_bytes: IntGauge,
+    /// `vigil_feedback_total{model,result}`: truths received, by what became of them.
+    pub feedback: IntCounterVec,
+    /// `vigil_feedback_pending{model}`: predicted rows waiting for their label.
+    pub pending: IntGaugeVec,
+    /// `vigil_model_quality{model,version,metric}`: live quality over the rolling window.
+    pub quality: GaugeVec,
 }
 
 /// The canary judge's families (`serving::analysis` owns the series).
@@ -516,11 +522,38 @@ impl Metrics {
                 "Tensor bytes of payload records waiting for the writer thread.",
             )
             .expect("valid gauge definition"),
+            feedback: IntCounterVec::new(
+                Opts::new(
+                    "vigil_feedback_total",
+                    "Ground-truth labels received, by model and result (joined; late: the prediction aged out of feedback_window or capacity; unknown: id never seen or already labelled; invalid: row count differs).",
+                ),
+                &["model", "result"],
+            )
+            .expect("valid counter definition"),
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_feedback_pending",
+                    "Predicted rows kept for the feedback join and not yet labelled, by model.",
+                ),
+                &["model"],
+            )
+            .expect("valid gauge definition"),
+            quality: GaugeVec::new(
+                Opts::new(
+                    "vigil_model_quality",
+                    "Live quality over the version's rolling window of labelled rows (accuracy, macro_f1, precision_<class>, recall_<class>, f1_<class>, mae, rmse, window_rows, labels_received).",
+                ),
+                &["model", "version", "metric"],
+            )
+            .expect("valid gauge definition"),
         };
         for c in [
             Box::new(payload.written.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(payload.dropped.clone()),
             Box::new(payload.queue_bytes.clone()),
+            Box::new(payload.feedback.clone()),
+            Box::new(payload.pending.clone()),
+            Box::new(payload.quality.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }

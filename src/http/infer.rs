@@ -203,7 +203,7 @@ async fn run(
     // returned), so that feedback and the payload log can name them.
     let id = req
         .id
-        .or_else(|| (route.sample > 0.0).then(crate::payload::new_request_id));
+        .or_else(|| route.wants_id().then(crate::payload::new_request_id));
     let outputs = s
         .server
         .infer_routed(route, req.inputs, id.as_deref())

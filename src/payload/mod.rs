@@ -12,6 +12,7 @@
 //! This room imports the ground floor (`tensor`, `metrics`, `fsutil`, `supervise`) and
 //! nothing of `serving` or `http`.
 
+pub mod feedback;
 pub mod files;
 mod record;
 
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+pub use feedback::{Feedback, FeedbackSettings, JoinSummary, Predictions, QualityReport, Truth};
 pub use files::FileOptions;
 pub use record::{Record, Role};
 

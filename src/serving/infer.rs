@@ -60,6 +60,13 @@ impl Server {
         let result = self.infer(&route.version, inputs).await;
         let latency = start.elapsed();
         let shadow_judge = super::analysis::answered(route, latency, &result);
+        let shadow_feedback = match (id, &route.feedback, &shadow_copy) {
+            (Some(id), Some(f), Some(_)) => Some((id.to_string(), f.clone())),
+            _ => None,
+        };
+        if let (Some(id), Some(f), Ok(outputs)) = (id, &route.feedback, &result) {
+            keep_for_feedback(f, id, &route.version, route.role, outputs);
+        }
         let shadow_log = match (&logged, &shadow_copy) {
             (Some((id, _)), Some((_, copy, _))) => Some((id.clone(), copy.clone())),
             _ => None,
@@ -82,6 +89,9 @@ impl Server {
                 let answer = server.infer(&canary, copy).await;
                 if let Some(j) = shadow_judge {
                     j.record(start.elapsed(), &answer);
+                }
+                if let (Some((id, f)), Ok(outputs)) = (&shadow_feedback, &answer) {
+                    keep_for_feedback(f, id, &canary, crate::payload::Role::Shadow, outputs);
                 }
                 if let Some((id, inputs)) = shadow_log {
                     server.payload.submit(payload_record(
@@ -169,6 +179,31 @@ impl Server {
             .stats
             .record_success(rows as u64, done.queued, done.compute);
         Ok(outputs)
+    }
+}
+
+/// Keeps an answer's predictions (one value per row of the prediction output) for the
+/// feedback join.
+fn keep_for_feedback(
+    f: &crate::payload::Feedback,
+    id: &str,
+    version: &ServedVersion,
+    role: crate::payload::Role,
+    outputs: &[Tensor],
+) {
+    let index = match f.prediction_output() {
+        Some(name) => version
+            .signature
+            .outputs
+            .iter()
+            .position(|o| o.name == name),
+        None => Some(0),
+    };
+    let preds = index
+        .and_then(|i| outputs.get(i))
+        .and_then(crate::payload::Predictions::from_output);
+    if let Some(preds) = preds {
+        f.record(id, version.version, role, preds);
     }
 }
 

@@ -23,6 +23,15 @@ pub struct Route {
     pub sample: f64,
     /// The role of `version` for this request, as the payload log records it.
     pub role: PayloadRole,
+    /// Where its predictions wait for feedback, when the model keeps them.
+    pub feedback: Option<Arc<crate::payload::Feedback>>,
+}
+
+impl Route {
+    /// Whether the request needs an id (it is logged or kept for feedback).
+    pub fn wants_id(&self) -> bool {
+        self.sample > 0.0 || self.feedback.is_some()
+    }
 }
 
 /// The model's probe and the arm, when an analysis is measuring.
@@ -47,6 +56,7 @@ pub enum PendingRoute {
         /// The model's probe while an analysis measures.
         probe: Option<Arc<Probe>>,
         sample: f64,
+        feedback: Option<Arc<crate::payload::Feedback>>,
     },
 }
 
@@ -78,6 +88,7 @@ impl PendingRoute {
                 weight,
                 probe,
                 sample,
+                feedback,
             } => {
                 let to_canary = rollout::is_canary(counter.fetch_add(1, Ordering::Relaxed), weight);
                 let arm = if to_canary { Arm::Canary } else { Arm::Stable };
@@ -97,6 +108,7 @@ impl PendingRoute {
                     shadow: None,
                     judged,
                     sample,
+                    feedback,
                     role: if to_canary {
                         PayloadRole::Canary
                     } else {
@@ -145,6 +157,7 @@ impl Server {
         let table = self.table.load();
         let entry = lookup_entry(&table, model)?;
         let sample = entry.config.logging.sample;
+        let feedback = entry.feedback.enabled().then(|| entry.feedback.clone());
         let role = |v: u64| match entry.role(v) {
             Role::Stable => PayloadRole::Stable,
             Role::Canary => PayloadRole::Canary,
@@ -157,6 +170,7 @@ impl Server {
                 judged: None,
                 sample,
                 role: role(v),
+                feedback: feedback.clone(),
             }))
         };
         if let Some(v) = version {
@@ -173,6 +187,7 @@ impl Server {
                 judged: judged(&entry.probe, Arm::Stable),
                 sample,
                 role: PayloadRole::Stable,
+                feedback,
             })),
             RolloutMode::Split => {
                 let weight = entry.rollout.weight;
@@ -190,6 +205,7 @@ impl Server {
                             judged: judged(&entry.probe, arm),
                             sample,
                             role: r,
+                            feedback,
                         }))
                     }
                     None => Ok(PendingRoute::Split {
@@ -199,6 +215,7 @@ impl Server {
                         weight,
                         probe: entry.probe.is_active().then(|| entry.probe.clone()),
                         sample,
+                        feedback,
                     }),
                 }
             }
