@@ -349,3 +349,51 @@ fn a_bad_logging_sample_is_refused_with_the_file_named() {
         "{text}"
     );
 }
+
+#[test]
+fn a_shadow_copy_is_logged_under_the_same_id_with_the_canary_role() {
+    let repo = repo(&[(
+        "iris",
+        "[version_policy]\nall = true\n[rollout]\nstable = 1\ncanary = 2\nmode = \"shadow\"\n[logging]\nsample = 1.0\n",
+    )]);
+    let v2 = repo.path().join("iris/2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::copy(
+        root().join("models/iris/2/model.onnx"),
+        v2.join("model.onnx"),
+    )
+    .unwrap();
+    let logs = TempDir::new("payload-dir");
+    let dir = logs.path().to_str().unwrap().to_string();
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--payload-dir", &dir]);
+    wait_for(30, "version 2 loaded as canary", || {
+        let (_, r) = v.get("/v2/models/iris/rollout");
+        (r["canary"] == 2).then_some(())
+    });
+    let body = json!({"id": "shadowed", "inputs": [{"name": "X", "shape": [1, 4],
+        "datatype": "FP32", "data": [5.0, 3.0, 1.5, 0.25]}]});
+    let (status, got) = v.post_json("/v2/models/iris/infer", &body);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["model_version"], "1");
+    wait_for(30, "both answers written", || {
+        (written(&v, "iris") >= 2.0).then_some(())
+    });
+    let mut got: Vec<(String, String, String)> = records(&logs.path().join("iris"))
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["model_version"].as_str().unwrap().to_string(),
+                r["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("shadowed".into(), "1".into(), "stable".into()),
+            ("shadowed".into(), "2".into(), "shadow".into())
+        ]
+    );
+}
