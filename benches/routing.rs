@@ -50,6 +50,7 @@ fn routing(c: &mut Criterion) {
                 state_dir: state.clone(),
                 max_shadow_in_flight: 4,
                 retrain_defaults: RetrainConfig::default(),
+                payload: Default::default(),
             },
         )
         .unwrap(),

@@ -236,9 +236,65 @@ pub struct ServeArgs {
         default_value = "local"
     )]
     pub retrain_trigger: RetrainTrigger,
+
+    /// Payload log directory: the requests a model's `[logging] sample` picks are written
+    /// as JSON Lines under DIR/<model>/ (rotated, gzipped, capped). Without it nothing is
+    /// written and sampled requests are counted as dropped.
+    #[arg(long, env = "VIGIL_PAYLOAD_DIR")]
+    pub payload_dir: Option<PathBuf>,
+
+    /// A payload log file is rotated (and gzipped) before it grows past this many bytes.
+    #[arg(long, env = "VIGIL_PAYLOAD_MAX_FILE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub payload_max_file_bytes: u64,
+
+    /// ...or once it has been open this long.
+    #[arg(long, env = "VIGIL_PAYLOAD_MAX_FILE_AGE", default_value = "1h", value_parser = crate::duration::parse_flag)]
+    pub payload_max_file_age: Duration,
+
+    /// Bytes a model's payload log may take on disk; the oldest rotated files are deleted
+    /// first. At least --payload-max-file-bytes.
+    #[arg(long, env = "VIGIL_PAYLOAD_RETENTION_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub payload_retention_bytes: u64,
+
+    /// Tensor bytes waiting for the payload writer, at most; beyond, records are dropped
+    /// (counted as `queue_full`) rather than slowing inference.
+    #[arg(long, env = "VIGIL_PAYLOAD_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub payload_queue_bytes: usize,
 }
 
 impl ServeArgs {
+    /// The payload log's settings, checked.
+    pub fn payload_options(&self) -> Result<crate::payload::PayloadOptions, String> {
+        if self.payload_max_file_bytes == 0 {
+            return Err("--payload-max-file-bytes must be more than 0".into());
+        }
+        if self.payload_max_file_age.is_zero() {
+            return Err("--payload-max-file-age must be more than 0".into());
+        }
+        if self.payload_retention_bytes < self.payload_max_file_bytes {
+            return Err(format!(
+                "--payload-retention-bytes ({}) must be at least --payload-max-file-bytes ({})",
+                self.payload_retention_bytes, self.payload_max_file_bytes
+            ));
+        }
+        if let Some(dir) = &self.payload_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("--payload-dir {}: {e}", dir.display()))?;
+        }
+        Ok(crate::payload::PayloadOptions {
+            files: self
+                .payload_dir
+                .clone()
+                .map(|dir| crate::payload::FileOptions {
+                    dir,
+                    max_file_bytes: self.payload_max_file_bytes,
+                    max_file_age: self.payload_max_file_age,
+                    retention_bytes: self.payload_retention_bytes,
+                }),
+            queue_bytes: self.payload_queue_bytes,
+        })
+    }
+
     /// The server-wide `[retrain]` defaults.
     pub fn retrain_defaults(&self) -> Result<RetrainConfig, String> {
         let c = RetrainConfig {

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod payload;
 pub mod registry;
 pub mod repository;
 pub mod retrain;

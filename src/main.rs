@@ -37,6 +37,7 @@ fn build_server(
     queue_size: usize,
     state_dir: std::path::PathBuf,
     retrain_defaults: vigil::config::RetrainConfig,
+    payload: vigil::payload::PayloadOptions,
 ) -> anyhow::Result<Arc<Server>> {
     let workers = engine.worker_count();
     // Inline versions run on the async threads (one per core, tokio's default) as well as
@@ -54,6 +55,7 @@ fn build_server(
         state_dir,
         max_shadow_in_flight: workers * 4,
         retrain_defaults,
+        payload,
     };
     Ok(Arc::new(Server::new(
         backends,
@@ -112,11 +114,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let retrain_defaults = args
         .retrain_defaults()
         .map_err(|e| anyhow::anyhow!("--retrain-*: {e}"))?;
+    let payload = args.payload_options().map_err(|e| anyhow::anyhow!(e))?;
     let server = build_server(
         &args.engine,
         args.queue_size,
         args.state_dir.clone(),
         retrain_defaults,
+        payload,
     )?;
     let reloader = Arc::new(Reloader::new(
         server.clone(),
@@ -384,7 +388,13 @@ fn io_summary(specs: &[TensorSpec]) -> String {
 
 fn check(engine: EngineArgs) -> anyhow::Result<()> {
     let state_dir = std::env::temp_dir().join(format!("vigil-check-{}", std::process::id()));
-    let server = build_server(&engine, 16, state_dir.clone(), Default::default())?;
+    let server = build_server(
+        &engine,
+        16,
+        state_dir.clone(),
+        Default::default(),
+        Default::default(),
+    )?;
     let _cleanup = RemoveOnDrop(state_dir);
     let reloader = Reloader::new(
         server.clone(),

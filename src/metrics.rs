@@ -121,6 +121,24 @@ pub struct Metrics {
     fleet: FleetFamilies,
     retrain: RetrainCounters,
     canary: CanaryFamilies,
+    payload: PayloadFamilies,
+}
+
+/// The payload log's families (`payload` counts through them).
+#[derive(Clone)]
+pub struct PayloadFamilies {
+    /// `vigil_payload_records_total{model}`: records written to the payload log.
+    pub written: IntCounterVec,
+    /// `vigil_payload_dropped_total{model,reason}`: sampled records not written.
+    pub dropped: IntCounterVec,
+    /// `vigil_payload_queue_bytes`: tensor bytes waiting for the writer.
+    pub queue_bytes: IntGauge,
+    /// `vigil_feedback_total{model,result}`: truths received, by what became of them.
+    pub feedback: IntCounterVec,
+    /// `vigil_feedback_pending{model}`: predicted rows waiting for their label.
+    pub pending: IntGaugeVec,
+    /// `vigil_model_quality{model,version,metric}`: live quality over the rolling window.
+    pub quality: GaugeVec,
 }
 
 /// The canary judge's families (`serving::analysis` owns the series).
@@ -507,6 +525,63 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let payload = PayloadFamilies {
+            written: IntCounterVec::new(
+                Opts::new(
+                    "vigil_payload_records_total",
+                    "Sampled requests written to the payload log, by model.",
+                ),
+                &["model"],
+            )
+            .expect("valid counter definition"),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "vigil_payload_dropped_total",
+                    "Sampled requests the payload log did not keep, by model and reason (queue_full: the writer fell behind; write_error: the directory or disk refused the write; no_dir: sample > 0 without --payload-dir).",
+                ),
+                &["model", "reason"],
+            )
+            .expect("valid counter definition"),
+            queue_bytes: IntGauge::new(
+                "vigil_payload_queue_bytes",
+                "Tensor bytes of payload records waiting for the writer thread.",
+            )
+            .expect("valid gauge definition"),
+            feedback: IntCounterVec::new(
+                Opts::new(
+                    "vigil_feedback_total",
+                    "Ground-truth labels received, by model and result (joined; late: the prediction aged out of feedback_window or capacity; unknown: id never seen or already labelled; invalid: row count differs).",
+                ),
+                &["model", "result"],
+            )
+            .expect("valid counter definition"),
+            pending: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_feedback_pending",
+                    "Predicted rows kept for the feedback join and not yet labelled, by model.",
+                ),
+                &["model"],
+            )
+            .expect("valid gauge definition"),
+            quality: GaugeVec::new(
+                Opts::new(
+                    "vigil_model_quality",
+                    "Live quality over the version's rolling window of labelled rows (accuracy, macro_f1, precision_<class>, recall_<class>, f1_<class>, mae, rmse, window_rows, labels_received).",
+                ),
+                &["model", "version", "metric"],
+            )
+            .expect("valid gauge definition"),
+        };
+        for c in [
+            Box::new(payload.written.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(payload.dropped.clone()),
+            Box::new(payload.queue_bytes.clone()),
+            Box::new(payload.feedback.clone()),
+            Box::new(payload.pending.clone()),
+            Box::new(payload.quality.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -569,7 +644,13 @@ impl Metrics {
             fleet,
             retrain,
             canary,
+            payload,
         }
+    }
+
+    /// The payload log's families.
+    pub fn payload(&self) -> PayloadFamilies {
+        self.payload.clone()
     }
 
     /// The canary judge's families.

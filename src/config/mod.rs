@@ -7,6 +7,7 @@
 mod batching;
 mod drift;
 mod execution;
+mod logging;
 mod retrain;
 mod rollout;
 pub mod triton;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 pub use batching::BatchingConfig;
 pub use drift::{DriftConfig, DriftMethod};
 pub use execution::{ExecutionConfig, ExecutionMode};
+pub use logging::LoggingConfig;
 pub use retrain::{key_of, Format, RetrainConfig, RetrainTrigger};
 pub use rollout::{
     AnalysisConfig, OnSuccess, RolloutConfig, RolloutMode, DEFAULT_STICKY_HEADER,
@@ -72,6 +74,9 @@ pub struct ModelConfig {
     /// The model's Triton `config.pbtxt` (or the configuration a `load` request carried).
     #[serde(skip)]
     pub triton: Option<TritonConfig>,
+    /// Payload logging: the share of requests written to `--payload-dir`.
+    #[serde(default)]
+    pub logging: LoggingConfig,
 }
 
 /// A `config.toml` that cannot be used, with the file named.
@@ -158,6 +163,7 @@ impl ModelConfig {
         config.retrain.validate().map_err(invalid)?;
         config.batching.validate().map_err(invalid)?;
         config.execution.validate().map_err(invalid)?;
+        config.logging.validate().map_err(invalid)?;
         Ok(config)
     }
 

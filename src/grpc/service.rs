@@ -166,15 +166,20 @@ impl Inference {
         let served = &route.version;
         let inputs =
             codec::decode(req.inputs, req.raw_input_contents).map_err(InferFailure::Codec)?;
+        // As on HTTP: a logged model's requests all carry an id (the client's, else one
+        // assigned here and returned) for feedback and the payload log.
+        let id = Some(req.id)
+            .filter(|i| !i.is_empty())
+            .or_else(|| route.wants_id().then(crate::payload::new_request_id));
         let outputs = self
             .server
-            .infer_routed(route, inputs)
+            .infer_routed(route, inputs, id.as_deref())
             .await
             .map_err(InferFailure::Serving)?;
         Ok(codec::encode(
             &served.model,
             served.version,
-            req.id,
+            id.unwrap_or_default(),
             &outputs,
             &checked,
         ))

@@ -206,13 +206,18 @@ async fn run(
     // A big body's pages are given back as they are decoded.
     let req = req.decode_releasing(&mut body).map_err(|e| api(e.into()))?;
     drop(body);
+    // A logged model's requests all carry an id (the client's, else one assigned here and
+    // returned), so that feedback and the payload log can name them.
+    let id = req
+        .id
+        .or_else(|| route.wants_id().then(crate::payload::new_request_id));
     let outputs = s
         .server
-        .infer_routed(route, req.inputs)
+        .infer_routed(route, req.inputs, id.as_deref())
         .await
         .map_err(InferOnError::Serving)?;
     let selected: Vec<_> = chosen.iter().map(|&(i, b)| (&outputs[i], b)).collect();
-    let encoded = v2::encode_response(&served.model, served.version, req.id.as_deref(), &selected);
+    let encoded = v2::encode_response(&served.model, served.version, id.as_deref(), &selected);
     let mut resp = Response::new(Body::from(encoded.body));
     let h = resp.headers_mut();
     match encoded.header_len {

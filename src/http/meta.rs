@@ -280,7 +280,10 @@ pub(super) async fn drift_report(
             r
         })
         .collect();
-    Ok(Json(json!({ "model": model, "versions": versions })))
+    let quality = json!(entry.feedback.report());
+    Ok(Json(
+        json!({ "model": model, "versions": versions, "quality": quality }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Inputs and outputs of this version", body = schema::ModelMetadata), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]

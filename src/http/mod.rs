@@ -15,6 +15,7 @@ mod auth;
 mod body;
 mod console;
 pub mod error;
+mod feedback;
 mod infer;
 mod listen;
 mod meta;

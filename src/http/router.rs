@@ -14,6 +14,7 @@ use super::admin::{
 use super::auth::{classify, gate, Class};
 use super::console::{console_alias, console_css, console_icon, console_js, console_page};
 use super::error::ApiError;
+use super::feedback::{feedback, quality};
 use super::infer::{infer, version_infer};
 use super::meta::{
     all_stats, drift_report, live, metrics, model_config, model_metadata, model_ready, model_stats,
@@ -59,6 +60,8 @@ fn data_routes() -> Router<AppState> {
             post(version_infer),
         )
         .route("/v2/models/{model}/drift", get(drift_report))
+        .route("/v2/models/{model}/feedback", post(feedback))
+        .route("/v2/models/{model}/quality", get(quality))
         .route("/", get(console_page))
         .route("/console", get(console_alias))
         .route("/openapi.json", get(openapi_json))

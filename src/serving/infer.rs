@@ -42,25 +42,68 @@ impl InferError {
 impl Server {
     /// Runs a routed request; in shadow mode the canary gets a copy once the stable
     /// answer exists, on a bounded number of slots, never delaying or failing the caller.
+    /// `id` is the request id; a request the version's sampler takes is handed to the
+    /// payload log with its answer (and the shadow canary's, under the same id).
     pub async fn infer_routed(
         self: &Arc<Self>,
         route: &Route,
         inputs: Vec<Tensor>,
+        id: Option<&str>,
     ) -> Result<Vec<Tensor>, InferError> {
+        let logged = id
+            .filter(|_| route.version.sampler.take(route.sample))
+            .map(|id| (id.to_string(), inputs.clone()));
         let shadow_copy = route.shadow.as_ref().and_then(|canary| {
             let permit = self.shadow_slots.clone().try_acquire_owned().ok()?;
             Some((canary.clone(), inputs.clone(), permit))
         });
+        let time = crate::retrain::now_unix();
         let start = Instant::now();
         let result = self.infer(&route.version, inputs).await;
-        let shadow_judge = super::analysis::answered(route, start.elapsed(), &result);
+        let latency = start.elapsed();
+        let shadow_judge = super::analysis::answered(route, latency, &result);
+        let shadow_feedback = match (id, &route.feedback, &shadow_copy) {
+            (Some(id), Some(f), Some(_)) => Some((id.to_string(), f.clone())),
+            _ => None,
+        };
+        if let (Some(id), Some(f), Ok(outputs)) = (id, &route.feedback, &result) {
+            keep_for_feedback(f, id, &route.version, route.role, outputs);
+        }
+        let shadow_log = match (&logged, &shadow_copy) {
+            (Some((id, _)), Some((_, copy, _))) => Some((id.clone(), copy.clone())),
+            _ => None,
+        };
+        if let Some((id, inputs)) = logged {
+            self.payload.submit(payload_record(
+                &route.version,
+                route.role,
+                id,
+                (time, latency),
+                inputs,
+                &result,
+            ));
+        }
         if let Some((canary, copy, permit)) = shadow_copy {
             let server = self.clone();
             tokio::spawn(async move {
+                let time = crate::retrain::now_unix();
                 let start = Instant::now();
                 let answer = server.infer(&canary, copy).await;
                 if let Some(j) = shadow_judge {
                     j.record(start.elapsed(), &answer);
+                }
+                if let (Some((id, f)), Ok(outputs)) = (&shadow_feedback, &answer) {
+                    keep_for_feedback(f, id, &canary, crate::payload::Role::Shadow, outputs);
+                }
+                if let Some((id, inputs)) = shadow_log {
+                    server.payload.submit(payload_record(
+                        &canary,
+                        crate::payload::Role::Shadow,
+                        id,
+                        (time, start.elapsed()),
+                        inputs,
+                        &answer,
+                    ));
                 }
                 if answer.is_ok() {
                     canary.metrics.count(Outcome::Success);
@@ -138,6 +181,58 @@ impl Server {
             .stats
             .record_success(rows as u64, done.queued, done.compute);
         Ok(outputs)
+    }
+}
+
+/// Keeps an answer's predictions (one value per row of the prediction output) for the
+/// feedback join.
+fn keep_for_feedback(
+    f: &crate::payload::Feedback,
+    id: &str,
+    version: &ServedVersion,
+    role: crate::payload::Role,
+    outputs: &[Tensor],
+) {
+    let index = match f.prediction_output() {
+        Some(name) => version
+            .signature
+            .outputs
+            .iter()
+            .position(|o| o.name == name),
+        None => Some(0),
+    };
+    let preds = index
+        .and_then(|i| outputs.get(i))
+        .and_then(crate::payload::Predictions::from_output);
+    if let Some(preds) = preds {
+        f.record(id, version.version, role, preds);
+    }
+}
+
+/// A payload-log record of one answer (or failure).
+fn payload_record(
+    version: &ServedVersion,
+    role: crate::payload::Role,
+    id: String,
+    (time, latency): (f64, Duration),
+    inputs: Vec<Tensor>,
+    result: &Result<Vec<Tensor>, InferError>,
+) -> crate::payload::Record {
+    let (status, error, outputs) = match result {
+        Ok(outputs) => (Outcome::Success.as_str(), None, outputs.clone()),
+        Err(e) => (e.outcome().as_str(), Some(e.to_string()), Vec::new()),
+    };
+    crate::payload::Record {
+        id,
+        time,
+        model: version.model.clone(),
+        version: version.version,
+        role,
+        latency,
+        status,
+        error,
+        inputs,
+        outputs,
     }
 }
 

@@ -68,6 +68,8 @@ pub struct ServedVersion {
     pub batcher: pool::Batcher,
     /// Inline or pool (`[execution]`), and the compute measurements behind it.
     pub exec: exec::Execution,
+    /// Which of its requests the payload log keeps (`[logging] sample`).
+    pub sampler: crate::payload::Sampler,
 }
 
 /// Everything the serving layer needs to start.
@@ -78,6 +80,8 @@ pub struct ServerOptions {
     pub max_shadow_in_flight: usize,
     /// `[retrain]` defaults for models that do not set them.
     pub retrain_defaults: RetrainConfig,
+    /// Where sampled requests are logged (`--payload-*`).
+    pub payload: crate::payload::PayloadOptions,
 }
 
 /// The versions a model registry says should serve (e.g. MLflow's `champion` and
@@ -122,6 +126,8 @@ pub struct Server {
     scorer: Scorer,
     drift_events: crossbeam_channel::Sender<DriftEvent>,
     pub retrainer: Arc<Retrainer>,
+    /// The payload log's queue (its writer thread owns the files).
+    payload: crate::payload::PayloadLog,
     pub options: ServerOptions,
     /// Where the judge's decisions go when a registry owns the roles.
     role_writer: std::sync::OnceLock<Arc<dyn RoleWriter>>,
@@ -239,6 +245,7 @@ impl Server {
             });
         }
         let judge = analysis::Judge::open(&options.state_dir, metrics.canary());
+        let payload = crate::payload::PayloadLog::start(options.payload.clone(), metrics.payload());
         Ok(Server {
             judge,
             table,
@@ -255,6 +262,7 @@ impl Server {
             scorer: Scorer::start(),
             drift_events,
             retrainer,
+            payload,
             options,
             role_writer: std::sync::OnceLock::new(),
         })
@@ -351,6 +359,9 @@ impl Server {
         let batching =
             pool::BatchSettings::resolve(&config.batching, &loaded.signature, self.pool.capacity());
         let exec = exec::Execution::new(exec_settings(config, &batching), loaded.warmup);
+        if config.logging.sample > 0.0 && !self.payload.has_dir() {
+            tracing::warn!(model, "[logging] sample > 0 but no --payload-dir: sampled requests are dropped (vigil_payload_dropped_total{{reason=\"no_dir\"}})");
+        }
         if let Some(w) = loaded.warmup {
             tracing::info!(
                 model,
@@ -374,6 +385,7 @@ impl Server {
             stats: VersionStats::default(),
             batcher: pool::Batcher::new(batching),
             exec,
+            sampler: Default::default(),
         }))
     }
 }

@@ -9,6 +9,8 @@ use super::analysis::{Arm, Judged, Probe};
 use super::table::lookup_entry;
 use super::{rollout, InferError, ServedVersion, Server};
 use crate::config::RolloutMode;
+use crate::metrics::Role;
+use crate::payload::Role as PayloadRole;
 
 /// Where a request goes.
 pub struct Route {
@@ -17,6 +19,19 @@ pub struct Route {
     pub shadow: Option<Arc<ServedVersion>>,
     /// While a canary analysis measures a step: where the answer is recorded.
     pub judged: Option<Judged>,
+    /// The model's `[logging] sample`: the share of requests the payload log keeps.
+    pub sample: f64,
+    /// The role of `version` for this request, as the payload log records it.
+    pub role: PayloadRole,
+    /// Where its predictions wait for feedback, when the model keeps them.
+    pub feedback: Option<Arc<crate::payload::Feedback>>,
+}
+
+impl Route {
+    /// Whether the request needs an id (it is logged or kept for feedback).
+    pub fn wants_id(&self) -> bool {
+        self.sample > 0.0 || self.feedback.is_some()
+    }
 }
 
 /// The model's probe and the arm, when an analysis is measuring.
@@ -40,6 +55,8 @@ pub enum PendingRoute {
         weight: u8,
         /// The model's probe while an analysis measures.
         probe: Option<Arc<Probe>>,
+        sample: f64,
+        feedback: Option<Arc<crate::payload::Feedback>>,
     },
 }
 
@@ -70,6 +87,8 @@ impl PendingRoute {
                 counter,
                 weight,
                 probe,
+                sample,
+                feedback,
             } => {
                 let to_canary = rollout::is_canary(counter.fetch_add(1, Ordering::Relaxed), weight);
                 let arm = if to_canary { Arm::Canary } else { Arm::Stable };
@@ -88,6 +107,13 @@ impl PendingRoute {
                     version,
                     shadow: None,
                     judged,
+                    sample,
+                    feedback,
+                    role: if to_canary {
+                        PayloadRole::Canary
+                    } else {
+                        PayloadRole::Stable
+                    },
                 })
             }
         }
@@ -130,11 +156,21 @@ impl Server {
     ) -> Result<PendingRoute, InferError> {
         let table = self.table.load();
         let entry = lookup_entry(&table, model)?;
+        let sample = entry.config.logging.sample;
+        let feedback = entry.feedback.enabled().then(|| entry.feedback.clone());
+        let role = |v: u64| match entry.role(v) {
+            Role::Stable => PayloadRole::Stable,
+            Role::Canary => PayloadRole::Canary,
+            Role::Standby => PayloadRole::Standby,
+        };
         let only = |v: u64| {
             Ok(PendingRoute::Decided(Route {
                 version: entry.version(v)?,
                 shadow: None,
                 judged: None,
+                sample,
+                role: role(v),
+                feedback: feedback.clone(),
             }))
         };
         if let Some(v) = version {
@@ -149,20 +185,27 @@ impl Server {
                 version: entry.version(stable)?,
                 shadow: Some(entry.version(canary)?),
                 judged: judged(&entry.probe, Arm::Stable),
+                sample,
+                role: PayloadRole::Stable,
+                feedback,
             })),
             RolloutMode::Split => {
                 let weight = entry.rollout.weight;
                 match sticky_key(&entry.rollout.sticky_header) {
                     Some(key) => {
-                        let (v, arm) = if rollout::bucket_of_key(&key) < u32::from(weight) * 100 {
-                            (canary, Arm::Canary)
+                        let (v, arm, r) = if rollout::bucket_of_key(&key) < u32::from(weight) * 100
+                        {
+                            (canary, Arm::Canary, PayloadRole::Canary)
                         } else {
-                            (stable, Arm::Stable)
+                            (stable, Arm::Stable, PayloadRole::Stable)
                         };
                         Ok(PendingRoute::Decided(Route {
                             version: entry.version(v)?,
                             shadow: None,
                             judged: judged(&entry.probe, arm),
+                            sample,
+                            role: r,
+                            feedback,
                         }))
                     }
                     None => Ok(PendingRoute::Split {
@@ -171,6 +214,8 @@ impl Server {
                         counter: entry.split_counter.clone(),
                         weight,
                         probe: entry.probe.is_active().then(|| entry.probe.clone()),
+                        sample,
+                        feedback,
                     }),
                 }
             }

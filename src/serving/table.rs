@@ -31,6 +31,8 @@ pub struct ModelEntry {
     pub(super) split_counter: Arc<AtomicU64>,
     /// The canary judge's accumulators for the current step, shared the same way.
     pub(super) probe: Arc<super::analysis::Probe>,
+    /// Predictions waiting for their ground truth, and live quality; shared the same way.
+    pub feedback: Arc<crate::payload::Feedback>,
 }
 
 impl ModelEntry {
@@ -119,9 +121,16 @@ impl Server {
                         return;
                     }
                 }
-                let counter = previous.as_ref().map_or_else(Default::default, |p| {
-                    (p.split_counter.clone(), p.probe.clone())
-                });
+                let counter = previous.as_ref().map_or_else(
+                    || {
+                        (
+                            Default::default(),
+                            Default::default(),
+                            Arc::new(crate::payload::Feedback::new(name, self.metrics.payload())),
+                        )
+                    },
+                    |p| (p.split_counter.clone(), p.probe.clone(), p.feedback.clone()),
+                );
                 self.metrics.set_unavailable(name, Some(failures.len()));
                 let entry = build_entry(name, config, versions, failures, rollout, counter);
                 self.metrics.publish_roles(
@@ -202,7 +211,11 @@ impl Server {
             entry.versions.clone(),
             entry.failures.clone(),
             next.clone(),
-            (entry.split_counter.clone(), entry.probe.clone()),
+            (
+                entry.split_counter.clone(),
+                entry.probe.clone(),
+                entry.feedback.clone(),
+            ),
         );
         self.metrics.publish_roles(
             name,
@@ -298,8 +311,19 @@ fn build_entry(
     versions: BTreeMap<u64, Arc<ServedVersion>>,
     failures: BTreeMap<u64, String>,
     rollout: RolloutConfig,
-    (split_counter, probe): (Arc<AtomicU64>, Arc<super::analysis::Probe>),
+    (split_counter, probe, feedback): (
+        Arc<AtomicU64>,
+        Arc<super::analysis::Probe>,
+        Arc<crate::payload::Feedback>,
+    ),
 ) -> ModelEntry {
+    let l = &config.logging;
+    feedback.configure(l.feedback_window.map(|w| crate::payload::FeedbackSettings {
+        window: std::time::Duration::from_secs_f64(w),
+        capacity: l.feedback_capacity,
+        quality_rows: l.quality_window,
+        prediction: l.prediction.clone(),
+    }));
     // Unpinned, the stable version is the highest served one that is not the canary
     // (the canary is usually the newest version), else whatever is served.
     let stable = rollout
@@ -333,5 +357,6 @@ fn build_entry(
         failures,
         split_counter,
         probe,
+        feedback,
     }
 }

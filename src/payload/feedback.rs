@@ -1,0 +1,680 @@
+//! Ground truth joined to predictions, and the live quality it measures.
+//!
+//! Every answered request of a model with `[logging] feedback_window` leaves its
+//! predictions here under its request id: one number per row (a class label, or a
+//! regression value), not its tensors, so memory is a few dozen bytes per row, bounded by
+//! `feedback_capacity` rows and by the window (older entries are swept on every call).
+//! `POST /v2/models/{m}/feedback` joins truths by id: each joined row enters its
+//! version's rolling quality window (`quality_window` labelled rows), from which
+//! accuracy, per-class precision/recall/F1 and macro F1 (classifiers) or MAE and RMSE
+//! (regressors) are computed the way scikit-learn does. A truth whose prediction aged out
+//! of the window (or was evicted by the capacity) is `late`; one whose id was never seen
+//! (or already joined) is `unknown`; one whose row count differs is `invalid`.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Role;
+use crate::metrics::PayloadFamilies;
+use crate::tensor::{Tensor, TensorData};
+
+/// Per-class series exported at most (the model's predicted classes, lowest first).
+const MAX_CLASS_SERIES: usize = 64;
+
+/// One request's predictions: one value per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Predictions {
+    /// Class labels (compared exactly) rather than regression values.
+    pub classify: bool,
+    pub values: Vec<f64>,
+}
+
+impl Predictions {
+    /// The predictions in an output tensor: integers are labels, one float per row is a
+    /// value, several floats per row (probabilities, scores) give the argmax's index.
+    // The macro's numeric arm covers f64 too (`x as f64` is a no-op there).
+    #[allow(clippy::unnecessary_cast)]
+    pub fn from_output(t: &Tensor) -> Option<Predictions> {
+        let rows = t.shape.first().copied().filter(|&r| r > 0)?;
+        let per_row = t.data.len() / rows;
+        if per_row == 0 || per_row * rows != t.data.len() {
+            return None;
+        }
+        let (classify, flat): (bool, Vec<f64>) = match &t.data {
+            TensorData::Fp32(v) => (false, v.iter().map(|&x| f64::from(x)).collect()),
+            TensorData::Fp64(v) => (false, v.clone()),
+            TensorData::Bool(v) => (true, v.iter().map(|&b| f64::from(u8::from(b))).collect()),
+            TensorData::Bytes(_) => return None,
+            other => (
+                true,
+                crate::dispatch_numeric!(other,
+                    v => v.iter().map(|&x| x as f64).collect(),
+                    bool _b => unreachable!("handled above"),
+                    bytes _s => unreachable!("handled above")
+                ),
+            ),
+        };
+        if per_row == 1 {
+            return Some(Predictions {
+                classify,
+                values: flat,
+            });
+        }
+        let values = flat
+            .chunks_exact(per_row)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0usize, f64::NEG_INFINITY), |best, (i, &x)| {
+                        if x > best.1 {
+                            (i, x)
+                        } else {
+                            best
+                        }
+                    })
+                    .0 as f64
+            })
+            .collect();
+        Some(Predictions {
+            classify: true,
+            values,
+        })
+    }
+}
+
+/// `[logging]`'s feedback settings, as the index uses them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedbackSettings {
+    pub window: Duration,
+    pub capacity: usize,
+    pub quality_rows: usize,
+    pub prediction: Option<String>,
+}
+
+/// What one feedback call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JoinSummary {
+    pub joined: u64,
+    pub late: u64,
+    pub unknown: u64,
+    pub invalid: u64,
+}
+
+/// One truth as a client sent it.
+pub struct Truth {
+    pub id: String,
+    pub values: Vec<f64>,
+}
+
+struct Answer {
+    version: u64,
+    role: Role,
+    preds: Predictions,
+}
+
+struct Entry {
+    at: Instant,
+    answers: Vec<Answer>,
+}
+
+impl Entry {
+    fn rows(&self) -> usize {
+        self.answers.iter().map(|a| a.preds.values.len()).sum()
+    }
+}
+
+/// A version's rolling window of labelled rows.
+struct Quality {
+    role: Role,
+    classify: bool,
+    ring: VecDeque<(f64, f64)>,
+    /// (predicted, true) counts over the ring (classifiers).
+    confusion: HashMap<(i64, i64), u64>,
+    abs: f64,
+    sq: f64,
+    /// Pushes since `abs`/`sq` were last summed afresh (bounds rounding drift).
+    since_resum: usize,
+    received: u64,
+}
+
+impl Quality {
+    fn new(role: Role, classify: bool) -> Quality {
+        Quality {
+            role,
+            classify,
+            ring: VecDeque::new(),
+            confusion: HashMap::new(),
+            abs: 0.0,
+            sq: 0.0,
+            since_resum: 0,
+            received: 0,
+        }
+    }
+
+    fn push(&mut self, cap: usize, pred: f64, truth: f64) {
+        while self.ring.len() >= cap {
+            let Some((p, t)) = self.ring.pop_front() else {
+                break;
+            };
+            self.forget(p, t);
+        }
+        self.ring.push_back((pred, truth));
+        self.received += 1;
+        if self.classify {
+            *self
+                .confusion
+                .entry((pred as i64, truth as i64))
+                .or_default() += 1;
+        } else {
+            let e = pred - truth;
+            self.abs += e.abs();
+            self.sq += e * e;
+            self.since_resum += 1;
+            if self.since_resum >= cap {
+                self.abs = self.ring.iter().map(|(p, t)| (p - t).abs()).sum();
+                self.sq = self.ring.iter().map(|(p, t)| (p - t) * (p - t)).sum();
+                self.since_resum = 0;
+            }
+        }
+    }
+
+    fn forget(&mut self, p: f64, t: f64) {
+        if self.classify {
+            let k = (p as i64, t as i64);
+            if let Some(c) = self.confusion.get_mut(&k) {
+                *c -= 1;
+                if *c == 0 {
+                    self.confusion.remove(&k);
+                }
+            }
+        } else {
+            let e = p - t;
+            self.abs -= e.abs();
+            self.sq -= e * e;
+        }
+    }
+
+    fn report(&self, version: u64) -> VersionQuality {
+        let n = self.ring.len();
+        let mut q = VersionQuality {
+            version,
+            role: self.role.as_str(),
+            kind: if self.classify {
+                "classification"
+            } else {
+                "regression"
+            },
+            labels_received: self.received,
+            window_rows: n as u64,
+            accuracy: None,
+            macro_f1: None,
+            classes: Vec::new(),
+            mae: None,
+            rmse: None,
+        };
+        if n == 0 {
+            return q;
+        }
+        if !self.classify {
+            q.mae = Some(self.abs.max(0.0) / n as f64);
+            q.rmse = Some((self.sq.max(0.0) / n as f64).sqrt());
+            return q;
+        }
+        let mut tp: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut predicted: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut actual: BTreeMap<i64, u64> = BTreeMap::new();
+        for (&(p, t), &c) in &self.confusion {
+            *predicted.entry(p).or_default() += c;
+            *actual.entry(t).or_default() += c;
+            tp.entry(p).or_default();
+            tp.entry(t).or_default();
+            if p == t {
+                *tp.entry(p).or_default() += c;
+            }
+        }
+        let correct: u64 = tp.values().sum();
+        q.accuracy = Some(correct as f64 / n as f64);
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        for (&class, &hits) in &tp {
+            let (pc, ac) = (
+                predicted.get(&class).copied().unwrap_or(0),
+                actual.get(&class).copied().unwrap_or(0),
+            );
+            q.classes.push(ClassQuality {
+                class,
+                predicted: pc,
+                actual: ac,
+                precision: ratio(hits, pc),
+                recall: ratio(hits, ac),
+                // sklearn's F1 with zero_division=0: 2tp / (2tp + fp + fn).
+                f1: ratio(2 * hits, pc + ac),
+            });
+        }
+        q.macro_f1 = Some(q.classes.iter().map(|c| c.f1).sum::<f64>() / q.classes.len() as f64);
+        q
+    }
+}
+
+/// Live quality of one version, over its rolling window.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionQuality {
+    pub version: u64,
+    pub role: &'static str,
+    pub kind: &'static str,
+    /// Labelled rows joined since the version was first labelled.
+    pub labels_received: u64,
+    /// Labelled rows in the rolling window now.
+    pub window_rows: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassQuality>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassQuality {
+    pub class: i64,
+    /// Rows predicted as this class, and rows truly of it, in the window.
+    pub predicted: u64,
+    pub actual: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// The model's quality report (`GET /v2/models/{m}/quality`, and the drift report's
+/// `quality`).
+#[derive(Clone, Debug, Serialize)]
+pub struct QualityReport {
+    pub enabled: bool,
+    /// Predicted rows waiting for a label (within the window).
+    pub labels_pending: u64,
+    pub joined: u64,
+    pub late: u64,
+    pub unknown: u64,
+    pub invalid: u64,
+    pub versions: Vec<VersionQuality>,
+}
+
+#[derive(Default)]
+struct State {
+    settings: Option<FeedbackSettings>,
+    map: HashMap<String, Entry>,
+    /// Insertion order for the sweep; an id whose entry was replaced or joined is skipped.
+    order: VecDeque<(Instant, String)>,
+    rows: usize,
+    /// Ids swept or evicted unlabelled, so that their truth is counted `late`.
+    expired: HashSet<String>,
+    expired_order: VecDeque<String>,
+    quality: BTreeMap<u64, Quality>,
+    totals: JoinSummary,
+}
+
+impl State {
+    fn sweep(&mut self, now: Instant) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let (window, capacity) = (s.window, s.capacity);
+        while let Some((at, _)) = self.order.front() {
+            let aged = now.duration_since(*at) >= window;
+            if !aged && self.rows <= capacity {
+                break;
+            }
+            let (at, id) = self.order.pop_front().expect("front exists");
+            if self.map.get(&id).is_some_and(|e| e.at == at) {
+                let e = self.map.remove(&id).expect("present");
+                self.rows -= e.rows();
+                self.expired.insert(id.clone());
+                self.expired_order.push_back(id);
+                while self.expired_order.len() > capacity {
+                    if let Some(old) = self.expired_order.pop_front() {
+                        self.expired.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One model's join index and quality windows.
+pub struct Feedback {
+    model: String,
+    on: AtomicBool,
+    state: Mutex<State>,
+    metrics: PayloadFamilies,
+}
+
+impl Feedback {
+    pub fn new(model: &str, metrics: PayloadFamilies) -> Feedback {
+        Feedback {
+            model: model.to_string(),
+            on: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding it leaves consistent-enough counters.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies the model's current `[logging]` (None: feedback off, everything dropped).
+    pub fn configure(&self, settings: Option<FeedbackSettings>) {
+        let mut st = self.lock();
+        if st.settings == settings {
+            return;
+        }
+        self.on.store(settings.is_some(), Ordering::Release);
+        if settings.is_none() {
+            *st = State::default();
+        } else {
+            st.settings = settings;
+            st.sweep(Instant::now());
+        }
+    }
+
+    /// Whether predictions are kept for feedback.
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
+    /// The output the predictions are read from.
+    pub fn prediction_output(&self) -> Option<String> {
+        self.lock()
+            .settings
+            .as_ref()
+            .and_then(|s| s.prediction.clone())
+    }
+
+    /// Keeps one answer's predictions under the request's id (the shadow canary's answer
+    /// joins the same entry).
+    pub fn record(&self, id: &str, version: u64, role: Role, preds: Predictions) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.settings.is_none() {
+            return;
+        }
+        st.rows += preds.values.len();
+        let answer = Answer {
+            version,
+            role,
+            preds,
+        };
+        match st.map.get_mut(id) {
+            Some(e) if role == Role::Shadow => e.answers.push(answer),
+            _ => {
+                if let Some(old) = st.map.insert(
+                    id.to_string(),
+                    Entry {
+                        at: now,
+                        answers: vec![answer],
+                    },
+                ) {
+                    st.rows -= old.rows();
+                }
+                st.order.push_back((now, id.to_string()));
+            }
+        }
+        st.sweep(now);
+        self.metrics
+            .pending
+            .with_label_values(&[&self.model])
+            .set(st.rows as i64);
+    }
+
+    /// Joins truths to their predictions.
+    pub fn join(&self, truths: Vec<Truth>) -> JoinSummary {
+        let now = Instant::now();
+        let mut sum = JoinSummary::default();
+        let mut st = self.lock();
+        st.sweep(now);
+        let Some(cap) = st.settings.as_ref().map(|s| s.quality_rows) else {
+            sum.unknown = truths.len() as u64;
+            return self.count(&mut st, sum);
+        };
+        for t in truths {
+            let Some(entry) = st.map.get(&t.id) else {
+                if st.expired.remove(&t.id) {
+                    sum.late += 1;
+                } else {
+                    sum.unknown += 1;
+                }
+                continue;
+            };
+            if entry
+                .answers
+                .iter()
+                .any(|a| a.preds.values.len() != t.values.len())
+            {
+                sum.invalid += 1;
+                continue;
+            }
+            let entry = st.map.remove(&t.id).expect("found above");
+            st.rows -= entry.rows();
+            for a in entry.answers {
+                let q = st
+                    .quality
+                    .entry(a.version)
+                    .or_insert_with(|| Quality::new(a.role, a.preds.classify));
+                if a.role != Role::Shadow || q.role == Role::Shadow {
+                    q.role = a.role;
+                }
+                for (&p, &y) in a.preds.values.iter().zip(&t.values) {
+                    q.push(cap, p, y);
+                }
+            }
+            sum.joined += 1;
+        }
+        self.publish(&st);
+        self.count(&mut st, sum)
+    }
+
+    fn count(&self, st: &mut State, sum: JoinSummary) -> JoinSummary {
+        let m = &self.metrics.feedback;
+        for (result, n) in [
+            ("joined", sum.joined),
+            ("late", sum.late),
+            ("unknown", sum.unknown),
+            ("invalid", sum.invalid),
+        ] {
+            m.with_label_values(&[&self.model, result]).inc_by(n);
+        }
+        st.totals.joined += sum.joined;
+        st.totals.late += sum.late;
+        st.totals.unknown += sum.unknown;
+        st.totals.invalid += sum.invalid;
+        self.metrics
+            .pending
+            .with_label_values(&[&self.model])
+            .set(st.rows as i64);
+        sum
+    }
+
+    /// Sets `vigil_model_quality` from the windows.
+    fn publish(&self, st: &State) {
+        let g = &self.metrics.quality;
+        for (&version, q) in &st.quality {
+            let v = version.to_string();
+            let r = q.report(version);
+            let set = |metric: &str, x: f64| {
+                g.with_label_values(&[&self.model, &v, metric]).set(x);
+            };
+            set("labels_received", r.labels_received as f64);
+            set("window_rows", r.window_rows as f64);
+            for (name, x) in [
+                ("accuracy", r.accuracy),
+                ("macro_f1", r.macro_f1),
+                ("mae", r.mae),
+                ("rmse", r.rmse),
+            ] {
+                if let Some(x) = x {
+                    set(name, x);
+                }
+            }
+            for c in r
+                .classes
+                .iter()
+                .filter(|c| c.predicted > 0)
+                .take(MAX_CLASS_SERIES)
+            {
+                set(&format!("precision_{}", c.class), c.precision);
+                set(&format!("recall_{}", c.class), c.recall);
+                set(&format!("f1_{}", c.class), c.f1);
+            }
+        }
+    }
+
+    pub fn report(&self) -> QualityReport {
+        let mut st = self.lock();
+        st.sweep(Instant::now());
+        QualityReport {
+            enabled: st.settings.is_some(),
+            labels_pending: st.rows as u64,
+            joined: st.totals.joined,
+            late: st.totals.late,
+            unknown: st.totals.unknown,
+            invalid: st.totals.invalid,
+            versions: st.quality.iter().map(|(&v, q)| q.report(v)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fb(window_ms: u64, capacity: usize) -> Feedback {
+        let f = Feedback::new("m", crate::metrics::Metrics::new().payload());
+        f.configure(Some(FeedbackSettings {
+            window: Duration::from_millis(window_ms),
+            capacity,
+            quality_rows: 1000,
+            prediction: None,
+        }));
+        f
+    }
+
+    fn class(v: &[f64]) -> Predictions {
+        Predictions {
+            classify: true,
+            values: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn classification_metrics_by_hand() {
+        let f = fb(60_000, 1000);
+        // pred: 0 0 1 1 2 ; true: 0 1 1 1 0
+        f.record("a", 1, Role::Stable, class(&[0.0, 0.0, 1.0, 1.0, 2.0]));
+        let s = f.join(vec![Truth {
+            id: "a".into(),
+            values: vec![0.0, 1.0, 1.0, 1.0, 0.0],
+        }]);
+        assert_eq!(s.joined, 1);
+        let r = f.report();
+        let q = &r.versions[0];
+        assert_eq!(q.accuracy, Some(0.6));
+        let c0 = &q.classes[0];
+        assert_eq!((c0.precision, c0.recall), (0.5, 0.5));
+        let c1 = &q.classes[1];
+        assert_eq!((c1.precision, c1.recall), (1.0, 2.0 / 3.0));
+        let c2 = &q.classes[2];
+        assert_eq!((c2.precision, c2.recall, c2.f1), (0.0, 0.0, 0.0));
+        // A second truth for the same id is unknown; a wrong row count invalid.
+        let s = f.join(vec![Truth {
+            id: "a".into(),
+            values: vec![0.0; 5],
+        }]);
+        assert_eq!(s.unknown, 1);
+        f.record("b", 1, Role::Stable, class(&[1.0]));
+        let s = f.join(vec![Truth {
+            id: "b".into(),
+            values: vec![1.0, 2.0],
+        }]);
+        assert_eq!(s.invalid, 1);
+    }
+
+    #[test]
+    fn capacity_evicts_oldest_as_late_and_memory_stays_bounded() {
+        let f = fb(60_000, 10);
+        for i in 0..100 {
+            f.record(&format!("r{i}"), 1, Role::Stable, class(&[1.0]));
+        }
+        let r = f.report();
+        assert_eq!(r.labels_pending, 10);
+        // r80..r89 were evicted last and are remembered as late; r0 is long forgotten
+        // (the memory of expired ids is bounded by the capacity too).
+        let s = f.join(vec![
+            Truth {
+                id: "r89".into(),
+                values: vec![1.0],
+            },
+            Truth {
+                id: "r0".into(),
+                values: vec![1.0],
+            },
+            Truth {
+                id: "r99".into(),
+                values: vec![1.0],
+            },
+            Truth {
+                id: "nope".into(),
+                values: vec![1.0],
+            },
+        ]);
+        assert_eq!((s.joined, s.late, s.unknown), (1, 1, 2));
+        assert!(f.lock().expired.len() <= 10);
+    }
+
+    #[test]
+    fn rolling_window_forgets_the_oldest_rows() {
+        let f = Feedback::new("m", crate::metrics::Metrics::new().payload());
+        f.configure(Some(FeedbackSettings {
+            window: Duration::from_secs(60),
+            capacity: 1000,
+            quality_rows: 4,
+            prediction: None,
+        }));
+        let reg = |v: &[f64]| Predictions {
+            classify: false,
+            values: v.to_vec(),
+        };
+        f.record("a", 1, Role::Stable, reg(&[10.0, 10.0, 0.0, 0.0, 0.0, 0.0]));
+        f.join(vec![Truth {
+            id: "a".into(),
+            values: vec![0.0; 6],
+        }]);
+        let q = &f.report().versions[0];
+        assert_eq!(q.window_rows, 4);
+        assert_eq!(q.mae, Some(0.0));
+        assert_eq!(q.labels_received, 6);
+    }
+
+    #[test]
+    fn argmax_of_probabilities_and_labels_of_integers() {
+        let t = Tensor {
+            name: "p".into(),
+            shape: vec![2, 3],
+            data: TensorData::Fp32(vec![0.1, 0.7, 0.2, 0.5, 0.2, 0.3]),
+        };
+        assert_eq!(Predictions::from_output(&t), Some(class(&[1.0, 0.0])));
+        let t = Tensor {
+            name: "l".into(),
+            shape: vec![2],
+            data: TensorData::Int64(vec![2, 0]),
+        };
+        assert_eq!(Predictions::from_output(&t), Some(class(&[2.0, 0.0])));
+    }
+}

@@ -1,0 +1,398 @@
+//! The payload log's files: `DIR/<model>/<unix ms>-<seq>.jsonl`, one active file per
+//! model, appended by the writer thread. A file is rotated when the next batch would take
+//! it past `max_file_bytes` or when it has been open `max_file_age`; a rotated file is
+//! cut back to its last complete line, gzipped to `.jsonl.gz` (written beside, fsynced,
+//! renamed) and removed. After each rotation the model's directory is held under
+//! `retention_bytes`: the oldest `.jsonl.gz` files are deleted first, never the active
+//! one. A `.jsonl` file left by a crash (or a kill) is treated the same way at start-up,
+//! so a torn last line never reaches a reader.
+//!
+//! A failed write (a full disk, a directory made read-only or replaced by a file) is cut
+//! back to the file's last good length and its records are counted as dropped; the next
+//! batch tries again (opening a new file if the old one is gone).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+/// Where and how the payload log is written (`--payload-*`).
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    pub dir: PathBuf,
+    pub max_file_bytes: u64,
+    pub max_file_age: Duration,
+    pub retention_bytes: u64,
+}
+
+/// The active file of one model.
+struct Active {
+    path: PathBuf,
+    file: File,
+    /// Bytes of complete records in it.
+    len: u64,
+    opened: Instant,
+}
+
+/// Every model's active file.
+pub struct Files {
+    opts: FileOptions,
+    active: HashMap<String, Active>,
+    seq: u64,
+}
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+#[error("payload log {path}: {source}")]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Files {
+    pub fn new(opts: FileOptions) -> Files {
+        Files {
+            opts,
+            active: HashMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// The model's directory. Model names are repository directory names (no `/`).
+    fn model_dir(&self, model: &str) -> PathBuf {
+        self.opts.dir.join(model)
+    }
+
+    /// Appends `bytes` (whole lines) to the model's active file, rotating whenever the
+    /// next line would take it past `max_file_bytes` (a line longer than that gets a file
+    /// of its own) or it has been open `max_file_age`.
+    pub fn append(&mut self, model: &str, mut bytes: &[u8]) -> Result<(), WriteError> {
+        while !bytes.is_empty() {
+            let aged = self
+                .active
+                .get(model)
+                .is_some_and(|a| a.opened.elapsed() >= self.opts.max_file_age);
+            if aged {
+                self.rotate(model);
+            }
+            let room = match self.active.get(model) {
+                Some(a) => self.opts.max_file_bytes.saturating_sub(a.len),
+                None => self.opts.max_file_bytes,
+            };
+            // The whole lines that fit; at least one when the file is new.
+            let fit = fitting_lines(bytes, room);
+            let take = match (fit, self.active.get(model).is_some_and(|a| a.len > 0)) {
+                (0, true) => {
+                    self.rotate(model);
+                    continue;
+                }
+                (0, false) => bytes
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1),
+                (n, _) => n,
+            };
+            self.write(model, &bytes[..take])?;
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, model: &str, bytes: &[u8]) -> Result<(), WriteError> {
+        if !self.active.contains_key(model) {
+            let a = self.open(model)?;
+            self.active.insert(model.to_string(), a);
+        }
+        let a = self.active.get_mut(model).expect("inserted above");
+        match a.file.write_all(bytes) {
+            Ok(()) => {
+                a.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                // Cut a torn batch back; if even that fails, start a new file next time
+                // (the torn tail is cut when this one is rotated).
+                let path = a.path.clone();
+                if a.file.set_len(a.len).is_err() {
+                    self.rotate(model);
+                }
+                Err(WriteError { path, source })
+            }
+        }
+    }
+
+    fn open(&mut self, model: &str) -> Result<Active, WriteError> {
+        let dir = self.model_dir(model);
+        std::fs::create_dir_all(&dir).map_err(|source| WriteError {
+            path: dir.clone(),
+            source,
+        })?;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        loop {
+            self.seq += 1;
+            let path = dir.join(format!("{ms:015}-{:06}.jsonl", self.seq));
+            match OpenOptions::new().append(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(Active {
+                        path,
+                        file,
+                        len: 0,
+                        opened: Instant::now(),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(WriteError { path, source }),
+            }
+        }
+    }
+
+    /// Closes the model's active file, compresses it and applies the retention cap.
+    pub fn rotate(&mut self, model: &str) {
+        if let Some(a) = self.active.remove(model) {
+            drop(a.file);
+            finish(&a.path);
+            self.enforce_retention(&self.model_dir(model));
+        }
+    }
+
+    /// Rotates every file that has been open `max_file_age` (called when idle).
+    pub fn rotate_aged(&mut self) {
+        let aged: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.opened.elapsed() >= self.opts.max_file_age)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in aged {
+            self.rotate(&m);
+        }
+    }
+
+    /// Finishes what a previous run left: every `.jsonl` is cut to its last whole line
+    /// and compressed, every half-written `.gz.tmp` removed.
+    pub fn recover(&self) {
+        let Ok(models) = std::fs::read_dir(&self.opts.dir) else {
+            return;
+        };
+        for m in models.flatten() {
+            let dir = m.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.ends_with(".jsonl") {
+                    finish(&p);
+                } else if name.ends_with(".gz.tmp") {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+            self.enforce_retention(&dir);
+        }
+    }
+
+    /// Keeps the model's rotated files within `retention_bytes - max_file_bytes`, so
+    /// that with the active file (never larger than `max_file_bytes`, but for a single
+    /// longer line) the directory stays within `retention_bytes`.
+    fn enforce_retention(&self, dir: &Path) {
+        let cap = self
+            .opts
+            .retention_bytes
+            .saturating_sub(self.opts.max_file_bytes);
+        enforce_retention(dir, cap);
+    }
+
+    /// Closes and compresses every active file (shutdown).
+    pub fn close_all(&mut self) {
+        let models: Vec<String> = self.active.keys().cloned().collect();
+        for m in models {
+            self.rotate(&m);
+        }
+    }
+}
+
+/// Compresses a finished `.jsonl` (cut to its last complete line) to `.jsonl.gz` and
+/// removes it. An empty file is just removed. Failures are logged; the file stays.
+fn finish(path: &Path) {
+    if let Err(e) = compress(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot compress a payload log file");
+    }
+}
+
+fn compress(path: &Path) -> std::io::Result<()> {
+    let mut text = Vec::new();
+    File::open(path)?.read_to_end(&mut text)?;
+    let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole == 0 {
+        return std::fs::remove_file(path);
+    }
+    let mut gz_path = path.as_os_str().to_owned();
+    gz_path.push(".gz");
+    let gz_path = PathBuf::from(gz_path);
+    let mut tmp = gz_path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut enc = GzEncoder::new(File::create(&tmp)?, Compression::fast());
+        enc.write_all(&text[..whole])?;
+        enc.finish()?.sync_all()?;
+        std::fs::rename(&tmp, &gz_path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        crate::fsutil::sync_dir(dir);
+    }
+    std::fs::remove_file(path)
+}
+
+/// The length of the longest prefix of `bytes` made of whole lines and at most `room` long.
+fn fitting_lines(bytes: &[u8], room: u64) -> usize {
+    let limit = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+    if limit == bytes.len() {
+        return limit;
+    }
+    bytes[..limit]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1)
+}
+
+/// Deletes the oldest `.jsonl.gz` files of `dir` until they take at most `cap` bytes
+/// together. Names sort by time (they start with the Unix time in ms).
+fn enforce_retention(dir: &Path, cap: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut total = 0u64;
+    let mut done: Vec<(String, u64)> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let size = e.metadata().map_or(0, |m| m.len());
+        if name.ends_with(".jsonl.gz") {
+            done.push((name, size));
+            total += size;
+        }
+    }
+    done.sort();
+    for (name, size) in done {
+        if total <= cap {
+            break;
+        }
+        match std::fs::remove_file(dir.join(&name)) {
+            Ok(()) => total -= size,
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "cannot delete an old payload log file")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vigil-payload-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn gunzip(p: &Path) -> String {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(File::open(p).unwrap())
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_every_byte_on_recovery() {
+        let line = b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n";
+        for cut in 0..=line.len() {
+            let dir = tmp(&format!("torn{cut}"));
+            std::fs::create_dir_all(dir.join("m")).unwrap();
+            std::fs::write(dir.join("m/000000000000001-000001.jsonl"), &line[..cut]).unwrap();
+            std::fs::write(dir.join("m/000000000000000-000001.jsonl.gz.tmp"), b"junk").unwrap();
+            Files::new(FileOptions {
+                dir: dir.clone(),
+                max_file_bytes: 1 << 20,
+                max_file_age: Duration::from_secs(3600),
+                retention_bytes: 1 << 30,
+            })
+            .recover();
+            let left = names(&dir.join("m"));
+            let whole = line[..cut]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            if whole == 0 {
+                assert!(left.is_empty(), "cut {cut}: {left:?}");
+            } else {
+                assert_eq!(left, ["000000000000001-000001.jsonl.gz"], "cut {cut}");
+                let text = gunzip(&dir.join("m").join(&left[0]));
+                assert_eq!(text.as_bytes(), &line[..whole], "cut {cut}");
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_rotated_files_first() {
+        let dir = tmp("retention");
+        let mut f = Files::new(FileOptions {
+            dir: dir.clone(),
+            max_file_bytes: 1000,
+            max_file_age: Duration::from_secs(3600),
+            retention_bytes: 3000,
+        });
+        // Incompressible-ish lines so each rotated file keeps some size.
+        let mut rng = crate::rng::Rng::new(7);
+        for _ in 0..200 {
+            let mut line: Vec<u8> = (0..99).map(|_| b'a' + rng.below(26) as u8).collect();
+            line.push(b'\n');
+            f.append("m", &line).unwrap();
+        }
+        let left = names(&dir.join("m"));
+        let total: u64 = left
+            .iter()
+            .map(|n| std::fs::metadata(dir.join("m").join(n)).unwrap().len())
+            .sum();
+        assert!(total <= 3000, "{total} bytes in {left:?}");
+        assert!(left.len() >= 2, "{left:?}");
+        // The survivors are the newest: the active file and the last rotated ones.
+        let gz: Vec<&String> = left.iter().filter(|n| n.ends_with(".gz")).collect();
+        let last_seq: u64 = left.last().unwrap()[16..22].parse().unwrap();
+        for n in &gz {
+            let seq: u64 = n[16..22].parse().unwrap();
+            assert!(
+                seq + (gz.len() as u64) >= last_seq,
+                "{n} is not among the newest"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
