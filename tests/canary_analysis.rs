@@ -611,3 +611,63 @@ fn every_decision_is_an_event_in_the_retrain_outbox_once() {
     assert_eq!(resent[0]["event"]["type"], "vigil.canary.promoted");
     assert_eq!(resent[0]["event"]["data"]["event_id"], promoted_id);
 }
+
+/// iris v1 behind a chain of dense layers: the same answers, each row slower
+/// (tests/python/make_slow_iris.py, run with the MLflow venv's onnx).
+fn slow_iris() -> Vec<u8> {
+    let dir = TempDir::new("slow");
+    let out = dir.path().join("model.onnx");
+    let status = std::process::Command::new(root().join(".venv-mlflow/bin/python"))
+        .arg(root().join("tests/python/make_slow_iris.py"))
+        .arg(root().join("models/iris/1/model.onnx"))
+        .arg(&out)
+        .arg("40")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run make_slow_iris.py (scripts/setup-test-deps.sh installs .venv-mlflow)");
+    assert!(status.success());
+    std::fs::read(&out).unwrap()
+}
+
+#[test]
+fn a_slower_canary_is_rolled_back_on_latency_and_an_identical_one_under_the_same_noise_is_not() {
+    let config = format!("[rollout.analysis]\nsteps = [50, 100]\n{FAST}");
+    let slow_repo = repo(&slow_iris(), &config);
+    let same_repo = repo(&model_bytes("iris/1"), &config);
+    let slow = Vigil::start(slow_repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let same = Vigil::start(same_repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    // Noise: two threads spinning on the machine's cores while both are judged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let (t1, t2) = (Traffic::start(&slow), Traffic::start(&same));
+    let a_slow = wait_decided(&slow, 90);
+    let a_same = wait_decided(&same, 90);
+    drop((t1, t2));
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert_eq!(a_slow["status"], "rolled_back", "{a_slow:#}");
+    assert_eq!(a_slow["decision"]["check"], "latency", "{a_slow:#}");
+    let latency = &a_slow["steps"][0]["checks"][1];
+    assert_eq!(latency["check"], "latency", "{latency}");
+    assert!(latency["pvalue"].as_f64().unwrap() < 0.001, "{latency}");
+    assert!(latency["value"].as_f64().unwrap() > 1.25, "{latency}");
+    // Its answers were the same: only latency failed.
+    for c in a_slow["steps"][0]["checks"].as_array().unwrap() {
+        if c["check"] != "latency" {
+            assert_eq!(c["passed"], true, "{c}");
+        }
+    }
+    assert_eq!(a_same["status"], "promoted", "{a_same:#}");
+}
