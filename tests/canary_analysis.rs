@@ -53,12 +53,17 @@ impl Traffic {
         let (url, client) = (v.url("/v2/models/iris/infer"), v.client.clone());
         let (s, a) = (stop.clone(), answered.clone());
         let thread = std::thread::spawn(move || {
-            let mut i = 0usize;
+            // Rows drawn at random (a fixed-seed LCG): every step sees the same mix.
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
             while !s.load(Ordering::Relaxed) {
                 let data: Vec<f32> = (0..3)
-                    .flat_map(|k| rows[(i + k * 5) % rows.len()].map(|x| x as f32))
+                    .flat_map(|_| {
+                        state = state
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        rows[(state >> 33) as usize % rows.len()].map(|x| x as f32)
+                    })
                     .collect();
-                i += 1;
                 let body = json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [3, 4], "data": data}]});
                 let Ok(r) = client.post(&url).json(&body).send() else {
                     continue;
@@ -621,7 +626,7 @@ fn slow_iris() -> Vec<u8> {
         .arg(root().join("tests/python/make_slow_iris.py"))
         .arg(root().join("models/iris/1/model.onnx"))
         .arg(&out)
-        .arg("40")
+        .arg("120")
         .stdout(std::process::Stdio::null())
         .status()
         .expect("run make_slow_iris.py (scripts/setup-test-deps.sh installs .venv-mlflow)");

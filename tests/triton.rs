@@ -310,3 +310,73 @@ fn load_with_a_config_override_as_tritonclient_sends_it() {
     assert_eq!(load(json!({})).0, 200);
     assert_eq!(v.get("/v2/models/simple/versions/2/ready").0, 503);
 }
+
+/// Runs tests/python/triton_examples.py against a vigil on `repo` with HTTP and gRPC.
+fn examples(repo: &Path, extra: &[&str], mode: &[&str]) -> String {
+    let mut args = vec!["--grpc-addr", "127.0.0.1:0", "--poll-interval", "0"];
+    args.extend_from_slice(extra);
+    let v = Vigil::start(repo, Engine::Ort, &args);
+    let line = v.wait_log(30, "the gRPC address", |l| {
+        l.contains("gRPC listening on grpc://")
+    });
+    let rest = &line[line.find("grpc://").unwrap() + "grpc://".len()..];
+    let grpc = rest.split_whitespace().next().unwrap().to_string();
+    let out = std::process::Command::new(common::python())
+        .arg(root().join("tests/python/triton_examples.py"))
+        .arg(&v.addr)
+        .arg(&grpc)
+        .args(mode)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "triton_examples.py {mode:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("triton examples passed"), "{stdout}");
+    stdout
+}
+
+/// The calls and expectations of Triton's Python client examples (sync, async and
+/// asyncio inference, JSON and binary tensors, requested outputs, health, metadata,
+/// statistics, the unknown-model errors) over HTTP and gRPC, on ONNX Runtime.
+#[test]
+fn triton_client_examples_pass_over_http_and_grpc() {
+    let dir = simple_repo(Some(
+        &SIMPLE.replace("version_policy: { specific: { versions: [ 1, 3 ] } }", ""),
+    ));
+    let out = examples(dir.path(), &[], &[]);
+    for part in [
+        "http sync ok",
+        "http async ok",
+        "http aio ok",
+        "http health and metadata ok",
+        "grpc sync ok",
+        "grpc async ok",
+        "grpc aio ok",
+        "grpc health and metadata ok",
+    ] {
+        assert!(out.contains(part), "{part}: {out}");
+    }
+}
+
+/// Triton's model-control example: load, a malformed override ("failed to load"), an
+/// override of `max_batch_size`, unload, an unknown model; over HTTP and gRPC.
+#[test]
+fn triton_model_control_example_passes() {
+    let dir = simple_repo(Some(
+        &SIMPLE.replace("version_policy: { specific: { versions: [ 1, 3 ] } }", ""),
+    ));
+    add_simple(
+        dir.path(),
+        "other",
+        Some(
+            &SIMPLE
+                .replace("name: \"simple\"", "name: \"other\"")
+                .replace("version_policy: { specific: { versions: [ 1, 3 ] } }", ""),
+        ),
+    );
+    let out = examples(dir.path(), &["--model-control", "explicit"], &["control"]);
+    assert!(out.contains("model control ok"), "{out}");
+}

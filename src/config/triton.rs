@@ -278,6 +278,25 @@ impl TritonConfig {
         TritonConfig::from_message(&msg)
     }
 
+    /// A load request's configuration override for `model` (Triton's JSON form, from
+    /// HTTP's `parameters.config` or gRPC's `config` parameter). The error is the whole
+    /// message, Triton's text first.
+    pub fn load_override(model: &str, text: &str) -> Result<TritonConfig, String> {
+        let bad = |why: String| {
+            format!(
+                "failed to load '{model}', failed to parse the model configuration override: {why}"
+            )
+        };
+        let parsed = TritonConfig::from_json(text).map_err(|e| bad(e.to_string()))?;
+        if !parsed.name.is_empty() && parsed.name != model {
+            return Err(bad(format!(
+                "its name '{}' is not the model's name",
+                parsed.name
+            )));
+        }
+        Ok(parsed)
+    }
+
     /// Parses the JSON form (what `load` with a `config` parameter carries).
     pub fn from_json(text: &str) -> Result<TritonConfig, TritonConfigError> {
         let mut de = serde_json::Deserializer::from_str(text);

@@ -214,11 +214,15 @@ impl GrpcInferenceService for Inference {
         let req = request.into_inner();
         let version = version_of(&req.version)?;
         let table = self.server.table();
-        let entry = crate::serving::lookup_entry(&table, &req.name).map_err(infer_status)?;
-        let ready = match version {
-            Some(v) => entry.versions.contains_key(&v),
-            None => entry.is_ready(),
-        };
+        // As Triton answers: a model that is not served (never loaded, or unloaded) is
+        // not ready; it is not an error (clients check `is_model_ready` after an unload).
+        let ready = table
+            .models
+            .get(&req.name)
+            .is_some_and(|entry| match version {
+                Some(v) => entry.versions.contains_key(&v),
+                None => entry.is_ready(),
+            });
         Ok(Response::new(proto::ModelReadyResponse { ready }))
     }
 
@@ -250,7 +254,8 @@ impl GrpcInferenceService for Inference {
         Ok(Response::new(proto::ModelMetadataResponse {
             name: entry.name.clone(),
             versions: entry.versions.keys().map(u64::to_string).collect(),
-            platform: format!("onnx_{}", v.engine),
+            // Triton's name for an ONNX model, whichever engine runs it (as on HTTP).
+            platform: "onnxruntime_onnx".into(),
             inputs: tensor_metadata(&v.signature.inputs),
             outputs: tensor_metadata(&v.signature.outputs),
         }))
@@ -311,6 +316,20 @@ impl GrpcInferenceService for Inference {
             .resolve(&req.name, version)
             .map_err(infer_status)?;
         let b = v.batcher.settings();
+        // As the HTTP config endpoint: Triton's meaning of max_batch_size (dims without
+        // the batch dimension when it is above 0), from config.pbtxt when there is one.
+        let entry = {
+            let table = self.server.table();
+            crate::serving::lookup_entry(&table, &req.name)
+                .map_err(infer_status)?
+                .clone()
+        };
+        let triton = entry.config.triton.as_ref();
+        let max_batch_size = crate::serving::triton_io::config_max_batch_size(triton, &v);
+        let batched = max_batch_size > 0;
+        let dims = |s: &crate::tensor::spec::TensorSpec| {
+            crate::serving::triton_io::config_dims(s, batched).to_vec()
+        };
         let io_in = v
             .signature
             .inputs
@@ -318,7 +337,7 @@ impl GrpcInferenceService for Inference {
             .map(|s| proto::ModelInput {
                 name: s.name.clone(),
                 data_type: config_type(s.datatype).into(),
-                dims: s.shape.clone(),
+                dims: dims(s),
             })
             .collect();
         let io_out = v
@@ -328,7 +347,7 @@ impl GrpcInferenceService for Inference {
             .map(|s| proto::ModelOutput {
                 name: s.name.clone(),
                 data_type: config_type(s.datatype).into(),
-                dims: s.shape.clone(),
+                dims: dims(s),
             })
             .collect();
         let config = proto::ModelConfig {
@@ -336,12 +355,9 @@ impl GrpcInferenceService for Inference {
             platform: "onnxruntime_onnx".into(),
             backend: v.engine.as_str().into(),
             version_policy: Some(proto::ModelVersionPolicy {
-                policy_choice: Some(proto::model_version_policy::PolicyChoice::Latest(
-                    proto::model_version_policy::Latest { num_versions: 1 },
-                )),
+                policy_choice: Some(policy_choice(entry.config.version_policy.policy().ok())),
             }),
-            // Shapes include the batch dimension, as Triton shows them with batching off.
-            max_batch_size: 0,
+            max_batch_size: i32::try_from(max_batch_size).unwrap_or(i32::MAX),
             input: io_in,
             output: io_out,
             dynamic_batching: (b.max_batch > 1).then(|| proto::ModelDynamicBatching {
@@ -418,15 +434,32 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
         self.gate(&request, Class::Admin)?;
         let req = request.into_inner();
-        if !req.parameters.is_empty() {
-            let keys: Vec<&String> = req.parameters.keys().collect();
-            return Err(Status::invalid_argument(format!(
-                "load parameters are not supported over gRPC (got {keys:?}): the model is loaded from the repository as it is"
-            )));
+        let model = req.model_name;
+        // Triton's configuration override, as `load_model(name, config=...)` sends it.
+        use proto::model_repository_parameter::ParameterChoice;
+        let mut config = None;
+        for (key, value) in &req.parameters {
+            match (key.as_str(), value.parameter_choice.as_ref()) {
+                ("config", Some(ParameterChoice::StringParam(text))) => {
+                    config = Some(
+                        crate::config::TritonConfig::load_override(&model, text)
+                            .map_err(Status::invalid_argument)?,
+                    );
+                }
+                ("config", _) => {
+                    return Err(Status::invalid_argument(format!(
+                        "failed to load '{model}', failed to parse the model configuration override: the config parameter must be a string holding JSON"
+                    )))
+                }
+                (other, _) => {
+                    return Err(Status::invalid_argument(format!(
+                        "load parameter '{other}' is not supported (only 'config', Triton's configuration override)"
+                    )))
+                }
+            }
         }
         let reloader = self.reloader.clone();
-        let model = req.model_name;
-        blocking(move || reloader.load(&model))
+        blocking(move || reloader.load_with(&model, config))
             .await?
             .map_err(control_status)?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
@@ -443,5 +476,26 @@ impl GrpcInferenceService for Inference {
             .await?
             .map_err(control_status)?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// The version policy in force, as the configuration shows it (as on HTTP).
+fn policy_choice(
+    policy: Option<crate::config::VersionPolicy>,
+) -> proto::model_version_policy::PolicyChoice {
+    use crate::config::VersionPolicy;
+    use proto::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    match policy {
+        Some(VersionPolicy::All) => PolicyChoice::All(All {}),
+        Some(VersionPolicy::Specific(v)) => PolicyChoice::Specific(Specific {
+            versions: v
+                .iter()
+                .map(|&x| i64::try_from(x).unwrap_or(i64::MAX))
+                .collect(),
+        }),
+        Some(VersionPolicy::Latest(n)) => PolicyChoice::Latest(Latest {
+            num_versions: u32::try_from(n).unwrap_or(u32::MAX),
+        }),
+        None => PolicyChoice::Latest(Latest { num_versions: 1 }),
     }
 }

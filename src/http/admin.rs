@@ -68,14 +68,9 @@ fn load_override(
     let text = config
         .as_str()
         .ok_or_else(|| bad("parameters.config must be a string holding JSON".into()))?;
-    let parsed = crate::config::TritonConfig::from_json(text).map_err(|e| bad(e.to_string()))?;
-    if !parsed.name.is_empty() && parsed.name != model {
-        return Err(bad(format!(
-            "its name '{}' is not the model's name",
-            parsed.name
-        )));
-    }
-    Ok(Some(parsed))
+    crate::config::TritonConfig::load_override(model, text)
+        .map(Some)
+        .map_err(ApiError::BadRequest)
 }
 
 #[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Unloaded"), (status = 400, description = "Not allowed in this model-control mode", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]

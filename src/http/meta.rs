@@ -103,11 +103,7 @@ fn config_io(specs: &[crate::tensor::spec::TensorSpec], batched: bool) -> Value 
     specs
         .iter()
         .map(|s| {
-            let dims = if batched {
-                s.shape.get(1..).unwrap_or_default()
-            } else {
-                &s.shape[..]
-            };
+            let dims = crate::serving::triton_io::config_dims(s, batched);
             json!({ "name": s.name, "data_type": s.datatype.triton_config_name(), "dims": dims })
         })
         .collect()
@@ -132,18 +128,9 @@ pub(super) async fn model_config(
     let v = s.server.resolve(model, version)?;
     let triton = entry.config.triton.as_ref();
     let b = v.batcher.settings();
-    let batch_dim = !v.signature.inputs.is_empty()
-        && v.signature
-            .inputs
-            .iter()
-            .all(|s| s.shape.first() == Some(&-1));
     // Triton's meaning: `max_batch_size > 0` says the first dimension is the batch and
     // `dims` leave it out.
-    let max_batch_size = match triton {
-        Some(t) if t.max_batch_size > 0 => t.max_batch_size,
-        _ if b.max_batch > 1 && batch_dim => b.max_batch,
-        _ => 0,
-    };
+    let max_batch_size = crate::serving::triton_io::config_max_batch_size(triton, &v);
     let batched = max_batch_size > 0;
     let mut config = json!({
         "name": model,

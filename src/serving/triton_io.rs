@@ -76,6 +76,34 @@ fn conform_list(
     Ok(())
 }
 
+/// `max_batch_size` as Triton's configuration means it, for a served version: the
+/// `config.pbtxt`'s when it sets one; else the largest batch vigil forms when it batches
+/// and every input's first dimension is dynamic; else 0. When it is above 0, the
+/// configuration's `dims` leave the first (batch) dimension out. Both fronts' config
+/// endpoints answer with it.
+pub fn config_max_batch_size(triton: Option<&TritonConfig>, v: &super::ServedVersion) -> usize {
+    let batching = v.batcher.settings().max_batch;
+    let batch_dim = !v.signature.inputs.is_empty()
+        && v.signature
+            .inputs
+            .iter()
+            .all(|s| s.shape.first() == Some(&-1));
+    match triton {
+        Some(t) if t.max_batch_size > 0 => t.max_batch_size,
+        _ if batching > 1 && batch_dim => batching,
+        _ => 0,
+    }
+}
+
+/// A tensor's `dims` in the configuration: without the batch dimension when batched.
+pub fn config_dims(spec: &TensorSpec, batched: bool) -> &[i64] {
+    if batched {
+        spec.shape.get(1..).unwrap_or_default()
+    } else {
+        &spec.shape[..]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,13 +103,18 @@ pub fn figures(d: &ArmData) -> ArmFigures {
 /// Every check of a step, in a fixed order. `concurrent`: whether the stable arm served
 /// at the same time as the canary (not in a 100% step, which is compared with the step
 /// before it): latency is only judged between concurrent arms, since on a shared machine
-/// the time of day moves it more than any model does.
+/// the time of day moves it more than any model does. `same_traffic`: whether both arms
+/// answered the same stream of requests (split steps below 100%, shadow copies); in a
+/// 100% step the previous step's requests may be another mix (of classes, of hours), so
+/// the prediction PSI against them is shown, not judged: it would measure the traffic's
+/// drift, not the canary.
 pub fn judge(
     cfg: &AnalysisConfig,
     stable: &ArmData,
     canary: &ArmData,
     shadow: Option<&ShadowData>,
     concurrent: bool,
+    same_traffic: bool,
 ) -> Vec<Check> {
     let mut lat = latency(cfg, stable, canary);
     if !concurrent && !lat.passed {
@@ -124,7 +129,15 @@ pub fn judge(
     if let Some(s) = shadow {
         checks.push(agreement(cfg, s));
     }
-    checks.push(output_psi(cfg, stable, canary));
+    let mut psi = output_psi(cfg, stable, canary);
+    if !same_traffic && !psi.passed {
+        psi.passed = true;
+        psi.detail.push_str(
+            " (not judged: a 100% step is compared with the previous step's stable arm, \
+             which answered other requests)",
+        );
+    }
+    checks.push(psi);
     checks
 }
 
@@ -366,7 +379,7 @@ mod tests {
             |i| (noisy(i), Some((i % 3) as i64)),
             |i| (noisy(i + 1), Some(((i + 1) % 3) as i64)),
         );
-        let checks = judge(&cfg, &d.stable, &d.canary, None, true);
+        let checks = judge(&cfg, &d.stable, &d.canary, None, true, true);
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
     }
 
@@ -374,7 +387,7 @@ mod tests {
     fn each_defect_fails_its_own_check() {
         let cfg = AnalysisConfig::default();
         let fails = |d: &super::super::probe::StepData| -> Vec<CheckKind> {
-            judge(&cfg, &d.stable, &d.canary, None, true)
+            judge(&cfg, &d.stable, &d.canary, None, true, true)
                 .into_iter()
                 .filter(|c| !c.passed)
                 .map(|c| c.check)
@@ -395,28 +408,45 @@ mod tests {
         // Slower but within the ratio: passes although the test is sure.
         let d = step(500, ok, |i| (noisy(i) * 11 / 10, Some((i % 3) as i64)));
         assert_eq!(fails(&d), vec![]);
-        let lat = judge(&cfg, &d.stable, &d.canary, None, true)[1].clone();
+        let lat = judge(&cfg, &d.stable, &d.canary, None, true, true)[1].clone();
         assert!(lat.pvalue.unwrap() < 1e-6, "{lat:?}");
         // One error in 500: above the delta? no (0.002); a few more, not significant.
         let d = step(300, ok, |i| {
             (noisy(i), (i % 60 != 0).then_some((i % 3) as i64))
         });
-        let e = judge(&cfg, &d.stable, &d.canary, None, true)[0].clone();
+        let e = judge(&cfg, &d.stable, &d.canary, None, true, true)[0].clone();
         assert!(e.value.unwrap() > 0.01 && e.passed, "{e:?}");
+    }
+
+    #[test]
+    fn a_100_percent_step_shows_but_does_not_judge_an_output_shift_of_other_traffic() {
+        let cfg = AnalysisConfig::default();
+        // The previous step's stable arm saw mostly class 0, this step mostly class 2.
+        let d = step(
+            500,
+            |i| (noisy(i), Some(if i % 10 == 0 { 2 } else { 0 })),
+            |i| (noisy(i), Some(if i % 10 == 0 { 0 } else { 2 })),
+        );
+        let psi = |same| judge(&cfg, &d.stable, &d.canary, None, false, same)[2].clone();
+        let judged = psi(true);
+        assert!(!judged.passed, "{judged:#?}");
+        let shown = psi(false);
+        assert!(shown.passed && shown.value == judged.value, "{shown:#?}");
+        assert!(shown.detail.contains("not judged"), "{}", shown.detail);
     }
 
     #[test]
     fn empty_and_degenerate_steps_never_panic() {
         let cfg = AnalysisConfig::default();
         let d = step(0, |_| (Duration::ZERO, None), |_| (Duration::ZERO, None));
-        let checks = judge(&cfg, &d.stable, &d.canary, Some(&d.shadow), true);
+        let checks = judge(&cfg, &d.stable, &d.canary, Some(&d.shadow), true, true);
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
         let d = step(
             50,
             |_| (Duration::ZERO, Some(1)),
             |_| (Duration::ZERO, Some(1)),
         );
-        assert!(judge(&cfg, &d.stable, &d.canary, None, true)
+        assert!(judge(&cfg, &d.stable, &d.canary, None, true, true)
             .iter()
             .all(|c| c.passed));
         let f = figures(&d.stable);

@@ -564,7 +564,7 @@ impl Server {
         }
         let concurrent = !full && st.mode == RolloutMode::Split;
         let shadow = (st.mode == RolloutMode::Shadow).then_some(&data.shadow);
-        let checks = checks::judge(&cfg, &data.stable, &data.canary, shadow, concurrent);
+        let checks = checks::judge(&cfg, &data.stable, &data.canary, shadow, concurrent, !full);
         let failed = checks.iter().find(|c| !c.passed).cloned();
         let verdict = if failed.is_some() {
             Verdict::Failed
