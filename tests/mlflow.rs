@@ -93,6 +93,13 @@ impl Mlflow {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` to the server's whole process group (SIGSTOP: a registry that hangs).
+    fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(-(self.child.id() as i32), signal);
+        }
+    }
+
     fn stop(&mut self) {
         self.kill();
         let addr = self.uri.trim_start_matches("http://").to_string();
@@ -841,8 +848,16 @@ fn iris_traffic(
 }
 
 /// Runs the judge on the current champion and challenger under `rows` and returns its
-/// decided analysis.
-fn judged(v: &Vigil, stable: u64, canary: u64, rows: Vec<[f64; 4]>) -> Value {
+/// decided analysis. With `frozen`, the registry hangs (SIGSTOP) from before the decision
+/// until the decision has been seen pending for a while: the analysis must answer at once
+/// meanwhile, and the write must land once the registry is back.
+fn judged(
+    v: &Vigil,
+    stable: u64,
+    canary: u64,
+    rows: Vec<[f64; 4]>,
+    frozen: Option<&Mlflow>,
+) -> Value {
     let analysis = json!({"steps": [50, 100], "interval": "300ms", "min_requests": 15, "max_wait": "60s", "max_output_psi": 1.0});
     let r = v
         .client
@@ -852,6 +867,45 @@ fn judged(v: &Vigil, stable: u64, canary: u64, rows: Vec<[f64; 4]>) -> Value {
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text());
     let stop = Arc::new(AtomicBool::new(false));
+    if let Some(m) = frozen {
+        m.signal(libc::SIGSTOP);
+        let quick = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let url = v.url("/v2/models/iris/rollout/analysis");
+        let read = || -> Value {
+            quick
+                .get(&url)
+                .send()
+                .expect("the analysis answers while the registry hangs")
+                .json()
+                .unwrap()
+        };
+        let traffic = iris_traffic(v, rows.clone(), stop.clone());
+        wait_for(
+            90,
+            "the judge's decision, pending on the hung registry",
+            || {
+                let a = read();
+                (a["status"] != "running" && a["status"] != "none" && !a["pending"].is_null())
+                    .then_some(())
+            },
+        );
+        // Two retry periods of the writer: every read answers, the decision stays pending.
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            let a = read();
+            assert!(
+                !a["pending"].is_null(),
+                "written while the registry hung: {a:#}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        traffic.join().unwrap();
+        stop.store(false, Ordering::Relaxed);
+        m.signal(libc::SIGCONT);
+    }
     let traffic = iris_traffic(v, rows, stop.clone());
     let a = wait_for(90, "the judge's decision", || {
         let a = v.get("/v2/models/iris/rollout/analysis").1;
@@ -884,8 +938,9 @@ fn the_judge_writes_its_decisions_to_the_aliases() {
         (rollout(&v)["canary"] == json!(2)).then_some(())
     });
 
-    // On the training rows v2 answers like v1: promoted, and the registry says so.
-    let decided = judged(&v, 1, 2, iris_training_rows());
+    // On the training rows v2 answers like v1: promoted (decided while the registry hangs,
+    // written once it is back), and the registry says so.
+    let decided = judged(&v, 1, 2, iris_training_rows(), Some(&mlflow));
     assert_eq!(decided["status"], "promoted", "{decided:#}");
     let aliases = mlflow.aliases("iris");
     assert_eq!(
@@ -905,7 +960,7 @@ fn the_judge_writes_its_decisions_to_the_aliases() {
     wait_for(30, "v1 to become the canary", || {
         (rollout(&v)["canary"] == json!(1)).then_some(())
     });
-    let decided = judged(&v, 2, 1, iris_disputed_rows());
+    let decided = judged(&v, 2, 1, iris_disputed_rows(), None);
     assert_eq!(decided["status"], "rolled_back", "{decided:#}");
     assert_eq!(
         mlflow.aliases("iris"),

@@ -105,7 +105,8 @@ pub enum RoleChange {
 /// Writes the judge's decisions back to a model registry (MLflow with
 /// `--mlflow-write-aliases`), so the registry says what serves.
 pub trait RoleWriter: Send + Sync {
-    /// Blocks until the registry holds the change; `false`: try again later.
+    /// Starts the change, or says whether it is done: `true` once the registry holds it,
+    /// `false`: ask again later. Must not wait on the registry (the judge's state is held).
     fn write(&self, model: &str, change: RoleChange) -> bool;
 }
 

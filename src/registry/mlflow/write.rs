@@ -1,9 +1,10 @@
 //! `--mlflow-write-aliases`: the canary judge's decisions written back to the registry.
 //! A promotion points the stable alias at the canary's version and deletes the canary
 //! alias; a rollback deletes the canary alias. Then the model is synced at once, so the
-//! roles served are the registry's again. The judge calls from its own thread and keeps
-//! the decision pending (durable) until a write succeeds; a failed write is tried again
-//! no sooner than [`RETRY`] later, so a registry that is down is not hammered.
+//! roles served are the registry's again. The judge keeps the decision pending (durable)
+//! and asks on each pass; the write runs on the runtime, never on the judge's thread. A
+//! failed write is tried again no sooner than [`RETRY`] later, so a registry that is down
+//! is not hammered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,16 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct AliasWriter {
     source: Arc<Mlflow>,
     runtime: tokio::runtime::Handle,
-    /// When each model's last failed write was tried.
-    failed: Mutex<HashMap<String, Instant>>,
+    /// Each model's write: in flight, written (until the judge asks again), or failed.
+    writes: Arc<Mutex<HashMap<String, Write>>>,
+}
+
+/// Where one model's write stands.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    InFlight,
+    Done(RoleChange),
+    Failed(RoleChange, Instant),
 }
 
 impl AliasWriter {
@@ -30,52 +39,62 @@ impl AliasWriter {
         AliasWriter {
             source,
             runtime: tokio::runtime::Handle::current(),
-            failed: Mutex::new(HashMap::new()),
+            writes: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
 
 impl RoleWriter for AliasWriter {
+    /// Never waits on the registry: the first call starts the write on the runtime, later
+    /// calls see how it went. The judge holds its state while it calls, and request
+    /// handlers read that state, so a registry that hangs must not hold the judge.
     fn write(&self, model: &str, change: RoleChange) -> bool {
-        if let Some(at) = lock(&self.failed).get(model) {
-            if at.elapsed() < RETRY {
-                return false;
+        let mut writes = lock(&self.writes);
+        match writes.get(model) {
+            Some(Write::Done(c)) if *c == change => {
+                writes.remove(model);
+                return true;
             }
+            Some(Write::InFlight) => return false,
+            Some(Write::Failed(c, at)) if *c == change && at.elapsed() < RETRY => return false,
+            _ => {}
         }
-        let source = self.source.clone();
+        writes.insert(model.to_string(), Write::InFlight);
+        drop(writes);
+        let (source, writes) = (self.source.clone(), self.writes.clone());
         let name = model.to_string();
-        let result = self.runtime.block_on(async move {
-            tokio::time::timeout(TIMEOUT, source.write_roles(&name, change))
+        self.runtime.spawn(async move {
+            let result = tokio::time::timeout(TIMEOUT, source.write_roles(&name, change))
                 .await
                 .unwrap_or_else(|_| {
                     Err(MlflowError::Unreachable {
                         uri: source.opts.uri.clone(),
                         reason: format!("no answer within {}s", TIMEOUT.as_secs()),
                     })
-                })
+                });
+            let state = match result {
+                Ok(()) => {
+                    tracing::info!(
+                        model = name,
+                        ?change,
+                        "the canary decision was written to the MLflow aliases"
+                    );
+                    Write::Done(change)
+                }
+                Err(e) => {
+                    source
+                        .server
+                        .metrics
+                        .registry_errors
+                        .with_label_values(&[SOURCE])
+                        .inc();
+                    tracing::error!(model = name, ?change, error = %e, "cannot write the canary decision to the MLflow aliases; retrying");
+                    Write::Failed(change, Instant::now())
+                }
+            };
+            lock(&writes).insert(name, state);
         });
-        match result {
-            Ok(()) => {
-                lock(&self.failed).remove(model);
-                tracing::info!(
-                    model,
-                    ?change,
-                    "the canary decision was written to the MLflow aliases"
-                );
-                true
-            }
-            Err(e) => {
-                lock(&self.failed).insert(model.to_string(), Instant::now());
-                self.source
-                    .server
-                    .metrics
-                    .registry_errors
-                    .with_label_values(&[SOURCE])
-                    .inc();
-                tracing::error!(model, ?change, error = %e, "cannot write the canary decision to the MLflow aliases; retrying");
-                false
-            }
-        }
+        false
     }
 }
 
