@@ -676,3 +676,113 @@ fn a_slower_canary_is_rolled_back_on_latency_and_an_identical_one_under_the_same
     }
     assert_eq!(a_same["status"], "promoted", "{a_same:#}");
 }
+
+// review: a 100% step with no earlier step's stable arm (a lone `steps = [100]`, or a
+// restart during the 100% step: the baseline is not durable) compares the canary with an
+// empty stable arm; the errors check then has no figure and passes, so a canary that fails
+// every request is promoted (seen on 2cae950: "canary 33 errors in 33 requests, stable 0
+// in 0", status promoted).
+#[test]
+fn a_canary_that_fails_every_request_in_a_lone_100_percent_step_is_not_promoted() {
+    let repo = repo(
+        &model_bytes("mlp/1"),
+        &format!("[rollout.analysis]\nsteps = [100]\n{FAST}"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--poll-interval", "0"]);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_ne!(a["status"], "promoted", "{a:#}");
+    assert_ne!(rollout(&v)["stable"], 2, "{a:#}");
+}
+
+// review: when analysis.json cannot be written (a full or broken state dir), a decided
+// rollback is "not applied (the next pass judges again)", but the step's data is already
+// gone: the next pass resumes the step at the same weight and judges it again. A canary
+// failing every request keeps its share of traffic indefinitely, the analysis says
+// `running`, and `vigil_canary_decisions_total{decision="rolled_back"}` counts a rollback
+// per pass though none happened. Seen on 2cae950 (state dir made immutable): 5 s of
+// traffic, 1585 requests failed on the canary at weight 20, the counter at 9, 27 errors.
+#[test]
+fn a_rollback_that_cannot_be_persisted_still_takes_the_canary_out_of_traffic() {
+    let repo = repo(
+        &model_bytes("mlp/1"),
+        &format!("[rollout.analysis]\nsteps = [20, 100]\n{FAST}"),
+    );
+    let state = TempDir::new("state");
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let v = Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &["--poll-interval", "0", "--state-dir", state_arg.as_str()],
+    );
+    wait_for(30, "the analysis to start", || {
+        (analysis(&v)["status"] == "running").then_some(())
+    });
+    // A directory where write_atomic puts its temporary file: every later save of
+    // analysis.json fails (as root, a read-only directory would not); rollouts.json is
+    // still writable.
+    std::fs::create_dir(state.path().join("analysis.json.tmp")).unwrap();
+    let traffic = Traffic::start(&v);
+    let rolled_back =
+        r#"vigil_canary_decisions_total{check="errors",decision="rolled_back",model="iris"}"#;
+    wait_for(60, "a rollback decision", || {
+        (v.metric(rolled_back).unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    let taken_out = std::time::Instant::now();
+    let out = loop {
+        let r = rollout(&v);
+        if r["canary"].is_null() || r["weight"] == 0 {
+            break true;
+        }
+        if taken_out.elapsed() > std::time::Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    drop(traffic);
+    assert!(
+        out,
+        "the canary still serves: {} {:#}",
+        rollout(&v),
+        analysis(&v)
+    );
+    assert_eq!(v.metric(rolled_back), Some(1.0));
+}
+
+// After a restart in the 100% step the previous step's stable arm is gone from memory: its
+// durable record gives the counts the canary's errors are compared with.
+#[test]
+fn a_restart_in_the_100_percent_step_compares_errors_with_the_step_before() {
+    let repo = repo(
+        &model_bytes("iris/1"),
+        "[rollout.analysis]\nsteps = [50, 100]\ninterval = \"1500ms\"\nmin_requests = 15\nmax_wait = \"60s\"\n",
+    );
+    let state = TempDir::new("state");
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let args = ["--poll-interval", "0", "--state-dir", state_arg.as_str()];
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let traffic = Traffic::start(&v);
+    wait_for(60, "step 2", || (analysis(&v)["step"] == 2).then_some(()));
+    drop(traffic);
+    drop(v);
+    // The canary's file is replaced while vigil is down: now it fails every request.
+    publish(repo.path(), 2, &model_bytes("mlp/1"));
+    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let traffic = Traffic::start(&v);
+    let a = wait_decided(&v, 60);
+    drop(traffic);
+    assert_eq!(a["status"], "rolled_back", "{a:#}");
+    assert_eq!(a["decision"]["check"], "errors", "{a:#}");
+    let judged = &a["steps"][1];
+    assert_eq!(judged["step"], 2, "{a:#}");
+    assert_eq!(
+        judged["stable"]["requests"], a["steps"][0]["stable"]["requests"],
+        "the 100% step's stable side is step 1's: {a:#}"
+    );
+    assert!(
+        judged["stable"]["requests"].as_u64().unwrap() >= 15,
+        "{a:#}"
+    );
+    assert_eq!(rollout(&v)["stable"], 1);
+}

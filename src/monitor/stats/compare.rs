@@ -109,9 +109,53 @@ pub fn two_proportions_greater(x1: u64, n1: u64, x2: u64, n2: u64) -> TwoProport
     }
 }
 
+/// The exact one-sided binomial test of "the rate is greater than `p0`": `P(X >= x)` for
+/// `X ~ Binomial(n, p0)`. 1 when `x` is 0; NaN when `n` is 0, `x > n` or `p0` is outside
+/// [0, 1].
+pub fn binomial_greater(x: u64, n: u64, p0: f64) -> f64 {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    if n == 0 || x > n || !(0.0..=1.0).contains(&p0) {
+        return f64::NAN;
+    }
+    if x == 0 {
+        return 1.0;
+    }
+    match Binomial::new(p0, n) {
+        Ok(b) => b.sf(x - 1),
+        Err(_) => f64::NAN,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against scipy: `binom.sf(k - 1, n, p)`.
+    #[test]
+    fn binomial_greater_matches_scipy() {
+        let close = |a: f64, b: f64| ((a - b) / b).abs() < 1e-9;
+        assert!(close(
+            binomial_greater(5, 100, 0.01),
+            0.003_432_321_587_754_520_7
+        ));
+        assert!(close(
+            binomial_greater(33, 33, 0.01),
+            1.000_000_000_000_000_6e-66
+        ));
+        assert!(close(
+            binomial_greater(1, 200, 0.01),
+            0.866_020_325_142_038_1
+        ));
+        assert!(close(
+            binomial_greater(3, 200, 0.01),
+            0.323_321_305_464_343_2
+        ));
+        assert_eq!(binomial_greater(0, 10, 0.5), 1.0);
+        assert_eq!(binomial_greater(1, 10, 0.0), 0.0);
+        assert!(binomial_greater(1, 0, 0.5).is_nan());
+        assert!(binomial_greater(11, 10, 0.5).is_nan());
+        assert!(binomial_greater(1, 10, f64::NAN).is_nan());
+    }
 
     #[test]
     fn degenerate_samples_give_nan_never_panic() {

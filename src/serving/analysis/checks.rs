@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::probe::{ArmData, ShadowData, CLASSES};
 use crate::config::AnalysisConfig;
-use crate::monitor::stats::compare::{mann_whitney_u_greater, two_proportions_greater};
+use crate::monitor::stats::compare::{
+    binomial_greater, mann_whitney_u_greater, two_proportions_greater,
+};
 use crate::monitor::stats::{bin_of, chi2_homogeneity_pooled, psi, quantile_sorted};
 
 /// The significance level of the error and latency tests: a step of an identical canary
@@ -142,6 +144,33 @@ pub fn judge(
 }
 
 fn errors(cfg: &AnalysisConfig, s: &ArmData, c: &ArmData) -> Check {
+    let detail = format!(
+        "canary {} errors in {} requests, stable {} in {}",
+        c.errors, c.requests, s.errors, s.requests
+    );
+    if s.requests == 0 {
+        // No stable figures to compare with (a lone 100% step): the canary's own error
+        // rate must not exceed the delta, by the exact binomial test.
+        let rate = (c.requests > 0).then(|| c.errors as f64 / c.requests as f64);
+        let pvalue = finite(binomial_greater(
+            c.errors,
+            c.requests,
+            cfg.max_error_rate_delta.clamp(0.0, 1.0),
+        ));
+        let failed =
+            rate.is_some_and(|r| r > cfg.max_error_rate_delta) && pvalue.is_some_and(|p| p < ALPHA);
+        return Check {
+            check: CheckKind::Errors,
+            passed: !failed,
+            value: rate,
+            threshold: cfg.max_error_rate_delta,
+            pvalue,
+            detail: format!(
+                "{detail}; no stable requests to compare with: the canary's error rate is \
+                 judged against max_error_rate_delta"
+            ),
+        };
+    }
     let t = two_proportions_greater(c.errors, c.requests, s.errors, s.requests);
     let delta = finite(t.delta);
     let pvalue = finite(t.pvalue);
@@ -153,10 +182,7 @@ fn errors(cfg: &AnalysisConfig, s: &ArmData, c: &ArmData) -> Check {
         value: delta,
         threshold: cfg.max_error_rate_delta,
         pvalue,
-        detail: format!(
-            "canary {} errors in {} requests, stable {} in {}",
-            c.errors, c.requests, s.errors, s.requests
-        ),
+        detail,
     }
 }
 

@@ -223,8 +223,12 @@ pub struct Judge {
     /// When the probe began collecting the current step (not durable: the data is not).
     clocks: Mutex<HashMap<String, Instant>>,
     /// The stable arm of each model's last judged step: a 100% step has no stable
-    /// traffic of its own and is compared with it (not durable either).
+    /// traffic of its own and is compared with it (in memory; after a restart, the last
+    /// step's record gives its counts).
     baselines: Mutex<HashMap<String, probe::ArmData>>,
+    /// The states in memory differ from the file (a write failed): written again on
+    /// every pass until it succeeds.
+    dirty: std::sync::atomic::AtomicBool,
     metrics: CanaryFamilies,
 }
 
@@ -248,6 +252,7 @@ impl Judge {
             states: Mutex::new(states),
             clocks: Mutex::new(HashMap::new()),
             baselines: Mutex::new(HashMap::new()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }
@@ -264,20 +269,27 @@ impl Judge {
             .map(|t| t.elapsed().as_secs_f64())
     }
 
+    /// Makes `state` the model's analysis and writes every analysis to disk. On a failed
+    /// write the state is kept in memory all the same (a decision taken must act, above
+    /// all a rollback), and every pass tries the write again until it succeeds.
     fn save(
         &self,
         states: &mut BTreeMap<String, AnalysisState>,
         model: &str,
         state: AnalysisState,
     ) -> std::io::Result<()> {
-        let mut next = states.clone();
-        next.insert(model.to_string(), state);
-        crate::fsutil::write_atomic(
+        states.insert(model.to_string(), state);
+        self.persist(states)
+    }
+
+    fn persist(&self, states: &BTreeMap<String, AnalysisState>) -> std::io::Result<()> {
+        let result = crate::fsutil::write_atomic(
             &self.path,
-            &serde_json::to_vec_pretty(&next).expect("analysis state serialises"),
-        )?;
-        *states = next;
-        Ok(())
+            &serde_json::to_vec_pretty(states).expect("analysis state serialises"),
+        );
+        self.dirty
+            .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        result
     }
 }
 
@@ -327,6 +339,14 @@ impl Server {
     fn judge_model(&self, name: &str, entry: &Arc<ModelEntry>) {
         let judge = &self.judge;
         let mut states = lock(&judge.states);
+        if judge.dirty.load(std::sync::atomic::Ordering::Relaxed) {
+            match judge.persist(&states) {
+                Ok(()) => tracing::info!("the canary analysis state is written again"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the canary analysis state still cannot be written")
+                }
+            }
+        }
         let state = states.get(name).cloned();
         if let Some(mut st) = state.clone() {
             if st.notice.is_some() {
@@ -430,8 +450,13 @@ impl Server {
             resumed: 0,
             notice: None,
         };
+        let before = states.get(name).cloned();
         if let Err(e) = judge.save(&mut states, name, st.clone()) {
             tracing::error!(model = name, error = %e, "cannot persist the canary analysis; not started");
+            match before {
+                Some(b) => states.insert(name.to_string(), b),
+                None => states.remove(name),
+            };
             return;
         }
         lock(&judge.baselines).remove(name);
@@ -542,7 +567,6 @@ impl Server {
                 st.notice = Some(Notice::new("held", Some("traffic"), reason));
                 if let Err(e) = judge.save(states, name, st.clone()) {
                     tracing::error!(model = name, error = %e, "cannot persist the canary analysis");
-                    return;
                 }
                 self.announce(states, name, &mut st);
             }
@@ -557,9 +581,12 @@ impl Server {
         // answered just after the switch are stragglers of that step, too few to judge
         // with). A shadow copy runs after the stable answer, beside the next request.
         // Either way the latencies were not measured side by side: shown, not judged.
+        // After a restart only the previous step's record is left of it: its counts.
         if full {
             if let Some(b) = lock(&judge.baselines).remove(name) {
                 data.stable = b;
+            } else if let Some(prev) = st.steps.last().filter(|r| r.verdict == Verdict::Passed) {
+                data.stable = probe::ArmData::from_counts(prev.stable.requests, prev.stable.errors);
             }
         }
         let concurrent = !full && st.mode == RolloutMode::Split;
@@ -665,9 +692,9 @@ impl Server {
             self.finish_metrics(name, &st);
         }
         if let Err(e) = judge.save(states, name, st.clone()) {
-            // Not durable: not applied (the next pass judges again).
-            tracing::error!(model = name, error = %e, "cannot persist the canary decision");
-            return;
+            // Applied all the same: a rollback must not wait for a disk (the rollout's own
+            // store records it); the analysis is written once the disk takes it.
+            tracing::error!(model = name, error = %e, "cannot persist the canary decision; applying it");
         }
         self.announce(states, name, &mut st);
         if let Some(action) = st.pending {

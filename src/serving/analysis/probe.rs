@@ -81,6 +81,15 @@ impl ArmData {
         }
     }
 
+    /// An arm known only by its counts (a step's durable record, after a restart).
+    pub fn from_counts(requests: u64, errors: u64) -> ArmData {
+        ArmData {
+            requests,
+            errors,
+            ..ArmData::new(0)
+        }
+    }
+
     pub fn class_rows(&self) -> u64 {
         self.classes.iter().sum()
     }
