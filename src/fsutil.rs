@@ -65,3 +65,60 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Reads a JSON state file: missing → the default; unreadable (damaged, not JSON, another
+/// shape) → logged, moved aside to `<name>.unreadable` (so the next save does not destroy
+/// what an operator may want to read), and the default. `what` names it in the log.
+pub fn read_state<T: serde::de::DeserializeOwned + Default>(path: &Path, what: &str) -> T {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return T::default(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the {what}; starting without it");
+            return T::default();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".unreadable");
+            let moved = std::fs::rename(path, &aside);
+            tracing::error!(
+                path = %path.display(),
+                error = %e,
+                moved_to = %Path::new(&aside).display(),
+                moved = moved.is_ok(),
+                "ignoring the unreadable {what}; the file is kept aside"
+            );
+            T::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod read_state_tests {
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn damaged_state_is_moved_aside_and_read_as_empty() {
+        let dir = std::env::temp_dir().join(format!("vigil-read-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let none: BTreeMap<String, u32> = super::read_state(&path, "test state");
+        assert!(none.is_empty());
+        std::fs::write(&path, br#"{"a": 1}"#).unwrap();
+        let read: BTreeMap<String, u32> = super::read_state(&path, "test state");
+        assert_eq!(read.get("a"), Some(&1));
+        let damaged = br#"{"a": 1, "b"#;
+        std::fs::write(&path, damaged).unwrap();
+        let read: BTreeMap<String, u32> = super::read_state(&path, "test state");
+        assert!(read.is_empty());
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read(dir.join("state.json.unreadable")).unwrap(),
+            damaged
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

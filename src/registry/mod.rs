@@ -40,13 +40,7 @@ impl AssignmentStore {
 
     /// What was saved; an unreadable file is logged and treated as empty.
     pub fn load(&self) -> BTreeMap<String, Assignment> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(path = %self.path.display(), error = %e, "ignoring unreadable registry state");
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
-        }
+        crate::fsutil::read_state(&self.path, "registry state")
     }
 
     /// Writes the whole map durably.

@@ -62,13 +62,7 @@ impl RolloutStore {
     /// ignored (the config files still describe a safe rollout), never fatal.
     pub fn open(state_dir: &Path) -> RolloutStore {
         let path = state_dir.join("rollouts.json");
-        let rollouts = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(path = %path.display(), error = %e, "ignoring unreadable rollout state");
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
-        };
+        let rollouts = crate::fsutil::read_state(&path, "rollout state");
         RolloutStore {
             path,
             rollouts: Mutex::new(rollouts),

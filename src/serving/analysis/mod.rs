@@ -237,16 +237,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Judge {
-    /// Reads `<state_dir>/analysis.json`; an unreadable file is logged and ignored.
+    /// Reads `<state_dir>/analysis.json`; an unreadable file is logged, moved aside and
+    /// ignored.
     pub fn open(state_dir: &Path, metrics: CanaryFamilies) -> Judge {
         let path = state_dir.join("analysis.json");
-        let states = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(path = %path.display(), error = %e, "ignoring unreadable canary analysis state");
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
-        };
+        let states = crate::fsutil::read_state(&path, "canary analysis state");
         Judge {
             path,
             states: Mutex::new(states),
