@@ -380,3 +380,67 @@ fn triton_model_control_example_passes() {
     let out = examples(dir.path(), &["--model-control", "explicit"], &["control"]);
     assert!(out.contains("model control ok"), "{out}");
 }
+
+// review: a load whose configuration override is refused (400) keeps the override:
+// every later scan rejects the model's config again ("model config rejected" each poll),
+// so a version published afterwards is never loaded and the index calls the model
+// UNAVAILABLE, blaming config.toml, until a load without an override. Seen on 2cae950:
+// override max_queue_delay_microseconds = 5000000 -> 400; version 2 published; 13 s and
+// 16 rejections later the model still serves only version 1.
+#[test]
+fn a_refused_load_override_does_not_stick_to_the_model() {
+    let dir = simple_repo(None);
+    std::fs::remove_dir_all(dir.path().join("simple/2")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("simple/3")).unwrap();
+    let v = Vigil::start(dir.path(), Engine::Ort, &["--poll-interval", "100ms"]);
+    assert_eq!(v.get("/v2/models/simple/versions/1/ready").0, 200);
+    let config = json!({"max_batch_size": 8,
+        "dynamic_batching": {"max_queue_delay_microseconds": 5_000_000}});
+    let (status, out) = v.post_json(
+        "/v2/repository/models/simple/load",
+        &json!({"parameters": {"config": config.to_string()}}),
+    );
+    assert_eq!(status, 400, "{out}");
+    // A new version arrives: the default policy (latest 1) serves it.
+    let vdir = dir.path().join("simple/2");
+    std::fs::create_dir_all(&vdir).unwrap();
+    std::fs::copy(
+        root().join("tests/data/triton/simple/1/model.onnx"),
+        vdir.join("model.onnx"),
+    )
+    .unwrap();
+    wait_for(
+        30,
+        "version 2 to be served after the refused override",
+        || (v.get("/v2/models/simple/versions/2/ready").0 == 200).then_some(()),
+    );
+    let rows = index(&v);
+    assert_eq!(
+        row(&rows, "simple", Some("2"))["state"],
+        "READY",
+        "{rows:?}"
+    );
+}
+
+// review: a load override that does not describe the model file (an input it lacks, a
+// wrong data_type) is refused with 400 for a model not yet loaded, but answered 200 for
+// one already served: its loaded versions are kept without checking them against the new
+// configuration. Seen on 2cae950 (iris): input "NOPE" -> 200; input X as TYPE_STRING
+// dims [99] -> 200 and /config then says max_batch_size 8; the same "NOPE" override on a
+// fresh model -> 400 "unexpected inference input 'NOPE'".
+#[test]
+fn a_load_override_that_does_not_describe_the_served_model_is_refused() {
+    let dir = simple_repo(None);
+    let v = Vigil::start(dir.path(), Engine::Ort, &["--poll-interval", "0"]);
+    assert_eq!(v.get("/v2/models/simple/versions/3/ready").0, 200);
+    for config in [
+        json!({"input": [{"name": "NOPE", "data_type": "TYPE_INT32", "dims": [16]}]}),
+        json!({"input": [{"name": "INPUT0", "data_type": "TYPE_STRING", "dims": [16]}]}),
+    ] {
+        let (status, out) = v.post_json(
+            "/v2/repository/models/simple/load",
+            &json!({"parameters": {"config": config.to_string()}}),
+        );
+        assert_eq!(status, 400, "{config}: {out}");
+    }
+}

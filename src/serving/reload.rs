@@ -158,7 +158,7 @@ impl Reloader {
         state: &mut ReloadState,
         source: &ModelSource,
         force: bool,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         let name = source.name.as_str();
         let current = self.server.table().models.get(name).cloned();
         let overridden = state.overrides.get(name).map(|t| {
@@ -220,22 +220,24 @@ impl Reloader {
         };
         let desired: BTreeSet<u64> = by_policy(&loadable).union(&pins).copied().collect();
 
-        // A change of engine means the loaded sessions are the wrong ones.
-        let same_backend = current
+        // A loaded version is kept only if it was loaded alike: another engine or Triton
+        // configuration means its session or signature are the wrong ones.
+        let same_load = current
             .as_ref()
-            .is_none_or(|c| c.config.backend == config.backend);
+            .is_none_or(|c| loaded_alike(&c.config, &config));
         let mut available: BTreeMap<u64, Arc<ServedVersion>> = current
             .as_ref()
             .map(|c| {
                 c.versions
                     .iter()
-                    .filter(|(v, _)| on_disk.contains_key(v) && same_backend)
+                    .filter(|(v, _)| on_disk.contains_key(v) && same_load)
                     .map(|(v, s)| (*v, s.clone()))
                     .collect()
             })
             .unwrap_or_default();
         let seen = state.seen.entry(name.to_string()).or_default();
         let mut pending = BTreeSet::new();
+        let mut failed_now = Vec::new();
         for &v in &desired {
             let src = on_disk[&v];
             if available
@@ -263,6 +265,7 @@ impl Reloader {
                 Err(e) => {
                     tracing::error!(model = name, version = v, error = %e, "version failed to load; keeping what is served");
                     failed.insert(v, (src.fingerprint.clone(), e.to_string()));
+                    failed_now.push(format!("version {v}: {e}"));
                 }
             }
         }
@@ -302,7 +305,7 @@ impl Reloader {
                 .cloned()
                 .unwrap_or_else(|| "no version could be loaded".into()))
         } else {
-            Ok(())
+            Ok(failed_now)
         };
         self.server.publish(
             name,
@@ -332,19 +335,36 @@ impl Reloader {
             .map_err(|e| ControlError::Failed(e.to_string()))?
             .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         let mut state = self.lock();
-        match config {
+        let overriding = config.is_some();
+        let before = match config {
             Some(c) => state.overrides.insert(name.to_string(), c),
             None => state.overrides.remove(name),
         };
         state.wanted.insert(name.to_string());
         // An explicit request retries versions that failed before.
         state.failed.remove(name);
-        self.reconcile(&mut state, &source, true).map_err(|reason| {
-            // Triton's text first (clients match on it), vigil's reason after.
-            ControlError::Failed(format!(
-                "failed to load '{name}', no version is available: {reason}"
-            ))
-        })
+        let reason = match self.reconcile(&mut state, &source, true) {
+            Ok(failed) if !(overriding && !failed.is_empty()) => return Ok(()),
+            // An override some version does not load with is refused as a whole.
+            Ok(failed) => failed.join("; "),
+            Err(reason) => reason,
+        };
+        if overriding {
+            // Refused: the model goes on as before the request (its last override, or
+            // none), and the versions the refused one failed are tried again.
+            match before {
+                Some(b) => state.overrides.insert(name.to_string(), b),
+                None => state.overrides.remove(name),
+            };
+            state.failed.remove(name);
+            if let Err(e) = self.reconcile(&mut state, &source, true) {
+                tracing::error!(model = name, error = %e, "the model cannot be restored after a refused load");
+            }
+        }
+        // Triton's text first (clients match on it), vigil's reason after.
+        Err(ControlError::Failed(format!(
+            "failed to load '{name}', no version is available: {reason}"
+        )))
     }
 
     /// `POST /v2/repository/models/{m}/unload` (explicit mode only).
@@ -513,4 +533,12 @@ mod tests {
         );
         assert_eq!(select(&VersionPolicy::All, &v).len(), 4);
     }
+}
+
+/// Whether a version loaded under `a` serves as one loaded under `b` would: the same
+/// engine, Triton configuration (which narrows its signature) and retrain trigger (a
+/// fleet trigger needs a reference). Drift, batching and execution settings are applied
+/// to loaded versions when the model is published; routing does not touch them.
+fn loaded_alike(a: &ModelConfig, b: &ModelConfig) -> bool {
+    a.backend == b.backend && a.triton == b.triton && a.retrain.trigger == b.retrain.trigger
 }
