@@ -58,7 +58,8 @@ fn repository() -> TempDir {
 }
 
 /// The checks every run makes.
-const CHECKS: &str = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance";
+const CHECKS: &str = "not_a_server_error,status_code_conformance,response_schema_conformance,\
+     content_type_conformance,negative_data_rejection";
 
 /// Runs `st run` with `config` (TOML) and `args`; returns whether it passed and its output.
 fn run_schemathesis(dir: &Path, config: &str, args: &[&str]) -> (bool, String) {
@@ -254,4 +255,53 @@ fn a_response_outside_the_description_fails_the_run() {
     );
     assert!(!ok, "a planted schema mismatch went unnoticed:\n{out}");
     assert!(out.contains("bogus"), "the failure names the field:\n{out}");
+}
+
+/// Bodies of the wrong shape that schemathesis's negative data found accepted: each is
+/// refused with 400 and changes nothing (a retrain trigger whose body was an array created
+/// an event).
+#[test]
+fn bodies_of_the_wrong_shape_are_refused() {
+    let repo = repository();
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let cases = [
+        ("/v2/models/iris/retrain", r#"[null, null]"#),
+        ("/v2/models/iris/retrain", r#""now""#),
+        ("/v2/repository/index", r#"{"ready": {}}"#),
+        ("/v2/repository/index", r#"{"ready": "yes"}"#),
+        ("/v2/repository/index", r#"[]"#),
+        ("/v2/repository/models/spare/load", r#"{"parameters": 3}"#),
+        ("/v2/repository/models/spare/load", r#"["parameters"]"#),
+        (
+            "/v2/models/iris/feedback",
+            r#"{"id": "a", "outputs": [{"data": false}]}"#,
+        ),
+    ];
+    for (path, body) in cases {
+        let r = v
+            .client
+            .post(v.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let answer: serde_json::Value = r.json().unwrap();
+        assert_eq!(status, 400, "POST {path} {body}: {answer}");
+        assert!(answer["error"].is_string(), "POST {path} {body}: {answer}");
+    }
+    // No event was created by the refused triggers.
+    let (_, events) = v.get("/v2/retrain/events");
+    assert_eq!(events["pending"], serde_json::json!([]), "{events}");
+    // The well-formed bodies still work.
+    assert_eq!(
+        v.post_json("/v2/repository/index", &serde_json::json!({"ready": true}))
+            .0,
+        200
+    );
+    let (status, created) = v.post_json(
+        "/v2/models/iris/retrain",
+        &serde_json::json!({"reason": "a test"}),
+    );
+    assert_eq!(status, 202, "{created}");
 }

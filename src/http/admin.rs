@@ -23,7 +23,18 @@ pub(super) async fn repository_index(
     } else {
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid index request JSON: {e}")))?;
-        v.get("ready").and_then(Value::as_bool).unwrap_or(false)
+        let obj = v.as_object().ok_or_else(|| {
+            ApiError::BadRequest(format!("the index request must be a JSON object, got {v}"))
+        })?;
+        match obj.get("ready") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "'ready' must be true or false, got {other}"
+                )))
+            }
+        }
     };
     let reloader = s.reloader.clone();
     let rows = blocking(move || reloader.index()).await?;
@@ -62,7 +73,15 @@ fn load_override(
         ))
     };
     let req: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let Some(config) = req.get("parameters").and_then(|p| p.get("config")) else {
+    let req = req
+        .as_object()
+        .ok_or_else(|| bad(format!("the request must be a JSON object, got {req}")))?;
+    let params = match req.get("parameters") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(p)) => p,
+        Some(other) => return Err(bad(format!("parameters must be an object, got {other}"))),
+    };
+    let Some(config) = params.get("config") else {
         return Ok(None);
     };
     let text = config

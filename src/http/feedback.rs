@@ -29,6 +29,11 @@ fn truth(item: &Value, at: usize) -> Result<Truth, ApiError> {
         .and_then(|o| o.first())
         .and_then(|o| o.get("data"))
         .ok_or_else(|| bad("'outputs[0].data' (the true values) is missing"))?;
+    if !data.is_array() {
+        return Err(bad(&format!(
+            "'outputs[0].data' must be an array of the true values, got {data}"
+        )));
+    }
     let mut values = Vec::new();
     let mut stack = vec![data];
     while let Some(v) = stack.pop() {

@@ -25,6 +25,11 @@ pub(super) async fn retrain_trigger(
     } else {
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid retrain request JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(ApiError::BadRequest(format!(
+                "the retrain request must be a JSON object ({{\"reason\": \"...\"}}), got {v}"
+            )));
+        }
         match v.get("reason") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(r)) if r.len() <= 1000 => r.clone(),

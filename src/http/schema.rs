@@ -27,15 +27,18 @@ pub struct ErrorBody {
 }
 
 /// OIP's `parameters`: an object of named values (`binary_data_size`, `binary_data`,
-/// `binary_data_output`, Triton's `config` for a load, …).
+/// `binary_data_output`, Triton's `config` for a load, …). vigil reads `null` as absent,
+/// as some clients send it.
 #[derive(Serialize)]
 pub struct Parameters;
 
 impl PartialSchema for Parameters {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .description(Some("Named parameters (an object of any values)"))
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+            .description(Some(
+                "Named parameters (an object of any values); null is read as absent",
+            ))
             .into()
     }
 }
@@ -110,11 +113,12 @@ pub struct RequestedOutput {
 #[derive(Serialize, ToSchema)]
 #[schema(as = inference_request)]
 pub struct InferRequest {
-    /// Echoed in the response.
-    #[schema(required = false)]
+    /// Echoed in the response (vigil makes one up when it is absent or `null`).
+    #[schema(required = false, nullable)]
     pub id: String,
     pub inputs: Vec<RequestTensor>,
-    #[schema(required = false)]
+    /// `null` is read as absent.
+    #[schema(required = false, nullable)]
     pub outputs: Vec<RequestedOutput>,
     /// `{"binary_data_output": true}` returns every output as raw bytes.
     #[schema(schema_with = Parameters::schema, required = false)]
@@ -546,10 +550,9 @@ pub struct FeedbackItem {
     pub outputs: Vec<FeedbackOutput>,
 }
 
+/// An output's true values; its other fields (`name`, …) are not read.
 #[derive(Serialize, ToSchema)]
 pub struct FeedbackOutput {
-    #[schema(required = false)]
-    pub name: String,
     #[schema(schema_with = TensorData::schema)]
     pub data: TensorData,
 }
