@@ -4,6 +4,8 @@
 #  - a Python venv in .venv with onnxruntime (whose libonnxruntime.so the ort backend
 #    loads) and the tritonclient test client;
 #  - a second venv, .venv-mlflow, with MLflow (server and client) for tests/mlflow.rs;
+#  - a third, .venv-schemathesis, with schemathesis for tests/openapi.rs (its own, as its
+#    pins of hypothesis and jsonschema are its business);
 #  - headless Chromium (Debian package `chromium`) for tests/console.rs;
 #  - nginx and Alertmanager (Debian `nginx`, `prometheus-alertmanager`) for tests/fleet.rs.
 set -euo pipefail
@@ -36,4 +38,11 @@ if [ ! -x .venv-mlflow/bin/python ]; then
 fi
 .venv-mlflow/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-mlflow.txt
 .venv-mlflow/bin/mlflow --version >/dev/null
+# schemathesis, the property-based fuzzer of tests/openapi.rs, in a venv of its own.
+if [ ! -x .venv-schemathesis/bin/python ]; then
+  echo "setup: creating .venv-schemathesis"
+  python3 -m venv .venv-schemathesis
+fi
+.venv-schemathesis/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-schemathesis.txt
+.venv-schemathesis/bin/st --version >/dev/null
 echo "setup: test dependencies ready"

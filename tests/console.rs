@@ -411,8 +411,10 @@ fn openapi_describes_the_routes_served() {
     );
     // Schemas the handlers refer to are in the description.
     for schema in [
-        "InferRequest",
-        "InferResponse",
+        "inference_request",
+        "inference_response",
+        "tensor_data",
+        "metadata_model_response",
         "ErrorBody",
         "VersionReport",
         "EventRecord",

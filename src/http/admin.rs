@@ -13,7 +13,7 @@ use super::state::{blocking, entry, AppState};
 use crate::config::{AnalysisConfig, RolloutMode};
 use crate::serving::ModelEntry;
 
-#[utoipa::path(post, path = "/v2/repository/index", tag = "repository", request_body(description = "Optional {\"ready\": true}", content(("application/json"))), responses((status = 200, description = "Every model and version on disk and its state", body = Vec<crate::serving::reload::IndexRow>), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/repository/index", tag = "repository", request_body(description = "Optional {\"ready\": true}", content((Option<schema::IndexRequest> = "application/json"))), responses((status = 200, description = "Every model and version on disk and its state", body = Vec<crate::serving::reload::IndexRow>), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
 pub(super) async fn repository_index(
     State(s): State<AppState>,
     body: Bytes,
@@ -23,7 +23,18 @@ pub(super) async fn repository_index(
     } else {
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid index request JSON: {e}")))?;
-        v.get("ready").and_then(Value::as_bool).unwrap_or(false)
+        let obj = v.as_object().ok_or_else(|| {
+            ApiError::BadRequest(format!("the index request must be a JSON object, got {v}"))
+        })?;
+        match obj.get("ready") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "'ready' must be true or false, got {other}"
+                )))
+            }
+        }
     };
     let reloader = s.reloader.clone();
     let rows = blocking(move || reloader.index()).await?;
@@ -34,7 +45,7 @@ pub(super) async fn repository_index(
     Ok(Json(serde_json::to_value(rows).expect("rows serialise")))
 }
 
-#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Loaded"), (status = 400, description = "Load failed", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "repository", params(("model" = String, Path, description = "Model name")), request_body(description = "Optional: {\"parameters\": {\"config\": \"<model configuration as JSON>\"}}, Triton's override", content((Option<schema::LoadRequest> = "application/json"))), responses((status = 200, description = "Loaded", body = schema::Empty), (status = 400, description = "Load failed", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn repository_load(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -62,7 +73,15 @@ fn load_override(
         ))
     };
     let req: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let Some(config) = req.get("parameters").and_then(|p| p.get("config")) else {
+    let req = req
+        .as_object()
+        .ok_or_else(|| bad(format!("the request must be a JSON object, got {req}")))?;
+    let params = match req.get("parameters") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(p)) => p,
+        Some(other) => return Err(bad(format!("parameters must be an object, got {other}"))),
+    };
+    let Some(config) = params.get("config") else {
         return Ok(None);
     };
     let text = config
@@ -73,7 +92,7 @@ fn load_override(
         .map_err(ApiError::BadRequest)
 }
 
-#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Unloaded"), (status = 400, description = "Not allowed in this model-control mode", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Unloaded", body = schema::Empty), (status = 400, description = "Not allowed in this model-control mode", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn repository_unload(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -232,7 +251,7 @@ pub(super) async fn rollout_promote(
     current_entry_json(&s, &model)
 }
 
-#[utoipa::path(post, path = "/v2/models/{model}/rollout/rollback", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary is removed", body = schema::RolloutState), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/models/{model}/rollout/rollback", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary is removed", body = schema::RolloutState), (status = 400, description = "No canary", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn rollout_rollback(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -252,7 +271,7 @@ pub(super) async fn rollout_rollback(
     current_entry_json(&s, &model)
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/rollout/analysis", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary analysis: status, current step and its live request counts, every judged step's figures and checks, the decision", body = Object), (status = 404, description = "No such model", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/rollout/analysis", tag = "rollout", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "The canary analysis: status, current step and its live request counts, every judged step's figures and checks, the decision", body = schema::Analysis), (status = 404, description = "No such model", body = schema::ErrorBody)))]
 pub(super) async fn rollout_analysis(
     State(s): State<AppState>,
     Path(model): Path<String>,

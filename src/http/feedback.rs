@@ -29,6 +29,11 @@ fn truth(item: &Value, at: usize) -> Result<Truth, ApiError> {
         .and_then(|o| o.first())
         .and_then(|o| o.get("data"))
         .ok_or_else(|| bad("'outputs[0].data' (the true values) is missing"))?;
+    if !data.is_array() {
+        return Err(bad(&format!(
+            "'outputs[0].data' must be an array of the true values, got {data}"
+        )));
+    }
     let mut values = Vec::new();
     let mut stack = vec![data];
     while let Some(v) = stack.pop() {
@@ -47,7 +52,7 @@ fn truth(item: &Value, at: usize) -> Result<Truth, ApiError> {
     })
 }
 
-#[utoipa::path(post, path = "/v2/models/{model}/feedback", tag = "quality", params(("model" = String, Path, description = "Model name")), request_body(description = "One {\"id\": \"<request id>\", \"outputs\": [{\"name\": \"label\", \"data\": [...]}]} or an array of them", content_type = "application/json"), responses((status = 200, description = "How many truths were joined, late, unknown or invalid"), (status = 400, description = "Malformed body, or the model keeps no predictions ([logging] feedback_window)", body = schema::ErrorBody), (status = 404, description = "No such model", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/models/{model}/feedback", tag = "quality", params(("model" = String, Path, description = "Model name")), request_body(description = "One {\"id\": \"<request id>\", \"outputs\": [{\"name\": \"label\", \"data\": [...]}]} or an array of them", content = schema::FeedbackItem, content_type = "application/json"), responses((status = 200, description = "How many truths were joined, late, unknown or invalid", body = schema::JoinSummary), (status = 400, description = "Malformed body, or the model keeps no predictions ([logging] feedback_window)", body = schema::ErrorBody), (status = 404, description = "No such model", body = schema::ErrorBody)))]
 pub(super) async fn feedback(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -77,7 +82,7 @@ pub(super) async fn feedback(
     Ok(Json(json!(summary)))
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/quality", tag = "quality", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Labels received and pending, and per version the live quality over its rolling window"), (status = 404, description = "No such model", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/quality", tag = "quality", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Labels received and pending, and per version the live quality over its rolling window", body = schema::QualityReport), (status = 404, description = "No such model", body = schema::ErrorBody)))]
 pub(super) async fn quality(
     State(s): State<AppState>,
     Path(model): Path<String>,

@@ -24,7 +24,7 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 
-#[utoipa::path(get, path = "/v2", tag = "metadata", responses((status = 200, description = "Name, version and protocol extensions")))]
+#[utoipa::path(get, path = "/v2", tag = "metadata", responses((status = 200, description = "Name, version and protocol extensions", body = schema::ServerMetadata)))]
 pub(super) async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "vigil",
@@ -33,12 +33,12 @@ pub(super) async fn server_metadata() -> Json<Value> {
     }))
 }
 
-#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, description = "The process is up")))]
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, description = "The process is up", body = schema::Live)))]
 pub(super) async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
-#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, description = "Every model has a version to serve"), (status = 503, description = "Starting, shutting down, or a model has nothing to serve")))]
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, description = "Every model has a version to serve", body = schema::Ready), (status = 503, description = "Starting, shutting down, or a model has nothing to serve", body = schema::Ready)))]
 pub(super) async fn ready(State(s): State<AppState>) -> Response {
     let ready = s.server.is_ready();
     let status = if ready {
@@ -74,7 +74,7 @@ pub(super) async fn model_metadata(
     })))
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "health", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Ready"), (status = 503, description = "Not ready"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "health", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Ready", body = schema::ModelReady), (status = 503, description = "Not ready", body = schema::ModelReady), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn model_ready(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -118,7 +118,7 @@ fn version_policy_json(policy: Option<VersionPolicy>) -> Value {
     }
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton model configuration, with dynamic_batching in force"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton model configuration, with dynamic_batching in force", body = schema::ModelConfig), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn model_config(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -203,7 +203,7 @@ fn version_stats(v: &ServedVersion) -> Value {
     })
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton statistics of every loaded version"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "metadata", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Triton statistics of every loaded version", body = schema::ModelStats), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn model_stats(
     State(s): State<AppState>,
     Path(p): Path<HashMap<String, String>>,
@@ -246,7 +246,7 @@ pub(super) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/drift", tag = "drift", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Drift state, last window and time line of every loaded version"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/drift", tag = "drift", params(("model" = String, Path, description = "Model name")), responses((status = 200, description = "Drift state, last window and time line of every loaded version", body = schema::DriftReport), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn drift_report(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -281,7 +281,7 @@ pub(super) async fn version_metadata(
     model_metadata(state, path).await
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Loaded"), (status = 503, description = "Not loaded"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Loaded", body = schema::ModelReady), (status = 503, description = "Not loaded", body = schema::ModelReady), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn version_ready(
     state: State<AppState>,
     path: Path<HashMap<String, String>>,
@@ -289,7 +289,7 @@ pub(super) async fn version_ready(
     model_ready(state, path).await
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Triton model configuration of this version"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Triton model configuration of this version", body = schema::ModelConfig), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn version_config(
     state: State<AppState>,
     path: Path<HashMap<String, String>>,
@@ -297,7 +297,7 @@ pub(super) async fn version_config(
     model_config(state, path).await
 }
 
-#[utoipa::path(get, path = "/v2/models/stats", tag = "metadata", responses((status = 200, description = "Triton statistics of every loaded version of every model")))]
+#[utoipa::path(get, path = "/v2/models/stats", tag = "metadata", responses((status = 200, description = "Triton statistics of every loaded version of every model", body = schema::ModelStats)))]
 pub(super) async fn all_stats(
     state: State<AppState>,
     path: Path<HashMap<String, String>>,
@@ -305,7 +305,7 @@ pub(super) async fn all_stats(
     model_stats(state, path).await
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Triton statistics of this version"), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "metadata", params(("model" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Model version")), responses((status = 200, description = "Triton statistics of this version", body = schema::ModelStats), (status = 404, description = "No such model or version", body = schema::ErrorBody)))]
 pub(super) async fn pinned_version_stats(
     state: State<AppState>,
     path: Path<HashMap<String, String>>,

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::schema;
 use super::state::{blocking, entry, AppState};
 
-#[utoipa::path(post, path = "/v2/models/{model}/retrain", tag = "retrain", params(("model" = String, Path, description = "Model name")), request_body(description = "Optional {\"reason\": \"...\"}", content(("application/json"))), responses((status = 202, description = "Event created in the durable outbox; body carries event_id"), (status = 400, description = "No retrain hook configured, or a bad reason", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody), (status = 500, description = "The event could not be stored (a full disk, say); nothing was accepted", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/models/{model}/retrain", tag = "retrain", params(("model" = String, Path, description = "Model name")), request_body(description = "Optional {\"reason\": \"...\"}", content((Option<schema::RetrainRequest> = "application/json"))), responses((status = 202, description = "Event created in the durable outbox; body carries event_id", body = schema::EventCreated), (status = 400, description = "No retrain hook configured, or a bad reason", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 404, description = "No such model or version", body = schema::ErrorBody), (status = 500, description = "The event could not be stored (a full disk, say); nothing was accepted", body = schema::ErrorBody)))]
 pub(super) async fn retrain_trigger(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -25,6 +25,11 @@ pub(super) async fn retrain_trigger(
     } else {
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid retrain request JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(ApiError::BadRequest(format!(
+                "the retrain request must be a JSON object ({{\"reason\": \"...\"}}), got {v}"
+            )));
+        }
         match v.get("reason") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(r)) if r.len() <= 1000 => r.clone(),
@@ -46,7 +51,7 @@ pub(super) async fn retrain_trigger(
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": id }))).into_response())
 }
 
-#[utoipa::path(post, path = "/v2/retrain/alertmanager", tag = "retrain", request_body(description = "Alertmanager's webhook payload (version 4); firing alerts with a `model` label become drift events", content(("application/json"))), responses((status = 200, description = "What became of each alert: created, duplicate, cooldown, no_hook or skipped (with why)"), (status = 400, description = "Not an Alertmanager version 4 payload", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 500, description = "The event could not be stored; Alertmanager retries", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/retrain/alertmanager", tag = "retrain", request_body(description = "Alertmanager's webhook payload (version 4); firing alerts with a `model` label become drift events", content((schema::AlertmanagerPayload = "application/json"))), responses((status = 200, description = "What became of each alert: created, duplicate, cooldown, no_hook or skipped (with why)", body = schema::AlertResults), (status = 400, description = "Not an Alertmanager version 4 payload", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody), (status = 500, description = "The event could not be stored; Alertmanager retries", body = schema::ErrorBody)))]
 pub(super) async fn retrain_alertmanager(
     State(s): State<AppState>,
     body: Bytes,
@@ -112,7 +117,7 @@ pub(super) async fn retrain_alertmanager(
     Ok(Json(json!({ "alerts": results })))
 }
 
-#[utoipa::path(get, path = "/v2/retrain/events", tag = "retrain", responses((status = 200, description = "Pending, delivered and dead-lettered events"), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/retrain/events", tag = "retrain", responses((status = 200, description = "Pending, delivered and dead-lettered events", body = schema::RetrainEvents), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
 pub(super) async fn retrain_events(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let records = s.server.retrainer.list();
     let by_state = |st: crate::retrain::EventState| -> Vec<Value> {
@@ -129,7 +134,7 @@ pub(super) async fn retrain_events(State(s): State<AppState>) -> Result<Json<Val
     })))
 }
 
-#[utoipa::path(post, path = "/v2/retrain/dead-letters/{id}/replay", tag = "retrain", params(("id" = String, Path, description = "Event id")), responses((status = 200, description = "Queued again"), (status = 404, description = "No such dead letter", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v2/retrain/dead-letters/{id}/replay", tag = "retrain", params(("id" = String, Path, description = "Event id")), responses((status = 200, description = "Queued again", body = schema::Replayed), (status = 404, description = "No such dead letter", body = schema::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = schema::ErrorBody), (status = 403, description = "Not a loopback client and no admin token configured", body = schema::ErrorBody)))]
 pub(super) async fn retrain_replay(
     State(s): State<AppState>,
     Path(id): Path<String>,
