@@ -52,20 +52,6 @@ pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_whole_files() {
-        let dir = std::env::temp_dir().join(format!("vigil-fsutil-{}", std::process::id()));
-        let path = dir.join("sub/state.json");
-        super::write_atomic(&path, b"one").unwrap();
-        super::write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert!(!dir.join("sub/state.json.tmp").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Reads a JSON state file: missing → the default; unreadable (damaged, not JSON, another
 /// shape) → logged, moved aside to `<name>.unreadable` (so the next save does not destroy
 /// what an operator may want to read), and the default. `what` names it in the log.
@@ -93,6 +79,20 @@ pub fn read_state<T: serde::de::DeserializeOwned + Default>(path: &Path, what: &
             );
             T::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_whole_files() {
+        let dir = std::env::temp_dir().join(format!("vigil-fsutil-{}", std::process::id()));
+        let path = dir.join("sub/state.json");
+        super::write_atomic(&path, b"one").unwrap();
+        super::write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert!(!dir.join("sub/state.json.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

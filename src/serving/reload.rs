@@ -344,7 +344,7 @@ impl Reloader {
         // An explicit request retries versions that failed before.
         state.failed.remove(name);
         let reason = match self.reconcile(&mut state, &source, true) {
-            Ok(failed) if !(overriding && !failed.is_empty()) => return Ok(()),
+            Ok(failed) if !overriding || failed.is_empty() => return Ok(()),
             // An override some version does not load with is refused as a whole.
             Ok(failed) => failed.join("; "),
             Err(reason) => reason,
@@ -511,6 +511,14 @@ fn lower_thread_priority() {
     }
 }
 
+/// Whether a version loaded under `a` serves as one loaded under `b` would: the same
+/// engine, Triton configuration (which narrows its signature) and retrain trigger (a
+/// fleet trigger needs a reference). Drift, batching and execution settings are applied
+/// to loaded versions when the model is published; routing does not touch them.
+fn loaded_alike(a: &ModelConfig, b: &ModelConfig) -> bool {
+    a.backend == b.backend && a.triton == b.triton && a.retrain.trigger == b.retrain.trigger
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,12 +541,4 @@ mod tests {
         );
         assert_eq!(select(&VersionPolicy::All, &v).len(), 4);
     }
-}
-
-/// Whether a version loaded under `a` serves as one loaded under `b` would: the same
-/// engine, Triton configuration (which narrows its signature) and retrain trigger (a
-/// fleet trigger needs a reference). Drift, batching and execution settings are applied
-/// to loaded versions when the model is published; routing does not touch them.
-fn loaded_alike(a: &ModelConfig, b: &ModelConfig) -> bool {
-    a.backend == b.backend && a.triton == b.triton && a.retrain.trigger == b.retrain.trigger
 }
