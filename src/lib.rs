@@ -12,6 +12,7 @@ pub mod duration;
 pub mod fsutil;
 pub mod grpc;
 pub mod http;
+pub mod memtrim;
 pub mod metrics;
 pub mod monitor;
 pub mod payload;
