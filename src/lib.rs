@@ -3,6 +3,8 @@
 //! the model version and queues it, a `backend` engine runs it; `tensor`, `config` and
 //! `metrics` are shared by all.
 
+#[cfg(test)]
+mod alloc_count;
 pub mod backend;
 pub mod cli;
 pub mod config;
