@@ -3,6 +3,8 @@
 //! the model version and queues it, a `backend` engine runs it; `tensor`, `config` and
 //! `metrics` are shared by all.
 
+#[cfg(test)]
+mod alloc_count;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod duration;
 pub mod fsutil;
 pub mod grpc;
 pub mod http;
+pub mod memtrim;
 pub mod metrics;
 pub mod monitor;
 pub mod payload;

@@ -173,6 +173,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         vigil::serving::analysis::spawn(&server);
+        vigil::memtrim::spawn();
         // Load off the async workers; the server answers live (and ready = false) meanwhile.
         let loader = reloader.clone();
         let (server2, interval) = (server.clone(), args.poll_interval);

@@ -24,6 +24,7 @@ pub const TASKS: &[&str] = &[
     "registry_sync",
     "model_load",
     "canary_judge",
+    "memory_trim",
 ];
 
 /// `vigil_task_panics_total{task}`; [`crate::metrics::Metrics`] registers it.

@@ -113,6 +113,13 @@ impl OrtSession {
                 .map_err(|e| BackendError::Load(e.to_string()))?
                 .with_inter_threads(1)
                 .map_err(|e| BackendError::Load(e.to_string()))?
+                // No CPU arena: its regions only grow (a batch's buffers stay resident for
+                // the session's life, ~4 MB on benches/load.py's heavy MLP); plain malloc
+                // reuses them as well and gives them back when traffic stops (memtrim).
+                .with_execution_providers([ort::ep::CPU::default()
+                    .with_arena_allocator(false)
+                    .build()])
+                .map_err(|e| BackendError::Load(e.to_string()))?
                 .commit_from_file(&file.path)
                 .map_err(load)?;
             sessions.push(Mutex::new(session));

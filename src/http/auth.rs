@@ -34,8 +34,15 @@ pub(super) enum Class {
 }
 
 pub(super) fn classify(method: &axum::http::Method, path: &str) -> Class {
-    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match seg.as_slice() {
+    // The first segments only, without allocating: every pattern below is at most six
+    // segments long or matches a prefix, so a longer path classifies the same.
+    let mut buf = [""; 8];
+    let mut n = 0;
+    for (slot, part) in buf.iter_mut().zip(path.trim_start_matches('/').split('/')) {
+        *slot = part;
+        n += 1;
+    }
+    match &buf[..n] {
         ["metrics"] => Class::Metrics,
         ["v2", "health", ..] => Class::Health,
         ["v2", "repository", ..] | ["v2", "retrain", ..] => Class::Admin,

@@ -179,13 +179,25 @@ pub fn check_request(
         None => (body, &[][..]),
     };
     let de = &mut serde_json::Deserializer::from_slice(json);
-    let raw: RawRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        bad(format!(
-            "invalid inference request JSON at '{}': {}",
-            e.path(),
-            e.inner()
-        ))
-    })?;
+    // Parsed without path tracking (serde_path_to_error allocates for every key and
+    // element it passes: ~13 of a one-row request's ~60 allocations); a request that
+    // does not parse is parsed again with it, for the path in the message.
+    let raw = match RawRequest::deserialize(&mut *de) {
+        Ok(raw) => raw,
+        Err(first) => {
+            let again = &mut serde_json::Deserializer::from_slice(json);
+            return Err(
+                match serde_path_to_error::deserialize::<_, RawRequest>(&mut *again) {
+                    Err(e) => bad(format!(
+                        "invalid inference request JSON at '{}': {}",
+                        e.path(),
+                        e.inner()
+                    )),
+                    Ok(_) => bad(format!("invalid inference request JSON: {first}")),
+                },
+            );
+        }
+    };
     de.end()
         .map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
 
