@@ -101,7 +101,7 @@ pub struct ServeArgs {
     pub grpc_addr: Option<SocketAddr>,
 
     /// Largest request body accepted, in bytes; larger bodies get 413 (over gRPC, the
-    /// largest request message: OUT_OF_RANGE).
+    /// largest request message: RESOURCE_EXHAUSTED).
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 

@@ -7,7 +7,7 @@
 //! the model's `sticky_header`, shadow copies), batching, drift and statistics; the same
 //! tokens guard the same classes of call; errors carry the HTTP front's messages with the
 //! matching gRPC codes. `--max-body-bytes` is the largest message accepted
-//! (OUT_OF_RANGE beyond), `--max-tensor-elements` bounds a request's inputs.
+//! (RESOURCE_EXHAUSTED beyond), `--max-tensor-elements` bounds a request's inputs.
 //!
 //! Rooms: [`proto`] (generated), `codec` (messages to tensors and back), `service` (the
 //! RPCs), `auth` (the gate), `status` (errors to codes). Never imports `http`.
@@ -105,21 +105,27 @@ pub async fn serve(
     opts.control_open = listener.local_addr()?.ip().is_loopback();
     let grace = opts.shutdown_grace;
     let opts = Arc::new(opts);
+    let limit = opts.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
+    // Every service decodes with the same limit, so that tonic's refusal of a larger
+    // message means one thing (turned into RESOURCE_EXHAUSTED by `status::oversized`).
+    let health = health.max_decoding_message_size(limit);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(limit);
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .build_v1alpha()?
+        .max_decoding_message_size(limit);
     let inference = GrpcInferenceServiceServer::new(service::Inference {
         server: server.clone(),
         reloader,
         opts: opts.clone(),
     })
-    .max_decoding_message_size(opts.max_message_bytes)
+    .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -161,6 +167,7 @@ pub async fn serve(
         },
     );
     let drained = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(status::oversized(limit)))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
