@@ -232,3 +232,27 @@ fn grpc_health_turns_not_serving_at_sigterm() {
     });
     assert!(status.success(), "{status:?}");
 }
+
+/// A client that opens an inference stream and never sends its message holds it only
+/// for `--body-timeout` (DEADLINE_EXCEEDED, naming the flag); its connection and permit
+/// are freed once it goes: the gRPC connection gauge returns to 0.
+#[test]
+fn grpc_a_stream_that_never_sends_is_ended_and_frees_its_connection() {
+    let (v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--body-timeout", "1s"],
+    );
+    let open = "vigil_http_connections{listener=\"grpc\"}";
+    let out = check(&["stall", &grpc], &[]);
+    assert!(
+        out.contains("stalled stream ended: DEADLINE_EXCEEDED"),
+        "{out}"
+    );
+    wait_for(20, "the gRPC connection gauge back to 0", || {
+        (v.metric(open) == Some(0.0)).then_some(())
+    });
+    // The front still serves.
+    check(&["canary", &grpc, "iris", "x-vigil-routing-key"], &[]);
+}

@@ -14,6 +14,7 @@
 
 mod auth;
 mod codec;
+mod limits;
 pub mod proto;
 mod service;
 mod status;
@@ -45,8 +46,39 @@ pub struct GrpcOptions {
     pub admin_token: Option<String>,
     /// Bearer token for every other RPC but health; `None`: open.
     pub api_token: Option<String>,
+    /// Connections, stalled streams, keepalive.
+    pub limits: GrpcLimits,
     /// Set by [`serve`]: the listener is bound to a loopback address.
     control_open: bool,
+}
+
+/// What a client may hold on the gRPC front (see `limits`).
+#[derive(Clone, Debug)]
+pub struct GrpcLimits {
+    /// `--max-connections`, shared with the HTTP listeners.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// `--body-timeout`: how long an inference call's request message may take to arrive
+    /// (DEADLINE_EXCEEDED after that).
+    pub body_timeout: Duration,
+    /// `--grpc-keepalive`: the HTTP/2 PING interval; no answer within
+    /// [`KEEPALIVE_TIMEOUT`] closes the connection.
+    pub keepalive: Duration,
+    /// `--grpc-max-streams`: concurrent streams per connection.
+    pub max_streams: u32,
+}
+
+/// How long a client has to answer a keepalive PING (grpc-go's and grpc-core's default).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Default for GrpcLimits {
+    fn default() -> GrpcLimits {
+        GrpcLimits {
+            connections: Arc::new(tokio::sync::Semaphore::new(4096)),
+            body_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(60),
+            max_streams: 128,
+        }
+    }
 }
 
 impl GrpcOptions {
@@ -63,8 +95,14 @@ impl GrpcOptions {
             shutdown_grace,
             admin_token,
             api_token,
+            limits: GrpcLimits::default(),
             control_open: false,
         }
+    }
+
+    pub fn with_limits(mut self, limits: GrpcLimits) -> GrpcOptions {
+        self.limits = limits;
+        self
     }
 }
 
@@ -76,6 +114,7 @@ impl std::fmt::Debug for GrpcOptions {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("api_token", &self.api_token.as_ref().map(|_| "<set>"))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -156,17 +195,14 @@ pub async fn serve(
             }
         })
     };
-    // Small answers go out at once (no Nagle delay behind the client's delayed ACK).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(tcp) = &conn {
-                let _ = tcp.set_nodelay(true);
-            }
-            conn
-        },
-    );
+    let incoming = limits::accept(listener, opts.limits.connections.clone(), &server.metrics);
     let drained = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(opts.limits.keepalive))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(opts.limits.max_streams))
+        .layer(tower::util::MapRequestLayer::new(limits::body_deadline(
+            opts.limits.body_timeout,
+        )))
         .layer(tower::util::MapResponseLayer::new(status::oversized(limit)))
         .add_service(health)
         .add_service(reflection)

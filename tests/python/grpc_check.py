@@ -16,6 +16,7 @@ Exits non-zero on any mismatch; prints what it checked.
 
 import os
 import sys
+import threading
 
 import grpc
 import numpy as np
@@ -312,6 +313,39 @@ def watch():
             break
 
 
+def stall():
+    """Opens a ModelInfer stream and never sends the message: the server must end it
+    (DEADLINE_EXCEEDED naming --body-timeout), not hold it. No client deadline is set
+    (grpc-timeout would end it from the client's side); a watchdog stands in."""
+    channel = grpc.insecure_channel(addr)
+    call = channel.stream_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    never = threading.Event()
+
+    def nothing():
+        never.wait(60)
+        return
+        yield
+
+    future = call.future(nothing())
+    print("stream open", flush=True)
+    try:
+        future.result(timeout=float(os.environ.get("VIGIL_CHECK_STALL_WATCHDOG", "20")))
+        raise SystemExit("a stream that sent nothing got an answer")
+    except grpc.FutureTimeoutError:
+        never.set()
+        raise SystemExit("the server held a stream that sent nothing")
+    except grpc.RpcError as e:
+        never.set()
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e.code(), e.details())
+        assert "--body-timeout" in e.details(), e.details()
+        print(f"stalled stream ended: {e.code().name}: {e.details()}", flush=True)
+    channel.close()
+
+
 if mode == "serve":
     serve(sys.argv[3], sys.argv[4])
 elif mode == "auth":
@@ -322,5 +356,7 @@ elif mode == "canary":
     canary(sys.argv[3], sys.argv[4])
 elif mode == "watch":
     watch()
+elif mode == "stall":
+    stall()
 else:
     raise SystemExit(f"unknown mode {mode}")
