@@ -256,3 +256,39 @@ fn grpc_a_stream_that_never_sends_is_ended_and_frees_its_connection() {
     // The front still serves.
     check(&["canary", &grpc, "iris", "x-vigil-routing-key"], &[]);
 }
+
+/// An open `grpc.health.v1.Health/Watch` stream (a prober that keeps watching) does not
+/// hold the drain until `--shutdown-grace`: at SIGTERM it is told NOT_SERVING, then the
+/// server ends the stream, and vigil exits long before the grace (60 s here).
+#[test]
+fn grpc_health_watch_is_ended_at_shutdown_not_held_to_the_grace() {
+    let (mut v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--shutdown-grace", "60s"],
+    );
+    let mut watcher = Command::new(python())
+        .arg(root().join("tests/python/grpc_check.py"))
+        .args(["watch", &grpc, "to-end"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().expect("watcher output").unwrap();
+    assert!(next().starts_with("reflection lists inference.GRPCInferenceService"));
+    assert_eq!(next(), "health SERVING");
+    let signalled = Instant::now();
+    assert_eq!(unsafe { libc::kill(v.pid(), libc::SIGTERM) }, 0);
+    assert_eq!(next(), "health NOT_SERVING");
+    assert_eq!(next(), "watch ended by the server");
+    assert!(watcher.wait().unwrap().success());
+    let status = wait_for(
+        20,
+        "vigil to exit after SIGTERM (a third of the grace)",
+        || v.child.try_wait().unwrap(),
+    );
+    println!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(status.success(), "{status:?}");
+}

@@ -10,10 +10,12 @@
 //! (RESOURCE_EXHAUSTED beyond), `--max-tensor-elements` bounds a request's inputs.
 //!
 //! Rooms: [`proto`] (generated), `codec` (messages to tensors and back), `service` (the
-//! RPCs), `auth` (the gate), `status` (errors to codes). Never imports `http`.
+//! RPCs), `auth` (the gate), `status` (errors to codes), `limits` (connections, stalled
+//! streams), `health` (Watch streams end at the drain). Never imports `http`.
 
 mod auth;
 mod codec;
+mod health;
 mod limits;
 pub mod proto;
 mod service;
@@ -145,10 +147,11 @@ pub async fn serve(
     let grace = opts.shutdown_grace;
     let opts = Arc::new(opts);
     let limit = opts.max_message_bytes;
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    let reporter = tonic_health::server::HealthReporter::new();
     // Every service decodes with the same limit, so that tonic's refusal of a larger
     // message means one thing (turned into RESOURCE_EXHAUSTED by `status::oversized`).
-    let health = health.max_decoding_message_size(limit);
+    let health = health::server(&reporter, drain_rx.clone()).max_decoding_message_size(limit);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -168,7 +171,6 @@ pub async fn serve(
     .max_encoding_message_size(usize::MAX);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     // Health follows readiness until shutdown, then says NOT_SERVING before the drain.
     let follow = {
         let (server, reporter, mut stop) = (server.clone(), reporter.clone(), stop_rx.clone());

@@ -306,11 +306,15 @@ def watch():
     listed = b"".join(refl(iter([b"\x3a\x00"])))
     assert name in listed and b"grpc.health.v1.Health" in listed, listed
     print("reflection lists", name.decode(), flush=True)
+    # "to-end": keep reading after NOT_SERVING until the server ends the stream.
+    to_end = len(sys.argv) > 3 and sys.argv[3] == "to-end"
     for msg in call(b""):
         status = {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(msg, repr(msg))
         print(f"health {status}", flush=True)
-        if status == "NOT_SERVING":
+        if status == "NOT_SERVING" and not to_end:
             break
+    if to_end:
+        print("watch ended by the server", flush=True)
 
 
 def stall():
