@@ -202,6 +202,24 @@ fn grpc_canary_split_follows_the_sticky_key_in_metadata() {
     }
 }
 
+/// Starts a `grpc.health.v1.Health/Watch` client (tests/python/grpc_check.py) and waits
+/// until it has seen reflection and SERVING; returns it and its next output line.
+fn watch(grpc: &str, extra: &[&str]) -> (std::process::Child, impl FnMut() -> String) {
+    let mut watcher = Command::new(python())
+        .arg(root().join("tests/python/grpc_check.py"))
+        .args(["watch", grpc])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut next = move || lines.next().expect("watcher output").unwrap();
+    assert!(next().starts_with("reflection lists inference.GRPCInferenceService"));
+    assert_eq!(next(), "health SERVING");
+    (watcher, next)
+}
+
 #[test]
 fn grpc_health_turns_not_serving_at_sigterm() {
     let (mut v, grpc) = start(
@@ -210,17 +228,7 @@ fn grpc_health_turns_not_serving_at_sigterm() {
         "127.0.0.1:0",
         &["--shutdown-grace", "3s"],
     );
-    let mut watcher = Command::new(python())
-        .arg(root().join("tests/python/grpc_check.py"))
-        .args(["watch", &grpc])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().expect("watcher output").unwrap();
-    assert!(next().starts_with("reflection lists inference.GRPCInferenceService"));
-    assert_eq!(next(), "health SERVING");
+    let (mut watcher, mut next) = watch(&grpc, &[]);
     assert_eq!(unsafe { libc::kill(v.pid(), libc::SIGTERM) }, 0);
     assert_eq!(next(), "health NOT_SERVING");
     assert!(watcher.wait().unwrap().success());
@@ -268,17 +276,7 @@ fn grpc_health_watch_is_ended_at_shutdown_not_held_to_the_grace() {
         "127.0.0.1:0",
         &["--shutdown-grace", "60s"],
     );
-    let mut watcher = Command::new(python())
-        .arg(root().join("tests/python/grpc_check.py"))
-        .args(["watch", &grpc, "to-end"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().expect("watcher output").unwrap();
-    assert!(next().starts_with("reflection lists inference.GRPCInferenceService"));
-    assert_eq!(next(), "health SERVING");
+    let (mut watcher, mut next) = watch(&grpc, &["to-end"]);
     let signalled = Instant::now();
     assert_eq!(unsafe { libc::kill(v.pid(), libc::SIGTERM) }, 0);
     assert_eq!(next(), "health NOT_SERVING");
