@@ -101,7 +101,7 @@ pub struct ServeArgs {
     pub grpc_addr: Option<SocketAddr>,
 
     /// Largest request body accepted, in bytes; larger bodies get 413 (over gRPC, the
-    /// largest request message: OUT_OF_RANGE).
+    /// largest request message: RESOURCE_EXHAUSTED).
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
@@ -134,10 +134,22 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_flag)]
     pub header_timeout: Duration,
 
-    /// HTTP connections served at once, both listeners together. At the limit vigil stops
-    /// accepting until one closes (new clients wait in the kernel's accept queue).
+    /// Connections served at once: both HTTP listeners and the gRPC listener together.
+    /// At the limit vigil stops accepting until one closes (new clients wait in the
+    /// kernel's accept queue).
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// gRPC: how often an HTTP/2 keepalive PING goes to a client connection; a client
+    /// that has not answered within 20 s is disconnected (a dead peer, a dropped NAT
+    /// mapping), its streams and its `--max-connections` permit freed.
+    #[arg(long, env = "VIGIL_GRPC_KEEPALIVE", default_value = "60s", value_parser = crate::duration::parse_flag)]
+    pub grpc_keepalive: Duration,
+
+    /// gRPC: streams (calls) one client connection may have open at once; more wait in
+    /// the client (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "VIGIL_GRPC_MAX_STREAMS", default_value_t = 128)]
+    pub grpc_max_streams: u32,
 
     /// Where models come from: `local` (the repository directory as it is) or `mlflow`
     /// (the MLflow Model Registry's aliases, cached in the repository directory).

@@ -92,6 +92,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!v.is_zero(), "{flag} must be more than 0");
     }
     anyhow::ensure!(args.max_connections > 0, "--max-connections must be > 0");
+    anyhow::ensure!(args.grpc_max_streams > 0, "--grpc-max-streams must be > 0");
+    anyhow::ensure!(
+        !args.grpc_keepalive.is_zero(),
+        "--grpc-keepalive must be more than 0"
+    );
     raise_open_files_limit(args.max_connections);
     let admin_token = match (&args.admin_token, &args.admin_token_file) {
         (Some(t), _) => Some(t.clone()),
@@ -227,11 +232,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             api_token: args.api_token.clone(),
             metrics_token: args.metrics_token.clone(),
         };
+        // One --max-connections budget for every listener, HTTP and gRPC.
+        let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_connections));
         let listeners = vigil::http::Listeners {
             main: listener,
             admin,
             header_timeout: args.header_timeout,
-            max_connections: args.max_connections,
+            connections: connections.clone(),
         };
         // One signal, both fronts: each stops accepting and drains within the grace.
         let (down_tx, down_rx) = tokio::sync::watch::channel(false);
@@ -252,7 +259,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.shutdown_grace,
                 admin_token.clone(),
                 args.api_token.clone(),
-            );
+            )
+            .with_limits(vigil::grpc::GrpcLimits {
+                connections,
+                body_timeout: args.body_timeout,
+                keepalive: args.grpc_keepalive,
+                max_streams: args.grpc_max_streams,
+            });
             tokio::spawn(vigil::grpc::serve(
                 l,
                 server.clone(),

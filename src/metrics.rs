@@ -307,7 +307,7 @@ impl Metrics {
         let http_connections = IntGaugeVec::new(
             Opts::new(
                 "vigil_http_connections",
-                "Open HTTP connections by listener.",
+                "Open connections by listener (main, admin, grpc).",
             ),
             &["listener"],
         )

@@ -202,6 +202,24 @@ fn grpc_canary_split_follows_the_sticky_key_in_metadata() {
     }
 }
 
+/// Starts a `grpc.health.v1.Health/Watch` client (tests/python/grpc_check.py) and waits
+/// until it has seen reflection and SERVING; returns it and its next output line.
+fn watch(grpc: &str, extra: &[&str]) -> (std::process::Child, impl FnMut() -> String) {
+    let mut watcher = Command::new(python())
+        .arg(root().join("tests/python/grpc_check.py"))
+        .args(["watch", grpc])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut next = move || lines.next().expect("watcher output").unwrap();
+    assert!(next().starts_with("reflection lists inference.GRPCInferenceService"));
+    assert_eq!(next(), "health SERVING");
+    (watcher, next)
+}
+
 #[test]
 fn grpc_health_turns_not_serving_at_sigterm() {
     let (mut v, grpc) = start(
@@ -210,17 +228,7 @@ fn grpc_health_turns_not_serving_at_sigterm() {
         "127.0.0.1:0",
         &["--shutdown-grace", "3s"],
     );
-    let mut watcher = Command::new(python())
-        .arg(root().join("tests/python/grpc_check.py"))
-        .args(["watch", &grpc])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().expect("watcher output").unwrap();
-    assert!(next().starts_with("reflection lists inference.GRPCInferenceService"));
-    assert_eq!(next(), "health SERVING");
+    let (mut watcher, mut next) = watch(&grpc, &[]);
     assert_eq!(unsafe { libc::kill(v.pid(), libc::SIGTERM) }, 0);
     assert_eq!(next(), "health NOT_SERVING");
     assert!(watcher.wait().unwrap().success());
@@ -230,5 +238,55 @@ fn grpc_health_turns_not_serving_at_sigterm() {
         assert!(Instant::now() < deadline);
         v.child.try_wait().unwrap()
     });
+    assert!(status.success(), "{status:?}");
+}
+
+/// A client that opens an inference stream and never sends its message holds it only
+/// for `--body-timeout` (DEADLINE_EXCEEDED, naming the flag); its connection and permit
+/// are freed once it goes: the gRPC connection gauge returns to 0.
+#[test]
+fn grpc_a_stream_that_never_sends_is_ended_and_frees_its_connection() {
+    let (v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--body-timeout", "1s"],
+    );
+    let open = "vigil_http_connections{listener=\"grpc\"}";
+    let out = check(&["stall", &grpc], &[]);
+    assert!(
+        out.contains("stalled stream ended: DEADLINE_EXCEEDED"),
+        "{out}"
+    );
+    wait_for(20, "the gRPC connection gauge back to 0", || {
+        (v.metric(open) == Some(0.0)).then_some(())
+    });
+    // The front still serves.
+    check(&["canary", &grpc, "iris", "x-vigil-routing-key"], &[]);
+}
+
+/// An open `grpc.health.v1.Health/Watch` stream (a prober that keeps watching) does not
+/// hold the drain until `--shutdown-grace`: at SIGTERM it is told NOT_SERVING, then the
+/// server ends the stream, and vigil exits long before the grace (60 s here).
+#[test]
+fn grpc_health_watch_is_ended_at_shutdown_not_held_to_the_grace() {
+    let (mut v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--shutdown-grace", "60s"],
+    );
+    let (mut watcher, mut next) = watch(&grpc, &["to-end"]);
+    let signalled = Instant::now();
+    assert_eq!(unsafe { libc::kill(v.pid(), libc::SIGTERM) }, 0);
+    assert_eq!(next(), "health NOT_SERVING");
+    assert_eq!(next(), "watch ended by the server");
+    assert!(watcher.wait().unwrap().success());
+    let status = wait_for(
+        20,
+        "vigil to exit after SIGTERM (a third of the grace)",
+        || v.child.try_wait().unwrap(),
+    );
+    println!("exited {:?} after SIGTERM", signalled.elapsed());
     assert!(status.success(), "{status:?}");
 }

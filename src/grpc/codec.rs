@@ -17,7 +17,7 @@ use super::proto::{
 };
 use super::status::CodecError;
 use crate::backend::ModelSignature;
-use crate::serving::InputCheck;
+use crate::serving::{check_raw_size, Described, InputCheck, RawField};
 use crate::tensor::bytes::ByteStrings;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -107,29 +107,17 @@ pub fn check(
             req.inputs.len()
         )));
     }
-    let mut check = InputCheck::for_model(sig, &req.model_name);
-    let mut total_elements = 0usize;
+    let mut check = InputCheck::for_model(sig, &req.model_name).with_limit(max_elements);
     for (i, input) in req.inputs.iter().enumerate() {
         let whose = format!("input '{}'", input.name);
-        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-            bad(format!(
-                "{whose}: unknown datatype '{}' (expected one of {})",
-                input.datatype,
-                DataType::ALL.map(|d| d.as_str()).join(", ")
-            ))
-        })?;
         let shape = dims(&input.shape, &whose)?;
-        let expected = Tensor::shape_elements(&shape)
-            .ok_or_else(|| bad(format!("{whose}: shape {shape:?} is too large")))?;
-        total_elements = total_elements.saturating_add(expected);
-        if total_elements > max_elements {
-            return Err(bad(format!(
-                "{whose}: shape {shape:?} brings the request to {total_elements} elements, more than the limit of {max_elements} (--max-tensor-elements)"
-            )));
-        }
-        check
-            .input(&input.name, datatype, &shape)
+        let described = check
+            .describe(&input.name, &input.datatype, &shape)
             .map_err(|e| bad(e.to_string()))?;
+        let Described {
+            datatype,
+            elements: expected,
+        } = described;
         if raw {
             if input.contents.is_some() {
                 return Err(bad(format!(
@@ -137,21 +125,14 @@ pub fn check(
                 )));
             }
             let size = req.raw_input_contents[i].len();
-            match datatype.element_size() {
-                Some(width) if expected.checked_mul(width) != Some(size) => {
-                    return Err(bad(format!(
-                        "{whose}: shape {shape:?} needs {expected} elements ({} bytes of {datatype}), but its raw_input_contents has {size} bytes",
-                        expected.saturating_mul(width)
-                    )))
-                }
-                None if expected > size / 4 => {
-                    return Err(bad(format!(
-                        "{whose}: shape {shape:?} needs {expected} elements, but its raw_input_contents of {size} bytes holds at most {} BYTES elements (4-byte length each)",
-                        size / 4
-                    )))
-                }
-                _ => {}
-            }
+            check_raw_size(
+                &input.name,
+                &shape,
+                described,
+                size,
+                RawField::RawInputContents,
+            )
+            .map_err(|e| bad(e.to_string()))?;
         } else {
             let got = typed_len(input.contents.as_ref(), datatype);
             if got != expected {

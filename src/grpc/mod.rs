@@ -7,13 +7,16 @@
 //! the model's `sticky_header`, shadow copies), batching, drift and statistics; the same
 //! tokens guard the same classes of call; errors carry the HTTP front's messages with the
 //! matching gRPC codes. `--max-body-bytes` is the largest message accepted
-//! (OUT_OF_RANGE beyond), `--max-tensor-elements` bounds a request's inputs.
+//! (RESOURCE_EXHAUSTED beyond), `--max-tensor-elements` bounds a request's inputs.
 //!
 //! Rooms: [`proto`] (generated), `codec` (messages to tensors and back), `service` (the
-//! RPCs), `auth` (the gate), `status` (errors to codes). Never imports `http`.
+//! RPCs), `auth` (the gate), `status` (errors to codes), `limits` (connections, stalled
+//! streams), `health` (Watch streams end at the drain). Never imports `http`.
 
 mod auth;
 mod codec;
+mod health;
+mod limits;
 pub mod proto;
 mod service;
 mod status;
@@ -45,8 +48,39 @@ pub struct GrpcOptions {
     pub admin_token: Option<String>,
     /// Bearer token for every other RPC but health; `None`: open.
     pub api_token: Option<String>,
+    /// Connections, stalled streams, keepalive.
+    pub limits: GrpcLimits,
     /// Set by [`serve`]: the listener is bound to a loopback address.
     control_open: bool,
+}
+
+/// What a client may hold on the gRPC front (see `limits`).
+#[derive(Clone, Debug)]
+pub struct GrpcLimits {
+    /// `--max-connections`, shared with the HTTP listeners.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// `--body-timeout`: how long an inference call's request message may take to arrive
+    /// (DEADLINE_EXCEEDED after that).
+    pub body_timeout: Duration,
+    /// `--grpc-keepalive`: the HTTP/2 PING interval; no answer within
+    /// [`KEEPALIVE_TIMEOUT`] closes the connection.
+    pub keepalive: Duration,
+    /// `--grpc-max-streams`: concurrent streams per connection.
+    pub max_streams: u32,
+}
+
+/// How long a client has to answer a keepalive PING (grpc-go's and grpc-core's default).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Default for GrpcLimits {
+    fn default() -> GrpcLimits {
+        GrpcLimits {
+            connections: Arc::new(tokio::sync::Semaphore::new(4096)),
+            body_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(60),
+            max_streams: 128,
+        }
+    }
 }
 
 impl GrpcOptions {
@@ -63,8 +97,14 @@ impl GrpcOptions {
             shutdown_grace,
             admin_token,
             api_token,
+            limits: GrpcLimits::default(),
             control_open: false,
         }
+    }
+
+    pub fn with_limits(mut self, limits: GrpcLimits) -> GrpcOptions {
+        self.limits = limits;
+        self
     }
 }
 
@@ -76,6 +116,7 @@ impl std::fmt::Debug for GrpcOptions {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("api_token", &self.api_token.as_ref().map(|_| "<set>"))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -105,25 +146,31 @@ pub async fn serve(
     opts.control_open = listener.local_addr()?.ip().is_loopback();
     let grace = opts.shutdown_grace;
     let opts = Arc::new(opts);
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let limit = opts.max_message_bytes;
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    let reporter = tonic_health::server::HealthReporter::new();
+    // Every service decodes with the same limit, so that tonic's refusal of a larger
+    // message means one thing (turned into RESOURCE_EXHAUSTED by `status::oversized`).
+    let health = health::server(&reporter, drain_rx.clone()).max_decoding_message_size(limit);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(limit);
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .build_v1alpha()?
+        .max_decoding_message_size(limit);
     let inference = GrpcInferenceServiceServer::new(service::Inference {
         server: server.clone(),
         reloader,
         opts: opts.clone(),
     })
-    .max_decoding_message_size(opts.max_message_bytes)
+    .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     // Health follows readiness until shutdown, then says NOT_SERVING before the drain.
     let follow = {
         let (server, reporter, mut stop) = (server.clone(), reporter.clone(), stop_rx.clone());
@@ -150,17 +197,15 @@ pub async fn serve(
             }
         })
     };
-    // Small answers go out at once (no Nagle delay behind the client's delayed ACK).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(tcp) = &conn {
-                let _ = tcp.set_nodelay(true);
-            }
-            conn
-        },
-    );
+    let incoming = limits::accept(listener, opts.limits.connections.clone(), &server.metrics);
     let drained = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(opts.limits.keepalive))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(opts.limits.max_streams))
+        .layer(tower::util::MapRequestLayer::new(limits::body_deadline(
+            opts.limits.body_timeout,
+        )))
+        .layer(tower::util::MapResponseLayer::new(status::oversized(limit)))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

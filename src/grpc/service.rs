@@ -14,7 +14,7 @@ use super::status::{control_status, infer_status, internal, CodecError};
 use super::GrpcOptions;
 use crate::metrics::{Outcome, Protocol};
 use crate::serving::reload::Reloader;
-use crate::serving::{InferError, PendingRoute, Route, ServedVersion, Server};
+use crate::serving::{InferError, PendingRoute, Refused, Route, ServedVersion, Server};
 use crate::tensor::spec::TensorSpec;
 
 /// The extensions of the protocol this server implements, as ServerMetadata lists them.
@@ -112,10 +112,9 @@ impl Inference {
         authorize(&self.opts, &self.server.metrics, req.metadata(), class)
     }
 
-    /// As the HTTP front's `infer_on`: checks the request against the version it goes to,
-    /// decides an open split only for a request some candidate accepts (a malformed
-    /// request takes no slot of the canary's share), decodes, runs and encodes. Returns
-    /// the version it was counted on.
+    /// Routes the request through `serving`'s one routing path ([`PendingRoute::settle`],
+    /// as the HTTP front does), decodes, runs and encodes. Returns the version it was
+    /// counted on.
     async fn infer_on(
         &self,
         plan: PendingRoute,
@@ -124,35 +123,12 @@ impl Inference {
         Arc<ServedVersion>,
         Result<proto::ModelInferResponse, InferFailure>,
     ) {
-        let primary = plan.primary().clone();
         let max = self.opts.max_tensor_elements;
-        let checked = match codec::check(&req, &primary.signature, max) {
-            Err(e)
-                if !plan.alternative().is_some_and(|c| {
-                    c.signature != primary.signature
-                        && codec::check(&req, &c.signature, max).is_ok()
-                }) =>
-            {
-                return (primary, Err(InferFailure::Codec(e)));
-            }
-            other => other,
-        };
-        let route = match plan.decide() {
-            Ok(r) => r,
-            Err(e) => return (primary, Err(InferFailure::Serving(e))),
-        };
-        let served = route.version.clone();
-        let checked = if served.signature == primary.signature {
-            checked
-        } else {
-            codec::check(&req, &served.signature, max)
-        };
-        if let (Err(_), Some(j)) = (&checked, &route.judged) {
-            j.record_failure();
-        }
-        let result = match checked {
-            Ok(c) => self.run(&route, c, req).await,
-            Err(e) => Err(InferFailure::Codec(e)),
+        let (served, settled) = plan.settle(|v| codec::check(&req, &v.signature, max));
+        let result = match settled {
+            Ok((route, c)) => self.run(&route, c, req).await,
+            Err(Refused::Request(e)) => Err(InferFailure::Codec(e)),
+            Err(Refused::Serving(e)) => Err(InferFailure::Serving(e)),
         };
         (served, result)
     }

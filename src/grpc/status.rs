@@ -2,10 +2,12 @@
 //! per source error. Messages are the HTTP front's, word for word; only the code differs
 //! (400 → INVALID_ARGUMENT, 404 → NOT_FOUND, 503 → UNAVAILABLE, 401 → UNAUTHENTICATED,
 //! 403 → PERMISSION_DENIED, 500 → INTERNAL; a repository change the model-control mode
-//! refuses is FAILED_PRECONDITION; a message over the size limit is
-//! OUT_OF_RANGE, tonic's answer before any handler runs).
+//! refuses is FAILED_PRECONDITION; a message over `--max-body-bytes` is
+//! RESOURCE_EXHAUSTED, as gRPC's status-code table, grpc-core (Triton) and grpc-go answer
+//! it: [`oversized`] rewrites tonic's OUT_OF_RANGE for it).
 
-use tonic::Status;
+use tonic::codegen::http;
+use tonic::{Code, Status};
 
 use crate::backend::BackendError;
 use crate::serving::reload::ControlError;
@@ -61,4 +63,75 @@ pub fn unauthenticated() -> Status {
     Status::unauthenticated(
         "missing or wrong bearer token (authorization: Bearer <token> metadata)",
     )
+}
+
+/// tonic refuses a message over a service's `max_decoding_message_size` with OUT_OF_RANGE
+/// before any handler runs; gRPC's status-code table says RESOURCE_EXHAUSTED ("server:
+/// received message larger than max"), which is what grpc-core (so Triton) and grpc-go
+/// answer and what clients retry on or report as a size problem. No handler of ours and
+/// no other tonic path answers OUT_OF_RANGE (the encoding limit is off, every service
+/// decodes with `limit`), so the code alone marks the answer; this turns it into
+/// RESOURCE_EXHAUSTED with grpc-core's wording, the limit and the flag that sets it.
+pub fn oversized<B>(limit: usize) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
+    move |mut resp| {
+        let headers = resp.headers_mut();
+        let Some(refused) = Status::from_header_map(headers) else {
+            return resp;
+        };
+        if refused.code() != Code::OutOfRange {
+            return resp;
+        }
+        // tonic says how large the message was ("found N bytes"); shown when it does.
+        let found = refused
+            .message()
+            .split_once("found ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        let size = match found {
+            Some(n) => format!("{n} vs. {limit}"),
+            None => format!("the limit is {limit}"),
+        };
+        let status = Status::resource_exhausted(format!(
+            "Received message larger than max ({size} bytes): the server takes messages of up to {limit} bytes (--max-body-bytes / VIGIL_MAX_BODY_BYTES)"
+        ));
+        if status.add_header(headers).is_err() {
+            tracing::warn!("could not rewrite an oversized message's status");
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_message_is_resource_exhausted_with_the_limit_and_the_flag() {
+        let tonic_answer: http::Response<()> = Status::out_of_range(
+            "Error, decoded message length too large: found 2000 bytes, the limit is: 1000 bytes",
+        )
+        .into_http();
+        let resp = oversized(1000)(tonic_answer);
+        let status = Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .starts_with("Received message larger than max (2000 vs. 1000 bytes)"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("--max-body-bytes"),
+            "{}",
+            status.message()
+        );
+        // Every other answer passes unchanged.
+        let other: http::Response<()> = Status::invalid_argument("x").into_http();
+        let status = Status::from_header_map(oversized(1000)(other).headers()).unwrap();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::InvalidArgument, "x")
+        );
+    }
 }

@@ -18,7 +18,7 @@ use super::state::{target, AppState};
 use super::v2::{self, BodyBuffer};
 use std::sync::Arc;
 
-use crate::serving::{InferError, PendingRoute, Route, ServedVersion};
+use crate::serving::{InferError, PendingRoute, Refused, Route, ServedVersion};
 
 /// The header that says how long the JSON part of a binary-tensor body is.
 pub const HEADER_LEN: &str = "inference-header-content-length";
@@ -151,45 +151,21 @@ fn accept(
     Ok(Accepted { req, chosen })
 }
 
-/// Checks the request against the version it goes to, decides an open split (only for
-/// a request some candidate version accepts: a malformed request takes no slot of the
-/// canary's share), decodes, runs and encodes. Returns the version it was counted on.
+/// Routes the request through `serving`'s one routing path ([`PendingRoute::settle`]:
+/// checked against the version it goes to before an open split is decided), decodes,
+/// runs and encodes. Returns the version it was counted on.
 async fn infer_on(
     s: &AppState,
     plan: PendingRoute,
     body: BodyBuffer,
     header_len: Option<usize>,
 ) -> (Arc<ServedVersion>, Result<Response, InferOnError>) {
-    let primary = plan.primary().clone();
     let max = s.opts.max_tensor_elements;
-    let accepted = match accept(body.bytes(), header_len, &primary, max) {
-        Err(e)
-            if !plan.alternative().is_some_and(|c| {
-                c.signature != primary.signature && accept(body.bytes(), header_len, c, max).is_ok()
-            }) =>
-        {
-            return (primary.clone(), Err(InferOnError::Api(e)));
-        }
-        other => other,
-    };
-    let route = match plan.decide() {
-        Ok(r) => r,
-        Err(e) => return (primary.clone(), Err(InferOnError::Serving(e))),
-    };
-    let served = route.version.clone();
-    let accepted = if served.signature == primary.signature {
-        accepted
-    } else {
-        drop(accepted);
-        accept(body.bytes(), header_len, &served, max)
-    };
-    if let (Err(_), Some(j)) = (&accepted, &route.judged) {
-        // Routed to a version that cannot take it: that version's failure.
-        j.record_failure();
-    }
-    let result = match accepted {
-        Ok(a) => run(s, &route, a, body).await,
-        Err(e) => Err(InferOnError::Api(e)),
+    let (served, settled) = plan.settle(|v| accept(body.bytes(), header_len, v, max));
+    let result = match settled {
+        Ok((route, a)) => run(s, &route, a, body).await,
+        Err(Refused::Request(e)) => Err(InferOnError::Api(e)),
+        Err(Refused::Serving(e)) => Err(InferOnError::Serving(e)),
     };
     (served, result)
 }

@@ -24,9 +24,10 @@ pub struct Listeners {
     /// Longest time a client may take to send a request's headers; also how long an idle
     /// keep-alive connection stays open.
     pub header_timeout: Duration,
-    /// Connections served at once (both listeners together); beyond it new connections
-    /// wait in the kernel's accept queue until one closes.
-    pub max_connections: usize,
+    /// `--max-connections`: one permit per connection served, shared by both listeners
+    /// and the gRPC front; at the limit new connections wait in the kernel's accept
+    /// queue until one closes.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves HTTP until `shutdown` resolves, then stops accepting, turns readiness off,
@@ -42,9 +43,7 @@ pub async fn serve(
     let grace = opts.shutdown_grace;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    let permits = Arc::new(tokio::sync::Semaphore::new(
-        listeners.max_connections.max(1),
-    ));
+    let permits = listeners.connections.clone();
     let conn = ConnSettings {
         header_timeout: listeners.header_timeout,
         permits,

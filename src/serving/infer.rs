@@ -245,6 +245,73 @@ pub struct InputCheck<'a> {
     /// The model's name, for Triton's "... for model 'm'"; empty when not known.
     model: &'a str,
     seen: Vec<bool>,
+    /// Elements of all inputs together may not exceed this (`--max-tensor-elements`).
+    max_elements: usize,
+    /// Elements of the inputs described so far.
+    total_elements: usize,
+}
+
+/// An input whose descriptor [`InputCheck::describe`] accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Described {
+    pub datatype: DataType,
+    /// Elements its shape holds.
+    pub elements: usize,
+}
+
+/// Where a front found an input's raw data (the binary tensor layout), as its messages
+/// name it: HTTP's `binary_data_size` parameter, gRPC's `raw_input_contents` entry.
+#[derive(Debug, Clone, Copy)]
+pub enum RawField {
+    BinaryDataSize,
+    RawInputContents,
+}
+
+impl RawField {
+    /// "binary_data_size is 12" / "its raw_input_contents has 12 bytes".
+    fn is(self, size: usize) -> String {
+        match self {
+            RawField::BinaryDataSize => format!("binary_data_size is {size}"),
+            RawField::RawInputContents => format!("its raw_input_contents has {size} bytes"),
+        }
+    }
+
+    /// "binary_data_size 12" / "its raw_input_contents of 12 bytes".
+    fn of(self, size: usize) -> String {
+        match self {
+            RawField::BinaryDataSize => format!("binary_data_size {size}"),
+            RawField::RawInputContents => format!("its raw_input_contents of {size} bytes"),
+        }
+    }
+}
+
+/// Checks that `size` bytes of raw data (little-endian elements; BYTES as a 4-byte length
+/// and the bytes, per element) fit the input [`InputCheck::describe`] accepted: exactly its
+/// elements for a fixed-size datatype, at most `size / 4` BYTES elements. Both fronts call
+/// it before any data is converted.
+pub fn check_raw_size(
+    name: &str,
+    shape: &[usize],
+    input: Described,
+    size: usize,
+    field: RawField,
+) -> Result<(), InferError> {
+    let Described { datatype, elements } = input;
+    match datatype.element_size() {
+        Some(width) if elements.checked_mul(width) != Some(size) => {
+            Err(InferError::Invalid(format!(
+                "input '{name}': shape {shape:?} needs {elements} elements ({} bytes of {datatype}), but {}",
+                elements.saturating_mul(width),
+                field.is(size)
+            )))
+        }
+        None if elements > size / 4 => Err(InferError::Invalid(format!(
+            "input '{name}': shape {shape:?} needs {elements} elements, but {} holds at most {} BYTES elements (4-byte length each)",
+            field.of(size),
+            size / 4
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Triton's way of printing a shape: `[-1,16]`.
@@ -264,7 +331,45 @@ impl<'a> InputCheck<'a> {
             signature,
             model,
             seen: vec![false; signature.inputs.len()],
+            max_elements: usize::MAX,
+            total_elements: 0,
         }
+    }
+
+    /// The same check, refusing a request whose inputs hold more than `max` elements
+    /// together (`--max-tensor-elements`).
+    pub fn with_limit(mut self, max: usize) -> InputCheck<'a> {
+        self.max_elements = max;
+        self
+    }
+
+    /// Checks one input as the client described it (its datatype's name, its shape)
+    /// against the element limit and the signature, before any data is read: what both
+    /// fronts' decoders run on every input.
+    pub fn describe(
+        &mut self,
+        name: &str,
+        datatype: &str,
+        shape: &[usize],
+    ) -> Result<Described, InferError> {
+        let whose = format!("input '{name}'");
+        let datatype = DataType::parse(datatype).ok_or_else(|| {
+            InferError::Invalid(format!(
+                "{whose}: unknown datatype '{datatype}' (expected one of {})",
+                DataType::ALL.map(|d| d.as_str()).join(", ")
+            ))
+        })?;
+        let elements = Tensor::shape_elements(shape)
+            .ok_or_else(|| InferError::Invalid(format!("{whose}: shape {shape:?} is too large")))?;
+        self.total_elements = self.total_elements.saturating_add(elements);
+        if self.total_elements > self.max_elements {
+            return Err(InferError::Invalid(format!(
+                "{whose}: shape {shape:?} brings the request to {} elements, more than the limit of {} (--max-tensor-elements)",
+                self.total_elements, self.max_elements
+            )));
+        }
+        self.input(name, datatype, shape)?;
+        Ok(Described { datatype, elements })
     }
 
     /// `" for model 'm'"`, or nothing when the model is not known.
@@ -374,4 +479,67 @@ pub fn order_inputs(
     }
     check.finish()?;
     Ok(slots.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::spec::TensorSpec;
+
+    fn sig() -> ModelSignature {
+        let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+        };
+        ModelSignature {
+            inputs: vec![
+                spec("x", DataType::Fp32, vec![-1, 4]),
+                spec("s", DataType::Bytes, vec![-1]),
+            ],
+            outputs: vec![spec("y", DataType::Fp32, vec![-1])],
+        }
+    }
+
+    /// The descriptor and raw-size checks both fronts share: one limit over all inputs,
+    /// exact sizes for fixed-size datatypes, 4 bytes at least per BYTES element, each
+    /// front's field named in its words.
+    #[test]
+    fn described_inputs_and_raw_sizes() {
+        let sig = sig();
+        let mut check = InputCheck::for_model(&sig, "m").with_limit(10);
+        let x = check.describe("x", "FP32", &[2, 4]).unwrap();
+        assert_eq!((x.datatype, x.elements), (DataType::Fp32, 8));
+        check_raw_size("x", &[2, 4], x, 32, RawField::RawInputContents).unwrap();
+        let e = check_raw_size("x", &[2, 4], x, 31, RawField::RawInputContents).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(32 bytes of FP32), but its raw_input_contents has 31 bytes"),
+            "{e}"
+        );
+        let e = check_raw_size("x", &[2, 4], x, 12, RawField::BinaryDataSize).unwrap_err();
+        assert!(e.to_string().contains("but binary_data_size is 12"), "{e}");
+        // 8 + 3 elements: over the limit of 10 for the request as a whole.
+        let e = check.describe("s", "BYTES", &[3]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("11 elements, more than the limit of 10 (--max-tensor-elements)"),
+            "{e}"
+        );
+        let mut check = InputCheck::for_model(&sig, "m");
+        let s = check.describe("s", "BYTES", &[3]).unwrap();
+        check_raw_size("s", &[3], s, 12, RawField::BinaryDataSize).unwrap();
+        let e = check_raw_size("s", &[3], s, 11, RawField::BinaryDataSize).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("binary_data_size 11 holds at most 2 BYTES elements"),
+            "{e}"
+        );
+        let e = check.describe("x", "FLOAT", &[1, 4]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("input 'x': unknown datatype 'FLOAT'"),
+            "{e}"
+        );
+    }
 }

@@ -42,9 +42,9 @@ use crate::monitor::{DriftEvent, Monitor, MonitorSetup, Scorer};
 use crate::repository::{Fingerprint, VersionSource};
 use crate::retrain::Retrainer;
 
-pub use infer::{order_inputs, InferError, InputCheck};
+pub use infer::{check_raw_size, order_inputs, Described, InferError, InputCheck, RawField};
 pub use pool::WorkerPool;
-pub use route::{PendingRoute, Route};
+pub use route::{PendingRoute, Refused, Route};
 pub use stats::{StatsSnapshot, VersionStats};
 pub use table::{lookup_entry, ModelEntry, ModelUpdate, RolloutError, RoutingTable};
 

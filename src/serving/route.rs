@@ -120,6 +120,61 @@ impl PendingRoute {
     }
 }
 
+/// What [`PendingRoute::settle`] gives a front: the version the request is counted on,
+/// and the route with the front's accepted request, or why not.
+pub type Settled<A, E> = (Arc<ServedVersion>, Result<(Route, A), Refused<E>>);
+
+/// Why [`PendingRoute::settle`] did not give a request a route to run on.
+pub enum Refused<E> {
+    /// The front's check refused the request for the version it goes to.
+    Request(E),
+    /// The split sent it to a canary that cannot serve.
+    Serving(InferError),
+}
+
+impl PendingRoute {
+    /// The one way both fronts route a request: checks it with `accept` against the
+    /// version it goes to, decides an open split only for a request some candidate
+    /// accepts (a malformed request takes no slot of the canary's share, so the share of
+    /// requests served stays exact), and checks again when the split chose a version
+    /// with another signature. A request the chosen version refuses is that version's
+    /// failure in a running analysis. Returns the version the request is counted on.
+    pub fn settle<A, E>(self, accept: impl Fn(&ServedVersion) -> Result<A, E>) -> Settled<A, E> {
+        let primary = self.primary().clone();
+        let accepted = match accept(&primary) {
+            Err(e)
+                if !self
+                    .alternative()
+                    .is_some_and(|c| c.signature != primary.signature && accept(c).is_ok()) =>
+            {
+                return (primary, Err(Refused::Request(e)));
+            }
+            other => other,
+        };
+        let route = match self.decide() {
+            Ok(r) => r,
+            Err(e) => return (primary, Err(Refused::Serving(e))),
+        };
+        let served = route.version.clone();
+        let accepted = if served.signature == primary.signature {
+            accepted
+        } else {
+            drop(accepted);
+            accept(&served)
+        };
+        match accepted {
+            Ok(a) => (served, Ok((route, a))),
+            Err(e) => {
+                // Routed to a version that cannot take it: that version's failure.
+                if let Some(j) = &route.judged {
+                    j.record_failure();
+                }
+                (served, Err(Refused::Request(e)))
+            }
+        }
+    }
+}
+
 impl Server {
     /// The pinned version, or the stable one: what metadata and config describe.
     pub fn resolve(

@@ -16,6 +16,7 @@ Exits non-zero on any mismatch; prints what it checked.
 
 import os
 import sys
+import threading
 
 import grpc
 import numpy as np
@@ -214,9 +215,11 @@ def serve(repo, engine):
     # A message over --max-body-bytes is refused before any handler runs.
     if os.environ.get("VIGIL_CHECK_MAX_MESSAGE"):
         limit = int(os.environ["VIGIL_CHECK_MAX_MESSAGE"])
-        expect_error("OUT_OF_RANGE", "message length too large", stub.ModelInfer,
+        # gRPC's status-code table, grpc-core (Triton) and grpc-go: RESOURCE_EXHAUSTED,
+        # with the limit and the flag that sets it.
+        expect_error("RESOURCE_EXHAUSTED", f"vs. {limit} bytes): the server takes messages of up to {limit} bytes (--max-body-bytes", stub.ModelInfer,
                      raw_request(base_shape, b"\x00" * (limit + 1)))
-        print("ok an oversized message is OUT_OF_RANGE")
+        print("ok an oversized message is RESOURCE_EXHAUSTED")
 
     # Repository control from loopback with no admin token: in poll mode the repository
     # decides what is served; a load rescans.
@@ -303,11 +306,48 @@ def watch():
     listed = b"".join(refl(iter([b"\x3a\x00"])))
     assert name in listed and b"grpc.health.v1.Health" in listed, listed
     print("reflection lists", name.decode(), flush=True)
+    # "to-end": keep reading after NOT_SERVING until the server ends the stream.
+    to_end = len(sys.argv) > 3 and sys.argv[3] == "to-end"
     for msg in call(b""):
         status = {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(msg, repr(msg))
         print(f"health {status}", flush=True)
-        if status == "NOT_SERVING":
+        if status == "NOT_SERVING" and not to_end:
             break
+    if to_end:
+        print("watch ended by the server", flush=True)
+
+
+def stall():
+    """Opens a ModelInfer stream and never sends the message: the server must end it
+    (DEADLINE_EXCEEDED naming --body-timeout), not hold it. No client deadline is set
+    (grpc-timeout would end it from the client's side); a watchdog stands in."""
+    channel = grpc.insecure_channel(addr)
+    call = channel.stream_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    never = threading.Event()
+
+    def nothing():
+        never.wait(60)
+        return
+        yield
+
+    future = call.future(nothing())
+    print("stream open", flush=True)
+    try:
+        future.result(timeout=float(os.environ.get("VIGIL_CHECK_STALL_WATCHDOG", "20")))
+        raise SystemExit("a stream that sent nothing got an answer")
+    except grpc.FutureTimeoutError:
+        never.set()
+        raise SystemExit("the server held a stream that sent nothing")
+    except grpc.RpcError as e:
+        never.set()
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e.code(), e.details())
+        assert "--body-timeout" in e.details(), e.details()
+        print(f"stalled stream ended: {e.code().name}: {e.details()}", flush=True)
+    channel.close()
 
 
 if mode == "serve":
@@ -320,5 +360,7 @@ elif mode == "canary":
     canary(sys.argv[3], sys.argv[4])
 elif mode == "watch":
     watch()
+elif mode == "stall":
+    stall()
 else:
     raise SystemExit(f"unknown mode {mode}")

@@ -13,7 +13,7 @@ use super::buffer::{Body, BodyBuffer};
 use super::error::{bad, DecodeError};
 use super::json_data::{json_data, json_data_from, Mode, GROUP};
 use crate::backend::ModelSignature;
-use crate::serving::InputCheck;
+use crate::serving::{check_raw_size, Described, InputCheck, RawField};
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// A decoded inference request.
@@ -167,7 +167,6 @@ pub fn check_request(
     signature: &ModelSignature,
     max_elements: usize,
 ) -> Result<CheckedRequest, DecodeError> {
-    let mut total_elements = 0usize;
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(bad(format!(
@@ -208,17 +207,10 @@ pub fn check_request(
     }
     let binary_output =
         param_bool(&raw.parameters, "binary_data_output", "request")?.unwrap_or(false);
-    let mut check = InputCheck::for_model(signature, model);
+    let mut check = InputCheck::for_model(signature, model).with_limit(max_elements);
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for input in raw.inputs {
         let whose = format!("input '{}'", input.name);
-        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-            bad(format!(
-                "{whose}: unknown datatype '{}' (expected one of {})",
-                input.datatype,
-                DataType::ALL.map(|d| d.as_str()).join(", ")
-            ))
-        })?;
         let shape: Vec<usize> = input
             .shape
             .iter()
@@ -226,17 +218,13 @@ pub fn check_request(
                 usize::try_from(d).map_err(|_| bad(format!("{whose}: dimension {d} is too large")))
             })
             .collect::<Result<_, _>>()?;
-        let expected = Tensor::shape_elements(&shape)
-            .ok_or_else(|| bad(format!("{whose}: shape {shape:?} is too large")))?;
-        total_elements = total_elements.saturating_add(expected);
-        if total_elements > max_elements {
-            return Err(bad(format!(
-                "{whose}: shape {shape:?} brings the request to {total_elements} elements, more than the limit of {max_elements} (--max-tensor-elements)"
-            )));
-        }
-        check
-            .input(&input.name, datatype, &shape)
+        let described = check
+            .describe(&input.name, &input.datatype, &shape)
             .map_err(|e| bad(e.to_string()))?;
+        let Described {
+            datatype,
+            elements: expected,
+        } = described;
         let data = match param_usize(&input.parameters, "binary_data_size", &whose)? {
             Some(size) => {
                 if input.data.is_some() {
@@ -255,22 +243,14 @@ pub fn check_request(
                         binary.len()
                     )));
                 }
-                match datatype.element_size() {
-                    Some(width) if expected.checked_mul(width) != Some(size) => {
-                        return Err(bad(format!(
-                            "{whose}: shape {shape:?} needs {expected} elements ({} bytes of {datatype}), but binary_data_size is {size}",
-                            expected.saturating_mul(width)
-                        )))
-                    }
-                    // Each BYTES element has a 4-byte length before it.
-                    None if expected > size / 4 => {
-                        return Err(bad(format!(
-                            "{whose}: shape {shape:?} needs {expected} elements, but binary_data_size {size} holds at most {} BYTES elements (4-byte length each)",
-                            size / 4
-                        )))
-                    }
-                    _ => {}
-                }
+                check_raw_size(
+                    &input.name,
+                    &shape,
+                    described,
+                    size,
+                    RawField::BinaryDataSize,
+                )
+                .map_err(|e| bad(e.to_string()))?;
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
                 Source::Binary(range_in(body, mine))
