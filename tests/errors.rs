@@ -373,3 +373,18 @@ fn garbage_never_takes_the_server_down() {
     );
     assert_eq!(status, 200, "server still serves after the garbage");
 }
+
+// review: the same output requested N times is answered N times (HTTP and gRPC), so a
+// request of a few hundred KB makes the server build hundreds of MB (seen on 2cae950 over
+// gRPC: mlp, 1000 rows, 8000 × "probabilities": VmHWM 215 -> 597 MB; over HTTP 2000 × gave
+// a 64 MB answer). Triton refuses a duplicate requested output; so should vigil.
+#[test]
+fn a_duplicate_requested_output_is_refused() {
+    let v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+    let ok = reference("iris_v2");
+    let body = json!({"inputs": ok["inputs"], "outputs": [
+        {"name": "probabilities"}, {"name": "probabilities"}, {"name": "probabilities"}]});
+    let (status, out) = v.post_json("/v2/models/iris/infer", &body);
+    assert_eq!(status, 400, "{out}");
+    assert!(error_of(&out).contains("probabilities"), "{out}");
+}

@@ -151,6 +151,14 @@ pub fn check(
         chosen.extend(0..sig.outputs.len());
         raws.push(default_raw);
     }
+    chosen.extend(
+        crate::serving::pick_outputs(
+            sig,
+            &req.model_name,
+            req.outputs.iter().map(|o| o.name.as_str()),
+        )
+        .map_err(bad)?,
+    );
     for o in &req.outputs {
         let whose = format!("output '{}'", o.name);
         if o.parameters.contains_key("classification") {
@@ -158,18 +166,6 @@ pub fn check(
                 "{whose}: the classification extension is not supported"
             )));
         }
-        let i = sig
-            .outputs
-            .iter()
-            .position(|spec| spec.name == o.name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = sig.outputs.iter().map(|o| o.name.as_str()).collect();
-                bad(format!(
-                    "unexpected inference output '{}' for model '{}': the model's outputs are {names:?}",
-                    o.name, req.model_name
-                ))
-            })?;
-        chosen.push(i);
         raws.push(param_bool(&o.parameters, "binary_data", &whose)?.unwrap_or(default_raw));
     }
     let raw_output = raws.first().copied().unwrap_or(true);

@@ -130,23 +130,19 @@ fn accept(
         None => (0..sig.outputs.len())
             .map(|i| (i, req.binary_output))
             .collect(),
-        Some(list) => list
-            .iter()
-            .map(|o| {
-                sig.outputs
-                    .iter()
-                    .position(|spec| spec.name == o.name)
-                    .map(|i| (i, o.binary.unwrap_or(req.binary_output)))
-                    .ok_or_else(|| {
-                        let names: Vec<&str> =
-                            sig.outputs.iter().map(|o| o.name.as_str()).collect();
-                        ApiError::BadRequest(format!(
-                            "unexpected inference output '{}' for model '{}': the model's outputs are {names:?}",
-                            o.name, version.model
-                        ))
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+        Some(list) => {
+            let picked = crate::serving::pick_outputs(
+                sig,
+                &version.model,
+                list.iter().map(|o| o.name.as_str()),
+            )
+            .map_err(ApiError::BadRequest)?;
+            picked
+                .into_iter()
+                .zip(list)
+                .map(|(i, o)| (i, o.binary.unwrap_or(req.binary_output)))
+                .collect()
+        }
     };
     Ok(Accepted { req, chosen })
 }

@@ -315,6 +315,38 @@ pub fn check_raw_size(
 }
 
 /// Triton's way of printing a shape: `[-1,16]`.
+/// The requested outputs, checked by name against the model's: their indices in
+/// `sig.outputs`, in the order asked. An unknown name is refused in Triton's words; a
+/// name asked twice is refused too (each copy would be answered again, so a request of a
+/// few hundred KB could make the server build gigabytes).
+pub fn pick_outputs<'n>(
+    sig: &ModelSignature,
+    model: &str,
+    names: impl IntoIterator<Item = &'n str>,
+) -> Result<Vec<usize>, String> {
+    let mut taken = vec![false; sig.outputs.len()];
+    let mut picked = Vec::new();
+    for name in names {
+        let i = sig
+            .outputs
+            .iter()
+            .position(|spec| spec.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = sig.outputs.iter().map(|o| o.name.as_str()).collect();
+                format!(
+                    "unexpected inference output '{name}' for model '{model}': the model's outputs are {names:?}"
+                )
+            })?;
+        if std::mem::replace(&mut taken[i], true) {
+            return Err(format!(
+                "output '{name}' is requested more than once for model '{model}': name each output once"
+            ));
+        }
+        picked.push(i);
+    }
+    Ok(picked)
+}
+
 pub fn dims_str<T: std::fmt::Display>(dims: &[T]) -> String {
     let parts: Vec<String> = dims.iter().map(ToString::to_string).collect();
     format!("[{}]", parts.join(","))

@@ -42,7 +42,9 @@ use crate::monitor::{DriftEvent, Monitor, MonitorSetup, Scorer};
 use crate::repository::{Fingerprint, VersionSource};
 use crate::retrain::Retrainer;
 
-pub use infer::{check_raw_size, order_inputs, Described, InferError, InputCheck, RawField};
+pub use infer::{
+    check_raw_size, order_inputs, pick_outputs, Described, InferError, InputCheck, RawField,
+};
 pub use pool::WorkerPool;
 pub use route::{PendingRoute, Refused, Route};
 pub use stats::{StatsSnapshot, VersionStats};

@@ -175,6 +175,10 @@ def serve(repo, engine):
     expect_error("NOT_FOUND", "Request for unknown model: 'no_such_model' is not found", client.infer, "no_such_model", [bad])
     expect_error("INVALID_ARGUMENT", f"unexpected inference output 'zz' for model '{last_model}'", client.infer, last_model,
                  last_inputs, outputs=[grpcclient.InferRequestedOutput("zz")])
+    # The same output asked twice would be answered twice: refused.
+    dup = last_md["outputs"][0]["name"]
+    expect_error("INVALID_ARGUMENT", f"output '{dup}' is requested more than once for model '{last_model}'", client.infer,
+                 last_model, last_inputs, outputs=[grpcclient.InferRequestedOutput(dup)] * 2)
 
     # Malformed messages on the first input of the last model: each INVALID_ARGUMENT.
     spec = last_md["inputs"][0]
