@@ -139,7 +139,13 @@ pub struct PayloadFamilies {
     pub pending: IntGaugeVec,
     /// `vigil_model_quality{model,version,metric}`: live quality over the rolling window.
     pub quality: GaugeVec,
+    /// The `metric` labels each (model, version) exported, so that
+    /// [`Metrics::remove_version`] removes them with the version.
+    pub quality_names: QualityNames,
 }
+
+/// Per (model, version): the `metric` labels of `vigil_model_quality` exported.
+pub type QualityNames = Arc<Mutex<HashMap<(String, u64), std::collections::BTreeSet<String>>>>;
 
 /// The canary judge's families (`serving::analysis` owns the series).
 #[derive(Clone)]
@@ -571,6 +577,7 @@ impl Metrics {
                 &["model", "version", "metric"],
             )
             .expect("valid gauge definition"),
+            quality_names: Arc::new(Mutex::new(HashMap::new())),
         };
         for c in [
             Box::new(payload.written.clone()) as Box<dyn prometheus::core::Collector>,
@@ -785,6 +792,21 @@ impl Metrics {
         for r in ["ok", "drift", "dropped"] {
             let _ = self.drift_windows.remove_label_values(&[model, &v, r]);
         }
+        // Quality series (live quality, and the shadow canary's agreement).
+        let quality = self
+            .payload
+            .quality_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        for metric in &quality {
+            let _ = self
+                .payload
+                .quality
+                .remove_label_values(&[model, &v, metric]);
+        }
+        let _ = self.canary.agreement.remove_label_values(&[model, &v]);
         let bins = self
             .fleet
             .series

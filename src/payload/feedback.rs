@@ -11,7 +11,7 @@
 //! of the window (or was evicted by the capacity) is `late`; one whose id was never seen
 //! (or already joined) is `unknown`; one whose row count differs is `invalid`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -317,6 +317,9 @@ struct State {
     expired: HashSet<String>,
     expired_order: VecDeque<String>,
     quality: BTreeMap<u64, Quality>,
+    /// The versions loaded now: a label for any other one is joined but measured nowhere,
+    /// so that an unloaded version's quality series stay removed.
+    live: Option<BTreeSet<u64>>,
     totals: JoinSummary,
 }
 
@@ -383,6 +386,16 @@ impl Feedback {
             st.settings = settings;
             st.sweep(Instant::now());
         }
+    }
+
+    /// The versions loaded now: the windows of the others are dropped (their
+    /// `vigil_model_quality` series go with the version, in `Metrics::remove_version`),
+    /// and their pending predictions measure nothing when labelled.
+    pub fn retain_versions(&self, live: impl IntoIterator<Item = u64>) {
+        let live: BTreeSet<u64> = live.into_iter().collect();
+        let mut st = self.lock();
+        st.quality.retain(|v, _| live.contains(v));
+        st.live = Some(live);
     }
 
     /// Whether predictions are kept for feedback.
@@ -464,6 +477,9 @@ impl Feedback {
             let entry = st.map.remove(&t.id).expect("found above");
             st.rows -= entry.rows();
             for a in entry.answers {
+                if st.live.as_ref().is_some_and(|l| !l.contains(&a.version)) {
+                    continue;
+                }
                 let q = st
                     .quality
                     .entry(a.version)
@@ -508,8 +524,10 @@ impl Feedback {
         for (&version, q) in &st.quality {
             let v = version.to_string();
             let r = q.report(version);
+            let names = std::cell::RefCell::new(BTreeSet::new());
             let set = |metric: &str, x: f64| {
                 g.with_label_values(&[&self.model, &v, metric]).set(x);
+                names.borrow_mut().insert(metric.to_string());
             };
             set("labels_received", r.labels_received as f64);
             set("window_rows", r.window_rows as f64);
@@ -533,6 +551,13 @@ impl Feedback {
                 set(&format!("recall_{}", c.class), c.recall);
                 set(&format!("f1_{}", c.class), c.f1);
             }
+            self.metrics
+                .quality_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry((self.model.clone(), version))
+                .or_default()
+                .extend(names.into_inner());
         }
     }
 
