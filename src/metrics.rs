@@ -430,7 +430,7 @@ impl Metrics {
             events: IntCounterVec::new(
                 Opts::new(
                     "vigil_retrain_events_total",
-                    "Retrain events created, by reason (drift, manual).",
+                    "Retrain events created, by reason (drift, quality, manual, canary).",
                 ),
                 &["model", "reason"],
             )

@@ -93,7 +93,25 @@ pub struct FeedbackSettings {
     pub capacity: usize,
     pub quality_rows: usize,
     pub prediction: Option<String>,
+    /// `[retrain] min_quality` / `max_error`: a full window past one is a [`QualityTrip`].
+    pub thresholds: crate::config::QualityThresholds,
 }
+
+/// A version's full quality window went past a `[retrain]` threshold (it was within
+/// them, or not yet judged, before): one trip per crossing, not one per feedback call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QualityTrip {
+    pub version: u64,
+    pub role: Role,
+    pub breaches: Vec<Breach>,
+    pub window_rows: u64,
+    pub labels_received: u64,
+    /// Unix times of the oldest and the newest prediction in the window.
+    pub from: f64,
+    pub to: f64,
+}
+
+pub use crate::retrain::QualityBreach as Breach;
 
 /// What one feedback call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -118,6 +136,8 @@ struct Answer {
 
 struct Entry {
     at: Instant,
+    /// Unix time of the prediction (where the window's rows are in the payload log).
+    unix: f64,
     answers: Vec<Answer>,
 }
 
@@ -132,6 +152,10 @@ struct Quality {
     role: Role,
     classify: bool,
     ring: VecDeque<(f64, f64)>,
+    /// Unix time of each ring row's prediction, in step with `ring`.
+    times: VecDeque<f64>,
+    /// A full window was past a threshold when last judged (a trip fires on the crossing).
+    degraded: bool,
     /// (predicted, true) counts over the ring (classifiers).
     confusion: HashMap<(i64, i64), u64>,
     abs: f64,
@@ -147,6 +171,8 @@ impl Quality {
             role,
             classify,
             ring: VecDeque::new(),
+            times: VecDeque::new(),
+            degraded: false,
             confusion: HashMap::new(),
             abs: 0.0,
             sq: 0.0,
@@ -155,14 +181,16 @@ impl Quality {
         }
     }
 
-    fn push(&mut self, cap: usize, pred: f64, truth: f64) {
+    fn push(&mut self, cap: usize, pred: f64, truth: f64, unix: f64) {
         while self.ring.len() >= cap {
             let Some((p, t)) = self.ring.pop_front() else {
                 break;
             };
+            self.times.pop_front();
             self.forget(p, t);
         }
         self.ring.push_back((pred, truth));
+        self.times.push_back(unix);
         self.received += 1;
         if self.classify {
             *self
@@ -196,6 +224,77 @@ impl Quality {
             self.abs -= e.abs();
             self.sq -= e * e;
         }
+    }
+
+    /// Judges a full window against the thresholds: `Some` on the crossing into breach.
+    fn judge(
+        &mut self,
+        version: u64,
+        cap: usize,
+        t: &crate::config::QualityThresholds,
+    ) -> Option<QualityTrip> {
+        if t.is_empty() || self.ring.len() < cap {
+            return None;
+        }
+        let r = self.report(version);
+        let value = |name: &str| -> Option<f64> {
+            match name {
+                "accuracy" => r.accuracy,
+                "macro_f1" => r.macro_f1,
+                "mae" => r.mae,
+                "rmse" => r.rmse,
+                _ => {
+                    let (what, class) = name.rsplit_once('_')?;
+                    let class: i64 = class.parse().ok()?;
+                    let c = r.classes.iter().find(|c| c.class == class)?;
+                    match what {
+                        "precision" => Some(c.precision),
+                        "recall" => Some(c.recall),
+                        "f1" => Some(c.f1),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        let mut breaches = Vec::new();
+        for (bound, list, past) in [
+            (
+                "min",
+                &t.min,
+                (|v: f64, th: f64| v < th) as fn(f64, f64) -> bool,
+            ),
+            ("max", &t.max, |v: f64, th: f64| v > th),
+        ] {
+            for (metric, th) in list {
+                if let Some(v) = value(metric).filter(|&v| past(v, *th)) {
+                    breaches.push(Breach {
+                        metric: metric.clone(),
+                        value: v,
+                        bound: bound.to_string(),
+                        threshold: *th,
+                    });
+                }
+            }
+        }
+        let was = std::mem::replace(&mut self.degraded, !breaches.is_empty());
+        if was || breaches.is_empty() {
+            return None;
+        }
+        let (from, to) = self
+            .times
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        Some(QualityTrip {
+            version,
+            role: self.role,
+            breaches,
+            window_rows: r.window_rows,
+            labels_received: r.labels_received,
+            from,
+            to,
+        })
     }
 
     fn report(&self, version: u64) -> VersionQuality {
@@ -432,6 +531,7 @@ impl Feedback {
                     id.to_string(),
                     Entry {
                         at: now,
+                        unix: crate::retrain::now_unix(),
                         answers: vec![answer],
                     },
                 ) {
@@ -449,14 +549,32 @@ impl Feedback {
 
     /// Joins truths to their predictions.
     pub fn join(&self, truths: Vec<Truth>) -> JoinSummary {
+        self.join_judged(truths, None).0
+    }
+
+    /// Joins truths to their predictions, and judges each version whose window they
+    /// changed against `[retrain]`'s thresholds. With `lines`, each joined answer is
+    /// appended there as one JSON line (id, times, version, role, prediction, truth) for
+    /// the payload log's labels files.
+    pub fn join_judged(
+        &self,
+        truths: Vec<Truth>,
+        mut lines: Option<&mut Vec<u8>>,
+    ) -> (JoinSummary, Vec<QualityTrip>) {
+        let joined_at = crate::retrain::rfc3339(crate::retrain::now_unix());
         let now = Instant::now();
         let mut sum = JoinSummary::default();
         let mut st = self.lock();
         st.sweep(now);
-        let Some(cap) = st.settings.as_ref().map(|s| s.quality_rows) else {
+        let Some((cap, thresholds)) = st
+            .settings
+            .as_ref()
+            .map(|s| (s.quality_rows, s.thresholds.clone()))
+        else {
             sum.unknown = truths.len() as u64;
-            return self.count(&mut st, sum);
+            return (self.count(&mut st, sum), Vec::new());
         };
+        let mut touched = BTreeSet::new();
         for t in truths {
             let Some(entry) = st.map.get(&t.id) else {
                 if st.expired.remove(&t.id) {
@@ -477,6 +595,21 @@ impl Feedback {
             let entry = st.map.remove(&t.id).expect("found above");
             st.rows -= entry.rows();
             for a in entry.answers {
+                if let Some(out) = lines.as_deref_mut() {
+                    let line = serde_json::json!({
+                        "id": t.id,
+                        "time": joined_at,
+                        "prediction_time": crate::retrain::rfc3339(entry.unix),
+                        "model": self.model,
+                        "model_version": a.version.to_string(),
+                        "role": a.role.as_str(),
+                        "prediction": a.preds.values,
+                        "truth": t.values,
+                    });
+                    serde_json::to_writer(&mut *out, &line)
+                        .expect("serialising plain data cannot fail");
+                    out.push(b'\n');
+                }
                 if st.live.as_ref().is_some_and(|l| !l.contains(&a.version)) {
                     continue;
                 }
@@ -488,13 +621,20 @@ impl Feedback {
                     q.role = a.role;
                 }
                 for (&p, &y) in a.preds.values.iter().zip(&t.values) {
-                    q.push(cap, p, y);
+                    q.push(cap, p, y, entry.unix);
                 }
+                touched.insert(a.version);
             }
             sum.joined += 1;
         }
+        let mut trips = Vec::new();
+        for v in touched {
+            if let Some(q) = st.quality.get_mut(&v) {
+                trips.extend(q.judge(v, cap, &thresholds));
+            }
+        }
         self.publish(&st);
-        self.count(&mut st, sum)
+        (self.count(&mut st, sum), trips)
     }
 
     fn count(&self, st: &mut State, sum: JoinSummary) -> JoinSummary {
@@ -587,6 +727,7 @@ mod tests {
             capacity,
             quality_rows: 1000,
             prediction: None,
+            thresholds: Default::default(),
         }));
         f
     }
@@ -671,6 +812,7 @@ mod tests {
             capacity: 1000,
             quality_rows: 4,
             prediction: None,
+            thresholds: Default::default(),
         }));
         let reg = |v: &[f64]| Predictions {
             classify: false,
@@ -685,6 +827,52 @@ mod tests {
         assert_eq!(q.window_rows, 4);
         assert_eq!(q.mae, Some(0.0));
         assert_eq!(q.labels_received, 6);
+    }
+
+    #[test]
+    fn a_full_window_below_min_quality_trips_once_per_crossing() {
+        let f = Feedback::new("m", crate::metrics::Metrics::new().payload());
+        f.configure(Some(FeedbackSettings {
+            window: Duration::from_secs(60),
+            capacity: 1000,
+            quality_rows: 4,
+            prediction: None,
+            thresholds: crate::config::QualityThresholds {
+                min: vec![("accuracy".into(), 0.75)],
+                max: vec![],
+            },
+        }));
+        let mut n = 0;
+        let mut label = |truth: f64| {
+            n += 1;
+            let id = format!("r{n}");
+            f.record(&id, 1, Role::Stable, class(&[1.0]));
+            f.join_judged(
+                vec![Truth {
+                    id,
+                    values: vec![truth],
+                }],
+                None,
+            )
+            .1
+        };
+        // Not judged before the window is full, however bad.
+        for _ in 0..3 {
+            assert_eq!(label(0.0), vec![]);
+        }
+        let trips = label(0.0);
+        assert_eq!(trips.len(), 1, "the full window trips");
+        assert_eq!(trips[0].breaches[0].metric, "accuracy");
+        assert_eq!(trips[0].breaches[0].value, 0.0);
+        assert!(trips[0].from <= trips[0].to);
+        // Still below: no second trip; back to 0.75 (not below): re-armed; below: trips.
+        assert_eq!(label(0.0), vec![]);
+        for _ in 0..3 {
+            label(1.0);
+        }
+        assert_eq!(label(1.0), vec![]);
+        assert_eq!(label(0.0), vec![], "0.75 is not below 0.75");
+        assert_eq!(label(0.0).len(), 1);
     }
 
     #[test]

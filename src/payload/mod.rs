@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-pub use feedback::{Feedback, FeedbackSettings, JoinSummary, Predictions, QualityReport, Truth};
+pub use feedback::{
+    Feedback, FeedbackSettings, JoinSummary, Predictions, QualityReport, QualityTrip, Truth,
+};
 pub use files::FileOptions;
 pub use record::{Record, Role};
 
@@ -96,8 +98,39 @@ pub struct PayloadLog {
     inner: Arc<Inner>,
 }
 
+/// What the request path and the feedback join hand to the writer thread.
+enum Msg {
+    Record(Record),
+    /// Joined labels of a model, written to `DIR/<model>/labels/` (one JSON line each).
+    Labels {
+        model: String,
+        lines: Vec<u8>,
+        n: u64,
+    },
+    /// Rotate a model's files (so that everything queued before is in finished files)
+    /// and list the finished files that may hold records of `[from, to]`.
+    Seal {
+        model: String,
+        from: f64,
+        to: f64,
+        reply: Sender<Sealed>,
+    },
+}
+
+/// The finished files a retrain event points at, relative to `--payload-dir`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sealed {
+    pub requests: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+/// The labels stream of a model (a directory of its own under the model's).
+fn labels_stream(model: &str) -> String {
+    format!("{model}/labels")
+}
+
 struct Inner {
-    tx: Option<Sender<Record>>,
+    tx: Option<Sender<Msg>>,
     queued: Arc<AtomicUsize>,
     budget: usize,
     metrics: PayloadFamilies,
@@ -132,7 +165,7 @@ impl PayloadLog {
     pub fn start(opts: PayloadOptions, metrics: PayloadFamilies) -> PayloadLog {
         let queued = Arc::new(AtomicUsize::new(0));
         let tx = opts.files.map(|fopts| {
-            let (tx, rx) = crossbeam_channel::bounded(QUEUE_RECORDS);
+            let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE_RECORDS);
             let (queued, metrics) = (queued.clone(), metrics.clone());
             crate::supervise::spawn_thread("payload_writer", "vigil-payload", move || {
                 write_loop(&rx, fopts.clone(), &queued, &metrics)
@@ -165,12 +198,57 @@ impl PayloadLog {
             return;
         }
         inner.metrics.queue_bytes.add(w as i64);
-        if let Err(e) = tx.try_send(record) {
-            let (TrySendError::Full(r) | TrySendError::Disconnected(r)) = e;
+        if let Err(e) = tx.try_send(Msg::Record(record)) {
+            let (TrySendError::Full(m) | TrySendError::Disconnected(m)) = e;
             inner.queued.fetch_sub(w, Ordering::AcqRel);
             inner.metrics.queue_bytes.sub(w as i64);
-            count_drop(&inner.metrics, &r.model, DropReason::QueueFull, 1);
+            if let Msg::Record(r) = m {
+                count_drop(&inner.metrics, &r.model, DropReason::QueueFull, 1);
+            }
         }
+    }
+
+    /// Hands joined labels (JSON lines) to the writer; never blocks. Without a
+    /// `--payload-dir` they are not kept (and not counted: sampling is not involved).
+    pub fn labels(&self, model: &str, lines: Vec<u8>, n: u64) {
+        let inner = &self.inner;
+        let Some(tx) = &inner.tx else {
+            return;
+        };
+        let w = lines.len();
+        let before = inner.queued.fetch_add(w, Ordering::AcqRel);
+        if before + w > inner.budget && before > 0 {
+            inner.queued.fetch_sub(w, Ordering::AcqRel);
+            count_drop(&inner.metrics, model, DropReason::QueueFull, n);
+            return;
+        }
+        inner.metrics.queue_bytes.add(w as i64);
+        let msg = Msg::Labels {
+            model: model.to_string(),
+            lines,
+            n,
+        };
+        if tx.try_send(msg).is_err() {
+            inner.queued.fetch_sub(w, Ordering::AcqRel);
+            inner.metrics.queue_bytes.sub(w as i64);
+            count_drop(&inner.metrics, model, DropReason::QueueFull, n);
+        }
+    }
+
+    /// Waits (at most `wait`) for the writer to finish the model's files, then lists the
+    /// finished request and label files that may hold records of `[from, to]` (Unix
+    /// seconds). `None`: no `--payload-dir`, or the writer did not answer in time.
+    pub fn seal(&self, model: &str, from: f64, to: f64, wait: Duration) -> Option<Sealed> {
+        let tx = self.inner.tx.as_ref()?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let msg = Msg::Seal {
+            model: model.to_string(),
+            from,
+            to,
+            reply,
+        };
+        tx.send_timeout(msg, wait).ok()?;
+        answer.recv_timeout(wait).ok()
     }
 
     /// Whether records can be written at all (a `--payload-dir` was given).
@@ -182,10 +260,15 @@ impl PayloadLog {
 /// Lines of a batch are gathered up to this many bytes per model before one write.
 const BATCH_BYTES: usize = 1 << 20;
 
+/// How long before a file was opened its records may have been run: a record is queued
+/// when its request is answered, and written soon after; the file list of a sealed range
+/// errs on the side of one file too many.
+const SEAL_SLACK_SECONDS: f64 = 120.0;
+
 /// The writer thread: takes what is queued, encodes it, appends it per model in one
-/// write, and rotates aged files when idle.
+/// write, rotates aged files when idle, and seals a model's files when asked.
 fn write_loop(
-    rx: &Receiver<Record>,
+    rx: &Receiver<Msg>,
     opts: FileOptions,
     queued: &AtomicUsize,
     metrics: &PayloadFamilies,
@@ -195,11 +278,12 @@ fn write_loop(
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut files = files::Files::new(opts);
     files.recover();
+    // Per stream (a model, or its labels): the bytes to append, the records in them.
     let mut batch: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
     let mut failing = false;
     loop {
         let first = match rx.recv_timeout(tick) {
-            Ok(r) => r,
+            Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
                 files.rotate_aged();
                 continue;
@@ -211,27 +295,53 @@ fn write_loop(
         };
         let mut next = Some(first);
         let mut size = 0usize;
-        while let Some(r) = next.take() {
-            let w = r.weight();
-            let slot = batch.entry(r.model.clone()).or_default();
-            let before = slot.0.len();
-            r.write_line(&mut slot.0);
-            slot.1 += 1;
-            size += slot.0.len() - before;
-            drop(r);
-            queued.fetch_sub(w, Ordering::AcqRel);
-            metrics.queue_bytes.sub(w as i64);
+        let mut seal = None;
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Record(r) => {
+                    let w = r.weight();
+                    let slot = batch.entry(r.model.clone()).or_default();
+                    let before = slot.0.len();
+                    r.write_line(&mut slot.0);
+                    slot.1 += 1;
+                    size += slot.0.len() - before;
+                    drop(r);
+                    queued.fetch_sub(w, Ordering::AcqRel);
+                    metrics.queue_bytes.sub(w as i64);
+                }
+                Msg::Labels { model, lines, n } => {
+                    let w = lines.len();
+                    let slot = batch.entry(labels_stream(&model)).or_default();
+                    slot.0.extend_from_slice(&lines);
+                    slot.1 += n;
+                    size += w;
+                    queued.fetch_sub(w, Ordering::AcqRel);
+                    metrics.queue_bytes.sub(w as i64);
+                }
+                Msg::Seal { .. } => {
+                    // Everything queued before it is written first.
+                    seal = Some(m);
+                    break;
+                }
+            }
             if size < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
-        for (model, (bytes, n)) in batch.iter_mut() {
-            if *n == 0 {
+        for (stream, (bytes, n)) in batch.iter_mut() {
+            if *n == 0 && bytes.is_empty() {
                 continue;
             }
-            match files.append(model, bytes) {
+            // Label lines count under their model, and not as logged requests.
+            let (model, is_labels) = match stream.strip_suffix("/labels") {
+                Some(m) => (m, true),
+                None => (stream.as_str(), false),
+            };
+            match files.append(stream, bytes) {
                 Ok(()) => {
-                    metrics.written.with_label_values(&[model]).inc_by(*n);
+                    if !is_labels {
+                        metrics.written.with_label_values(&[model]).inc_by(*n);
+                    }
                     if failing {
                         tracing::info!(model = %model, "the payload log is written again");
                         failing = false;
@@ -247,6 +357,23 @@ fn write_loop(
             }
             bytes.clear();
             *n = 0;
+        }
+        if let Some(Msg::Seal {
+            model,
+            from,
+            to,
+            reply,
+        }) = seal
+        {
+            let labels = labels_stream(&model);
+            files.rotate(&model);
+            files.rotate(&labels);
+            let sealed = Sealed {
+                requests: files.finished(&model, from - SEAL_SLACK_SECONDS, to),
+                // Labels of the window's predictions are joined after them, up to now.
+                labels: files.finished(&labels, from, f64::INFINITY),
+            };
+            let _ = reply.try_send(sealed);
         }
     }
 }

@@ -323,6 +323,7 @@ fn build_entry(
         capacity: l.feedback_capacity,
         quality_rows: l.quality_window,
         prediction: l.prediction.clone(),
+        thresholds: config.retrain.quality_thresholds(),
     }));
     // Before the table swap and `remove_version`: a join cannot bring back the series of
     // a version that left.
