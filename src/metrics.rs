@@ -543,7 +543,7 @@ impl Metrics {
             dropped: IntCounterVec::new(
                 Opts::new(
                     "vigil_payload_dropped_total",
-                    "Sampled requests the payload log did not keep, by model and reason (queue_full: the writer fell behind; write_error: the directory or disk refused the write; no_dir: sample > 0 without --payload-dir).",
+                    "Sampled requests the payload log did not keep, by model and reason (queue_full: the writer fell behind; write_error: the directory or disk refused the write; no_dir: sample > 0 without --payload-dir or cloudevents_url; sink_full: the CloudEvents sink fell behind; sink_error: the CloudEvents sink refused, failed or timed out).",
                 ),
                 &["model", "reason"],
             )

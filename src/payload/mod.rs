@@ -12,6 +12,7 @@
 //! This room imports the ground floor (`tensor`, `metrics`, `fsutil`, `supervise`) and
 //! nothing of `serving` or `http`.
 
+mod cloudevents;
 pub mod feedback;
 pub mod files;
 mod record;
@@ -100,7 +101,8 @@ pub struct PayloadLog {
 
 /// What the request path and the feedback join hand to the writer thread.
 enum Msg {
-    Record(Record),
+    /// A sampled record, and the CloudEvents sink of its model.
+    Record(Record, Option<Arc<str>>),
     /// Joined labels of a model, written to `DIR/<model>/labels/` (one JSON line each).
     Labels {
         model: String,
@@ -129,8 +131,14 @@ fn labels_stream(model: &str) -> String {
     format!("{model}/labels")
 }
 
+/// A model's `[logging] cloudevents_url`, looked up when a record is submitted.
+pub type SinkOf = Arc<dyn Fn(&str) -> Option<Arc<str>> + Send + Sync>;
+
 struct Inner {
-    tx: Option<Sender<Msg>>,
+    tx: Sender<Msg>,
+    /// A `--payload-dir` was given.
+    has_dir: bool,
+    sink_of: SinkOf,
     queued: Arc<AtomicUsize>,
     budget: usize,
     metrics: PayloadFamilies,
@@ -142,6 +150,8 @@ enum DropReason {
     QueueFull,
     WriteError,
     NoDir,
+    SinkFull,
+    SinkError,
 }
 
 impl DropReason {
@@ -150,6 +160,8 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::WriteError => "write_error",
             DropReason::NoDir => "no_dir",
+            DropReason::SinkFull => "sink_full",
+            DropReason::SinkError => "sink_error",
         }
     }
 }
@@ -161,20 +173,22 @@ fn count_drop(m: &PayloadFamilies, model: &str, why: DropReason, n: u64) {
 }
 
 impl PayloadLog {
-    /// Starts the writer thread (when there is a directory).
-    pub fn start(opts: PayloadOptions, metrics: PayloadFamilies) -> PayloadLog {
+    /// Starts the writer thread.
+    pub fn start(opts: PayloadOptions, metrics: PayloadFamilies, sink_of: SinkOf) -> PayloadLog {
         let queued = Arc::new(AtomicUsize::new(0));
-        let tx = opts.files.map(|fopts| {
-            let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE_RECORDS);
+        let has_dir = opts.files.is_some();
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE_RECORDS);
+        {
             let (queued, metrics) = (queued.clone(), metrics.clone());
             crate::supervise::spawn_thread("payload_writer", "vigil-payload", move || {
-                write_loop(&rx, fopts.clone(), &queued, &metrics)
+                write_loop(&rx, opts.files.clone(), &queued, &metrics)
             });
-            tx
-        });
+        }
         PayloadLog {
             inner: Arc::new(Inner {
                 tx,
+                has_dir,
+                sink_of,
                 queued,
                 budget: opts.queue_bytes,
                 metrics,
@@ -186,10 +200,12 @@ impl PayloadLog {
     /// is dropped and counted.
     pub fn submit(&self, record: Record) {
         let inner = &self.inner;
-        let Some(tx) = &inner.tx else {
+        let sink = (inner.sink_of)(&record.model);
+        if !inner.has_dir && sink.is_none() {
             count_drop(&inner.metrics, &record.model, DropReason::NoDir, 1);
             return;
-        };
+        }
+        let tx = &inner.tx;
         let w = record.weight();
         let before = inner.queued.fetch_add(w, Ordering::AcqRel);
         if before + w > inner.budget && before > 0 {
@@ -198,11 +214,11 @@ impl PayloadLog {
             return;
         }
         inner.metrics.queue_bytes.add(w as i64);
-        if let Err(e) = tx.try_send(Msg::Record(record)) {
+        if let Err(e) = tx.try_send(Msg::Record(record, sink)) {
             let (TrySendError::Full(m) | TrySendError::Disconnected(m)) = e;
             inner.queued.fetch_sub(w, Ordering::AcqRel);
             inner.metrics.queue_bytes.sub(w as i64);
-            if let Msg::Record(r) = m {
+            if let Msg::Record(r, _) = m {
                 count_drop(&inner.metrics, &r.model, DropReason::QueueFull, 1);
             }
         }
@@ -212,9 +228,10 @@ impl PayloadLog {
     /// `--payload-dir` they are not kept (and not counted: sampling is not involved).
     pub fn labels(&self, model: &str, lines: Vec<u8>, n: u64) {
         let inner = &self.inner;
-        let Some(tx) = &inner.tx else {
+        if !inner.has_dir {
             return;
-        };
+        }
+        let tx = &inner.tx;
         let w = lines.len();
         let before = inner.queued.fetch_add(w, Ordering::AcqRel);
         if before + w > inner.budget && before > 0 {
@@ -239,7 +256,10 @@ impl PayloadLog {
     /// finished request and label files that may hold records of `[from, to]` (Unix
     /// seconds). `None`: no `--payload-dir`, or the writer did not answer in time.
     pub fn seal(&self, model: &str, from: f64, to: f64, wait: Duration) -> Option<Sealed> {
-        let tx = self.inner.tx.as_ref()?;
+        if !self.inner.has_dir {
+            return None;
+        }
+        let tx = &self.inner.tx;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let msg = Msg::Seal {
             model: model.to_string(),
@@ -253,7 +273,7 @@ impl PayloadLog {
 
     /// Whether records can be written at all (a `--payload-dir` was given).
     pub fn has_dir(&self) -> bool {
-        self.inner.tx.is_some()
+        self.inner.has_dir
     }
 }
 
@@ -269,15 +289,20 @@ const SEAL_SLACK_SECONDS: f64 = 120.0;
 /// write, rotates aged files when idle, and seals a model's files when asked.
 fn write_loop(
     rx: &Receiver<Msg>,
-    opts: FileOptions,
+    opts: Option<FileOptions>,
     queued: &AtomicUsize,
     metrics: &PayloadFamilies,
 ) {
-    let tick = opts
-        .max_file_age
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut files = files::Files::new(opts);
-    files.recover();
+    let tick = opts.as_ref().map_or(Duration::from_secs(1), |o| {
+        o.max_file_age
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+    });
+    let mut files = opts.map(files::Files::new);
+    if let Some(f) = &files {
+        f.recover();
+    }
+    // Started with the first record whose model has a `cloudevents_url`.
+    let mut sink: Option<cloudevents::Sink> = None;
     // Per stream (a model, or its labels): the bytes to append, the records in them.
     let mut batch: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
     let mut failing = false;
@@ -285,11 +310,15 @@ fn write_loop(
         let first = match rx.recv_timeout(tick) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                files.rotate_aged();
+                if let Some(f) = &mut files {
+                    f.rotate_aged();
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                files.close_all();
+                if let Some(f) = &mut files {
+                    f.close_all();
+                }
                 return;
             }
         };
@@ -298,13 +327,19 @@ fn write_loop(
         let mut seal = None;
         while let Some(m) = next.take() {
             match m {
-                Msg::Record(r) => {
+                Msg::Record(r, url) => {
                     let w = r.weight();
-                    let slot = batch.entry(r.model.clone()).or_default();
-                    let before = slot.0.len();
-                    r.write_line(&mut slot.0);
-                    slot.1 += 1;
-                    size += slot.0.len() - before;
+                    if let Some(url) = url {
+                        sink.get_or_insert_with(|| cloudevents::Sink::start(metrics.clone()))
+                            .offer(cloudevents::Pair::of(&r, url));
+                    }
+                    if files.is_some() {
+                        let slot = batch.entry(r.model.clone()).or_default();
+                        let before = slot.0.len();
+                        r.write_line(&mut slot.0);
+                        slot.1 += 1;
+                        size += slot.0.len() - before;
+                    }
                     drop(r);
                     queued.fetch_sub(w, Ordering::AcqRel);
                     metrics.queue_bytes.sub(w as i64);
@@ -328,6 +363,13 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
+        let Some(files) = &mut files else {
+            batch.clear();
+            if let Some(Msg::Seal { reply, .. }) = seal {
+                let _ = reply.try_send(Sealed::default());
+            }
+            continue;
+        };
         for (stream, (bytes, n)) in batch.iter_mut() {
             if *n == 0 && bytes.is_empty() {
                 continue;

@@ -287,7 +287,22 @@ impl Server {
             Arc::new(metrics.retrain()),
             server_name,
         )?;
-        let payload = crate::payload::PayloadLog::start(options.payload.clone(), metrics.payload());
+        let sink_of: crate::payload::SinkOf = {
+            let table = table.clone();
+            Arc::new(move |model: &str| {
+                let t = table.load();
+                let url = t
+                    .models
+                    .get(model)?
+                    .config
+                    .logging
+                    .cloudevents_url
+                    .as_deref()?;
+                Some(Arc::from(url))
+            })
+        };
+        let payload =
+            crate::payload::PayloadLog::start(options.payload.clone(), metrics.payload(), sink_of);
         let (drift_events, rx) = crossbeam_channel::bounded(256);
         {
             let f = DriftForwarder {
@@ -524,7 +539,10 @@ impl Server {
         let batching =
             pool::BatchSettings::resolve(&config.batching, &loaded.signature, self.pool.capacity());
         let exec = exec::Execution::new(exec_settings(config, &batching), loaded.warmup);
-        if config.logging.sample > 0.0 && !self.payload.has_dir() {
+        if config.logging.sample > 0.0
+            && !self.payload.has_dir()
+            && config.logging.cloudevents_url.is_none()
+        {
             tracing::warn!(model, "[logging] sample > 0 but no --payload-dir: sampled requests are dropped (vigil_payload_dropped_total{{reason=\"no_dir\"}})");
         }
         if let Some(w) = loaded.warmup {
