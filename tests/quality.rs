@@ -359,3 +359,130 @@ fn a_manual_retrain_event_points_at_what_the_payload_log_holds() {
         "no feedback kept: {data}"
     );
 }
+
+/// Serves `rows` (ids `{tag}-{i}`) and returns (id, label, probabilities) of each.
+fn serve_probs(v: &Vigil, tag: &str, rows: &[[f64; 4]]) -> Vec<(String, i64, Vec<f64>)> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let id = format!("{tag}-{i}");
+            let body = json!({"id": id, "inputs": [
+                {"name": "X", "shape": [1, 4], "datatype": "FP32", "data": x}]});
+            let (status, got) = v.post_json("/v2/models/iris/infer", &body);
+            assert_eq!(status, 200, "{got}");
+            let outs = got["outputs"].as_array().unwrap();
+            let label = outs.iter().find(|o| o["name"] == "label").unwrap()["data"][0]
+                .as_i64()
+                .unwrap();
+            let probs: Vec<f64> = outs
+                .iter()
+                .find(|o| o["shape"] == json!([1, 3]))
+                .expect("a probability output")["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_f64().unwrap())
+                .collect();
+            (id, label, probs)
+        })
+        .collect()
+}
+
+/// Labels drawn from the model's own probabilities (CBPE's premise: only the inputs
+/// moved); returns the measured accuracy of these labels.
+fn label_from_probs(
+    v: &Vigil,
+    rng: &mut vigil::rng::Rng,
+    served: &[(String, i64, Vec<f64>)],
+) -> f64 {
+    let mut right = 0;
+    for chunk in served.chunks(50) {
+        let body: Vec<Value> = chunk
+            .iter()
+            .map(|(id, pred, p)| {
+                let u = rng.below(1_000_000) as f64 / 1e6;
+                let mut acc = 0.0;
+                let y = p
+                    .iter()
+                    .position(|&q| {
+                        acc += q;
+                        u < acc
+                    })
+                    .unwrap_or(p.len() - 1) as i64;
+                right += usize::from(y == *pred);
+                json!({"id": id, "outputs": [{"name": "label", "data": [y]}]})
+            })
+            .collect();
+        let (status, got) = v.post_json("/v2/models/iris/feedback", &Value::from(body));
+        assert_eq!(status, 200, "{got}");
+    }
+    right as f64 / served.len() as f64
+}
+
+#[test]
+fn expected_accuracy_without_labels_drops_with_the_measured_one_on_a_shifted_stream() {
+    let repo = repo(&[(
+        "iris",
+        "[logging]\nfeedback_window = \"10m\"\nquality_window = 300\n",
+    )]);
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let mut rng = vigil::rng::Rng::new(5);
+    let train = common::iris_training_rows();
+    let expected = || {
+        v.metric("vigil_model_quality{metric=\"expected_accuracy\",model=\"iris\",version=\"1\"}")
+    };
+    // The training distribution: before any label, the estimate is the raw confidence.
+    let rows: Vec<[f64; 4]> = (0..300)
+        .map(|_| train[rng.below(train.len() as u64) as usize])
+        .collect();
+    let a = serve_probs(&v, "a", &rows);
+    let (_, q) = v.get("/v2/models/iris/quality");
+    assert_eq!(
+        q["expected"][0]["calibrated_on"], 0,
+        "uncalibrated before labels: {q}"
+    );
+    let acc_a = label_from_probs(&v, &mut rng, &a);
+    let (_, q) = v.get("/v2/models/iris/quality");
+    assert_eq!(q["expected"][0]["calibrated_on"], 300, "{q}");
+    let exp_a = expected().expect("expected_accuracy");
+    let measured_a = v
+        .metric("vigil_model_quality{metric=\"accuracy\",model=\"iris\",version=\"1\"}")
+        .unwrap();
+    assert!((measured_a - acc_a).abs() < 1e-9);
+    assert!(
+        (exp_a - acc_a).abs() < 0.08,
+        "expected {exp_a}, measured {acc_a}"
+    );
+
+    // Shifted: midpoints of a row predicted versicolor and one predicted virginica, on
+    // their class boundary. The estimate drops before any of these rows is labelled...
+    let of = |class: i64| -> Vec<[f64; 4]> {
+        a.iter()
+            .zip(&rows)
+            .filter(|((_, l, _), _)| *l == class)
+            .map(|(_, r)| *r)
+            .collect()
+    };
+    let (ones, twos) = (of(1), of(2));
+    let rows: Vec<[f64; 4]> = (0..300)
+        .map(|_| {
+            let r = ones[rng.below(ones.len() as u64) as usize];
+            let s = twos[rng.below(twos.len() as u64) as usize];
+            [0, 1, 2, 3].map(|j| (r[j] + s[j]) / 2.0)
+        })
+        .collect();
+    let b = serve_probs(&v, "b", &rows);
+    let exp_b = expected().unwrap();
+    assert!(
+        exp_b < exp_a - 0.05,
+        "before labels: expected {exp_b} vs {exp_a}"
+    );
+    // ...and the labels, when they come, measure about what it said.
+    let acc_b = label_from_probs(&v, &mut rng, &b);
+    assert!(acc_b < acc_a - 0.05, "measured {acc_b} vs {acc_a}");
+    assert!(
+        (exp_b - acc_b).abs() < 0.1,
+        "expected {exp_b}, measured {acc_b}"
+    );
+    eprintln!("expected/measured accuracy: {exp_a:.3}/{acc_a:.3}, shifted {exp_b:.3}/{acc_b:.3}");
+}

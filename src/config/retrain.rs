@@ -77,10 +77,10 @@ impl QualityThresholds {
 /// Error metrics (lower is better): the keys of `max_error`.
 pub const ERROR_METRICS: [&str; 2] = ["mae", "rmse"];
 
-/// Whether `name` is a higher-is-better metric vigil measures: `accuracy`, `macro_f1`,
-/// `expected_accuracy`, or `precision_<class>`, `recall_<class>`, `f1_<class>`.
+/// Whether `name` is a higher-is-better metric vigil measures on labelled rows:
+/// `accuracy`, `macro_f1`, or `precision_<class>`, `recall_<class>`, `f1_<class>`.
 fn is_score_metric(name: &str) -> bool {
-    if matches!(name, "accuracy" | "macro_f1" | "expected_accuracy") {
+    if matches!(name, "accuracy" | "macro_f1") {
         return true;
     }
     ["precision_", "recall_", "f1_"].iter().any(|p| {
@@ -187,7 +187,7 @@ impl RetrainConfig {
                 };
                 return Err(format!(
                     "retrain.min_quality.{name}: not a quality metric vigil measures{hint}; \
-                     one of accuracy, macro_f1, expected_accuracy, precision_<class>, \
+                     one of accuracy, macro_f1, precision_<class>, \
                      recall_<class>, f1_<class>"
                 ));
             }

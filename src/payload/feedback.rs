@@ -31,6 +31,42 @@ pub struct Predictions {
     /// Class labels (compared exactly) rather than regression values.
     pub classify: bool,
     pub values: Vec<f64>,
+    /// Per row, the highest predicted probability (a classifier with a probability
+    /// output): what the expected accuracy is estimated from.
+    pub confidence: Option<Vec<f64>>,
+}
+
+/// Confidence bins of the histogram-binning calibration.
+const BINS: usize = 10;
+
+fn bin_of(conf: f64) -> usize {
+    ((conf * BINS as f64) as usize).min(BINS - 1)
+}
+
+/// Per row, the highest probability of the first output that holds probabilities: floats
+/// of shape `[rows, k >= 2]`, each in [0, 1], each row summing to 1 (within 1e-3).
+pub fn confidence(outputs: &[Tensor], rows: usize) -> Option<Vec<f64>> {
+    outputs.iter().find_map(|t| {
+        let flat: Vec<f64> = match &t.data {
+            TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            _ => return None,
+        };
+        if t.shape.len() != 2 || t.shape[0] != rows || t.shape[1] < 2 {
+            return None;
+        }
+        let k = t.shape[1];
+        if rows == 0 || flat.len() != rows * k {
+            return None;
+        }
+        flat.chunks_exact(k)
+            .map(|row| {
+                let sum: f64 = row.iter().sum();
+                let ok = row.iter().all(|p| (0.0..=1.0).contains(p)) && (sum - 1.0).abs() <= 1e-3;
+                ok.then(|| row.iter().copied().fold(0.0, f64::max))
+            })
+            .collect()
+    })
 }
 
 impl Predictions {
@@ -62,6 +98,7 @@ impl Predictions {
             return Some(Predictions {
                 classify,
                 values: flat,
+                confidence: None,
             });
         }
         let values = flat
@@ -82,6 +119,7 @@ impl Predictions {
         Some(Predictions {
             classify: true,
             values,
+            confidence: None,
         })
     }
 }
@@ -154,6 +192,10 @@ struct Quality {
     ring: VecDeque<(f64, f64)>,
     /// Unix time of each ring row's prediction, in step with `ring`.
     times: VecDeque<f64>,
+    /// Each ring row's confidence (when the model gives probabilities), in step.
+    confs: VecDeque<Option<f64>>,
+    /// Per confidence bin: (right, labelled) rows of the ring, the calibration.
+    calibration: [(u64, u64); BINS],
     /// A full window was past a threshold when last judged (a trip fires on the crossing).
     degraded: bool,
     /// (predicted, true) counts over the ring (classifiers).
@@ -172,6 +214,8 @@ impl Quality {
             classify,
             ring: VecDeque::new(),
             times: VecDeque::new(),
+            confs: VecDeque::new(),
+            calibration: [(0, 0); BINS],
             degraded: false,
             confusion: HashMap::new(),
             abs: 0.0,
@@ -181,16 +225,27 @@ impl Quality {
         }
     }
 
-    fn push(&mut self, cap: usize, pred: f64, truth: f64, unix: f64) {
+    fn push(&mut self, cap: usize, pred: f64, truth: f64, unix: f64, conf: Option<f64>) {
         while self.ring.len() >= cap {
             let Some((p, t)) = self.ring.pop_front() else {
                 break;
             };
             self.times.pop_front();
+            if let Some(Some(c)) = self.confs.pop_front() {
+                let b = &mut self.calibration[bin_of(c)];
+                b.0 -= u64::from(p == t);
+                b.1 -= 1;
+            }
             self.forget(p, t);
         }
         self.ring.push_back((pred, truth));
         self.times.push_back(unix);
+        self.confs.push_back(conf);
+        if let Some(c) = conf {
+            let b = &mut self.calibration[bin_of(c)];
+            b.0 += u64::from(pred == truth);
+            b.1 += 1;
+        }
         self.received += 1;
         if self.classify {
             *self
@@ -403,6 +458,77 @@ pub struct QualityReport {
     pub unknown: u64,
     pub invalid: u64,
     pub versions: Vec<VersionQuality>,
+    /// Per version with a probability output: the accuracy to expect without labels.
+    pub expected: Vec<ExpectedQuality>,
+}
+
+/// A version's rolling window of predicted confidences (labelled or not), for the
+/// expected accuracy (CBPE's idea: the mean calibrated confidence is the accuracy to
+/// expect, as long as only the inputs moved).
+#[derive(Default)]
+struct Estimate {
+    ring: VecDeque<f64>,
+    /// Per confidence bin: rows of the ring, and the sum of their confidences.
+    counts: [u64; BINS],
+    sums: [f64; BINS],
+    /// Rows since the gauge was last set.
+    since_publish: usize,
+}
+
+impl Estimate {
+    fn push(&mut self, cap: usize, conf: f64) {
+        while self.ring.len() >= cap {
+            let Some(old) = self.ring.pop_front() else {
+                break;
+            };
+            let b = bin_of(old);
+            self.counts[b] -= 1;
+            self.sums[b] -= old;
+            if self.counts[b] == 0 {
+                self.sums[b] = 0.0;
+            }
+        }
+        self.ring.push_back(conf);
+        let b = bin_of(conf);
+        self.counts[b] += 1;
+        self.sums[b] += conf;
+    }
+
+    /// The expected accuracy: per bin, the labelled accuracy of that bin when it has
+    /// labelled rows (histogram binning), else the bin's mean confidence (uncalibrated);
+    /// and the labelled rows the calibration rests on.
+    fn expected(&self, labelled: Option<&Quality>) -> Option<(f64, u64)> {
+        let n: u64 = self.counts.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let cal = labelled.map_or([(0, 0); BINS], |q| q.calibration);
+        let mut total = 0.0;
+        for ((&count, &sum), &(right, seen)) in self.counts.iter().zip(&self.sums).zip(&cal) {
+            if count == 0 {
+                continue;
+            }
+            let acc = if seen > 0 {
+                right as f64 / seen as f64
+            } else {
+                sum / count as f64
+            };
+            total += count as f64 * acc;
+        }
+        Some((total / n as f64, cal.iter().map(|c| c.1).sum()))
+    }
+}
+
+/// The expected accuracy of one version.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpectedQuality {
+    pub version: u64,
+    /// The mean calibrated top probability over the last `quality_window` predictions.
+    pub expected_accuracy: f64,
+    /// Predictions it is computed over.
+    pub rows: u64,
+    /// Labelled rows the calibration is fitted on (0: uncalibrated, the raw confidence).
+    pub calibrated_on: u64,
 }
 
 #[derive(Default)]
@@ -416,6 +542,7 @@ struct State {
     expired: HashSet<String>,
     expired_order: VecDeque<String>,
     quality: BTreeMap<u64, Quality>,
+    estimates: BTreeMap<u64, Estimate>,
     /// The versions loaded now: a label for any other one is joined but measured nowhere,
     /// so that an unloaded version's quality series stay removed.
     live: Option<BTreeSet<u64>>,
@@ -494,6 +621,7 @@ impl Feedback {
         let live: BTreeSet<u64> = live.into_iter().collect();
         let mut st = self.lock();
         st.quality.retain(|v, _| live.contains(v));
+        st.estimates.retain(|v, _| live.contains(v));
         st.live = Some(live);
     }
 
@@ -513,12 +641,33 @@ impl Feedback {
     /// Keeps one answer's predictions under the request's id (the shadow canary's answer
     /// joins the same entry).
     pub fn record(&self, id: &str, version: u64, role: Role, preds: Predictions) {
+        self.record_at(id, version, role, preds, crate::retrain::now_unix());
+    }
+
+    /// [`Feedback::record`] of a request that started running at `unix` (the payload
+    /// record's `time`, which a quality event's time range covers).
+    pub fn record_at(&self, id: &str, version: u64, role: Role, preds: Predictions, unix: f64) {
         let now = Instant::now();
         let mut st = self.lock();
         if st.settings.is_none() {
             return;
         }
         st.rows += preds.values.len();
+        let live = st.live.as_ref().is_none_or(|l| l.contains(&version));
+        if let (Some(confs), true) = (&preds.confidence, live) {
+            let cap = st.settings.as_ref().map_or(1000, |s| s.quality_rows);
+            let est = st.estimates.entry(version).or_default();
+            for &c in confs {
+                est.push(cap, c);
+            }
+            est.since_publish += confs.len();
+            // The gauge every 16 rows (and at every join): a few bins' arithmetic.
+            let due = est.since_publish >= 16;
+            if due {
+                est.since_publish = 0;
+                self.publish_expected(&st, version);
+            }
+        }
         let answer = Answer {
             version,
             role,
@@ -531,7 +680,7 @@ impl Feedback {
                     id.to_string(),
                     Entry {
                         at: now,
-                        unix: crate::retrain::now_unix(),
+                        unix,
                         answers: vec![answer],
                     },
                 ) {
@@ -620,8 +769,9 @@ impl Feedback {
                 if a.role != Role::Shadow || q.role == Role::Shadow {
                     q.role = a.role;
                 }
-                for (&p, &y) in a.preds.values.iter().zip(&t.values) {
-                    q.push(cap, p, y, entry.unix);
+                for (i, (&p, &y)) in a.preds.values.iter().zip(&t.values).enumerate() {
+                    let conf = a.preds.confidence.as_ref().and_then(|c| c.get(i).copied());
+                    q.push(cap, p, y, entry.unix, conf);
                 }
                 touched.insert(a.version);
             }
@@ -658,8 +808,34 @@ impl Feedback {
         sum
     }
 
+    /// Sets `vigil_model_quality{metric="expected_accuracy"}` of one version.
+    fn publish_expected(&self, st: &State, version: u64) {
+        let Some((x, _)) = st
+            .estimates
+            .get(&version)
+            .and_then(|e| e.expected(st.quality.get(&version)))
+        else {
+            return;
+        };
+        let v = version.to_string();
+        self.metrics
+            .quality
+            .with_label_values(&[&self.model, &v, "expected_accuracy"])
+            .set(x);
+        self.metrics
+            .quality_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((self.model.clone(), version))
+            .or_default()
+            .insert("expected_accuracy".to_string());
+    }
+
     /// Sets `vigil_model_quality` from the windows.
     fn publish(&self, st: &State) {
+        for &version in st.estimates.keys() {
+            self.publish_expected(st, version);
+        }
         let g = &self.metrics.quality;
         for (&version, q) in &st.quality {
             let v = version.to_string();
@@ -712,6 +888,19 @@ impl Feedback {
             unknown: st.totals.unknown,
             invalid: st.totals.invalid,
             versions: st.quality.iter().map(|(&v, q)| q.report(v)).collect(),
+            expected: st
+                .estimates
+                .iter()
+                .filter_map(|(&v, e)| {
+                    let (x, on) = e.expected(st.quality.get(&v))?;
+                    Some(ExpectedQuality {
+                        version: v,
+                        expected_accuracy: x,
+                        rows: e.ring.len() as u64,
+                        calibrated_on: on,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -736,6 +925,7 @@ mod tests {
         Predictions {
             classify: true,
             values: v.to_vec(),
+            confidence: None,
         }
     }
 
@@ -817,6 +1007,7 @@ mod tests {
         let reg = |v: &[f64]| Predictions {
             classify: false,
             values: v.to_vec(),
+            confidence: None,
         };
         f.record("a", 1, Role::Stable, reg(&[10.0, 10.0, 0.0, 0.0, 0.0, 0.0]));
         f.join(vec![Truth {
