@@ -572,7 +572,7 @@ impl Metrics {
             quality: GaugeVec::new(
                 Opts::new(
                     "vigil_model_quality",
-                    "Live quality over the version's rolling window of labelled rows (accuracy, macro_f1, precision_<class>, recall_<class>, f1_<class>, mae, rmse, window_rows, labels_received).",
+                    "Live quality over the version's rolling window of labelled rows (accuracy, macro_f1, precision_<class>, recall_<class>, f1_<class>, mae, rmse, window_rows, labels_received), and expected_accuracy: the calibrated mean top probability over recent predictions, labelled or not.",
                 ),
                 &["model", "version", "metric"],
             )
