@@ -51,20 +51,48 @@ class Server(dc.Server):
         return 0.0
 
 
+def start_receiver():
+    """A CloudEvents receiver on 127.0.0.1 that reads each event and answers 202."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv.server_address[1]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--sample", default="1.0")
     ap.add_argument("--vigil", default=os.path.join(dc.ROOT, "target", "release", "vigil"))
+    ap.add_argument("--cloudevents", action="store_true",
+                    help="the logged server also POSTs each record to a local CloudEvents "
+                         "receiver (an http.server thread answering 202)")
     args = ap.parse_args()
+    sink = ""
+    if args.cloudevents:
+        sink = f'cloudevents_url = "http://127.0.0.1:{start_receiver()}/events"\n'
 
     work = tempfile.mkdtemp(prefix="vigil-payload-cost-")
     rng = random.Random(20261207)
     model = dc.linear_model([rng.uniform(-1, 1) for _ in range(dc.FEATURES)], 0.5)
     payload_dir = os.path.join(work, "payload")
     setups = {
-        "logged": (f"[logging]\nsample = {args.sample}\n", ["--payload-dir", payload_dir]),
+        "logged": (f"[logging]\nsample = {args.sample}\n{sink}", ["--payload-dir", payload_dir]),
         "plain": ("", []),
     }
     row = [round(rng.gauss(0, 1), 4) for _ in range(dc.FEATURES)]
@@ -101,7 +129,7 @@ def main():
         logged = servers["logged"]
         written = logged.metric('vigil_payload_records_total{model="linear"}')
         dropped = sum(logged.metric(f'vigil_payload_dropped_total{{model="linear",reason="{r}"}}')
-                      for r in ("queue_full", "write_error"))
+                      for r in ("queue_full", "write_error", "sink_full", "sink_error"))
     finally:
         for s in servers.values():
             s.stop()

@@ -139,7 +139,13 @@ pub struct PayloadFamilies {
     pub pending: IntGaugeVec,
     /// `vigil_model_quality{model,version,metric}`: live quality over the rolling window.
     pub quality: GaugeVec,
+    /// The `metric` labels each (model, version) exported, so that
+    /// [`Metrics::remove_version`] removes them with the version.
+    pub quality_names: QualityNames,
 }
+
+/// Per (model, version): the `metric` labels of `vigil_model_quality` exported.
+pub type QualityNames = Arc<Mutex<HashMap<(String, u64), std::collections::BTreeSet<String>>>>;
 
 /// The canary judge's families (`serving::analysis` owns the series).
 #[derive(Clone)]
@@ -424,7 +430,7 @@ impl Metrics {
             events: IntCounterVec::new(
                 Opts::new(
                     "vigil_retrain_events_total",
-                    "Retrain events created, by reason (drift, manual).",
+                    "Retrain events created, by reason (drift, quality, manual, canary).",
                 ),
                 &["model", "reason"],
             )
@@ -537,7 +543,7 @@ impl Metrics {
             dropped: IntCounterVec::new(
                 Opts::new(
                     "vigil_payload_dropped_total",
-                    "Sampled requests the payload log did not keep, by model and reason (queue_full: the writer fell behind; write_error: the directory or disk refused the write; no_dir: sample > 0 without --payload-dir).",
+                    "Sampled requests the payload log did not keep, by model and reason (queue_full: the writer fell behind; write_error: the directory or disk refused the write; no_dir: sample > 0 without --payload-dir or cloudevents_url; sink_full: the CloudEvents sink fell behind; sink_error: the CloudEvents sink refused, failed or timed out).",
                 ),
                 &["model", "reason"],
             )
@@ -566,11 +572,12 @@ impl Metrics {
             quality: GaugeVec::new(
                 Opts::new(
                     "vigil_model_quality",
-                    "Live quality over the version's rolling window of labelled rows (accuracy, macro_f1, precision_<class>, recall_<class>, f1_<class>, mae, rmse, window_rows, labels_received).",
+                    "Live quality over the version's rolling window of labelled rows (accuracy, macro_f1, precision_<class>, recall_<class>, f1_<class>, mae, rmse, window_rows, labels_received), and expected_accuracy: the calibrated mean top probability over recent predictions, labelled or not.",
                 ),
                 &["model", "version", "metric"],
             )
             .expect("valid gauge definition"),
+            quality_names: Arc::new(Mutex::new(HashMap::new())),
         };
         for c in [
             Box::new(payload.written.clone()) as Box<dyn prometheus::core::Collector>,
@@ -785,6 +792,21 @@ impl Metrics {
         for r in ["ok", "drift", "dropped"] {
             let _ = self.drift_windows.remove_label_values(&[model, &v, r]);
         }
+        // Quality series (live quality, and the shadow canary's agreement).
+        let quality = self
+            .payload
+            .quality_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        for metric in &quality {
+            let _ = self
+                .payload
+                .quality
+                .remove_label_values(&[model, &v, metric]);
+        }
+        let _ = self.canary.agreement.remove_label_values(&[model, &v]);
         let bins = self
             .fleet
             .series

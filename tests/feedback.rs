@@ -246,3 +246,67 @@ fn feedback_refuses_malformed_bodies_and_models_without_a_window() {
 fn repo_plain() -> TempDir {
     repo("")
 }
+
+/// The `vigil_model_quality` lines of a version in `/metrics`.
+fn quality_series(v: &Vigil, version: u64) -> Vec<String> {
+    let text = v
+        .client
+        .get(v.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("vigil_model_quality{"))
+        .filter(|l| l.contains(&format!("version=\"{version}\"")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_unloaded_version_takes_its_quality_series_with_it() {
+    let repo = repo("[logging]\nfeedback_window = \"10m\"\n");
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let mut rng = Rng::new(7);
+    let labelled = serve(&v, &mut rng, "v1", 20);
+    send_feedback(&v, &labelled);
+    assert!(
+        v.metric("vigil_model_quality{metric=\"accuracy\",model=\"iris\",version=\"1\"}")
+            .is_some(),
+        "version 1 is measured"
+    );
+    // Served by version 1, labelled only after it is gone.
+    let pending = serve(&v, &mut rng, "pending", 5);
+
+    let v2 = repo.path().join("iris/2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::copy(
+        root().join("models/iris/1/model.onnx"),
+        v2.join("model.onnx"),
+    )
+    .unwrap();
+    let (status, got) = v.post_json("/v2/repository/index", &json!({}));
+    assert_eq!(status, 200, "{got}");
+    wait_for(30, "version 1 to be unloaded", || {
+        let (_, meta) = v.get("/v2/models/iris");
+        (meta["versions"] == json!(["2"])).then_some(())
+    });
+    assert_eq!(quality_series(&v, 1), Vec::<String>::new());
+    // A late label of version 1's prediction joins but brings no series back.
+    let s = send_feedback(&v, &pending);
+    assert_eq!(s["joined"], 5, "{s}");
+    assert_eq!(quality_series(&v, 1), Vec::<String>::new());
+    let (_, q) = v.get("/v2/models/iris/quality");
+    assert!(
+        q["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["version"] != 1),
+        "{q}"
+    );
+    // Version 2 is measured as usual.
+    let labelled = serve(&v, &mut rng, "v2", 5);
+    send_feedback(&v, &labelled);
+    assert!(!quality_series(&v, 2).is_empty());
+}

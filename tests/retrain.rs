@@ -325,6 +325,11 @@ fn drift_trip_creates_one_event_and_the_cooldown_holds_the_next() {
     assert_eq!(ev["data"]["window"]["rows"], 1000);
     assert!(ev["data"]["drift_share"].as_f64().unwrap() >= 0.25);
     assert_eq!(ev["data"]["features"].as_array().unwrap().len(), 4);
+    // Where its data is: without a payload log, the window's time range.
+    let refs = &ev["data"]["data"];
+    assert_eq!(refs["payload_dir"], Value::Null, "{refs}");
+    assert!(refs["from"].as_str().unwrap() <= refs["to"].as_str().unwrap());
+    assert_eq!(refs["requests"], json!([]));
     verify_signature(&seen[0]);
     // Back to ok, then drifting again within the cooldown: no second event.
     let normal: Vec<f64> = train.values.iter().cycle().take(4000).copied().collect();

@@ -25,6 +25,9 @@ pub struct LoggingConfig {
     /// Integer outputs are class labels, float outputs with one value per row are
     /// regression values, float outputs with several (probabilities) give the argmax.
     pub prediction: Option<String>,
+    /// Where each logged request and response is also POSTed as a CloudEvent (KServe's
+    /// inference-logger format, binary mode): `http://...` or `https://...`.
+    pub cloudevents_url: Option<String>,
 }
 
 impl Default for LoggingConfig {
@@ -35,6 +38,7 @@ impl Default for LoggingConfig {
             feedback_capacity: 1_000_000,
             quality_window: 1000,
             prediction: None,
+            cloudevents_url: None,
         }
     }
 }
@@ -56,6 +60,16 @@ impl LoggingConfig {
         }
         if !(1..=100_000_000).contains(&self.feedback_capacity) {
             return Err("logging.feedback_capacity must be between 1 and 100000000".into());
+        }
+        if let Some(u) = &self.cloudevents_url {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.chars().any(char::is_whitespace)) {
+                return Err(format!(
+                    "logging.cloudevents_url '{u}' must be an http:// or https:// URL"
+                ));
+            }
         }
         if !(1..=10_000_000).contains(&self.quality_window) {
             return Err("logging.quality_window must be between 1 and 10000000".into());

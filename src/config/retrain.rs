@@ -4,6 +4,8 @@
 //! imports this. Part of the ground floor: imports nothing above `duration`.
 
 use base64::Engine;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// `[retrain] format`: how an event is delivered.
@@ -50,6 +52,41 @@ pub struct RetrainConfig {
     /// What creates drift events: this replica's windows (`local`, default) or the fleet
     /// alert through Alertmanager (`fleet`).
     pub trigger: Option<RetrainTrigger>,
+    /// Live quality (higher is better) below which a full rolling window of labelled rows
+    /// creates a `vigil.quality.degraded` event: `{ accuracy = 0.9, macro_f1 = 0.8 }`.
+    pub min_quality: Option<BTreeMap<String, f64>>,
+    /// Live error (lower is better) above which it does: `{ mae = 0.5, rmse = 1.0 }`.
+    pub max_error: Option<BTreeMap<String, f64>>,
+}
+
+/// The quality thresholds of `[retrain] min_quality` and `max_error`, checked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QualityThresholds {
+    /// (metric, floor): a window below the floor has degraded.
+    pub min: Vec<(String, f64)>,
+    /// (metric, ceiling): a window above the ceiling has degraded.
+    pub max: Vec<(String, f64)>,
+}
+
+impl QualityThresholds {
+    pub fn is_empty(&self) -> bool {
+        self.min.is_empty() && self.max.is_empty()
+    }
+}
+
+/// Error metrics (lower is better): the keys of `max_error`.
+pub const ERROR_METRICS: [&str; 2] = ["mae", "rmse"];
+
+/// Whether `name` is a higher-is-better metric vigil measures on labelled rows:
+/// `accuracy`, `macro_f1`, or `precision_<class>`, `recall_<class>`, `f1_<class>`.
+fn is_score_metric(name: &str) -> bool {
+    if matches!(name, "accuracy" | "macro_f1") {
+        return true;
+    }
+    ["precision_", "recall_", "f1_"].iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|c| c.parse::<i64>().is_ok())
+    })
 }
 
 /// `[retrain] trigger`.
@@ -78,6 +115,8 @@ impl std::fmt::Debug for RetrainConfig {
             .field("token", &redact(&self.token))
             .field("token_env", &self.token_env)
             .field("trigger", &self.trigger)
+            .field("min_quality", &self.min_quality)
+            .field("max_error", &self.max_error)
             .finish()
     }
 }
@@ -103,7 +142,80 @@ impl RetrainConfig {
                 .clone()
                 .or_else(|| defaults.token_env.clone()),
             trigger: self.trigger.or(defaults.trigger),
+            min_quality: self
+                .min_quality
+                .clone()
+                .or_else(|| defaults.min_quality.clone()),
+            max_error: self
+                .max_error
+                .clone()
+                .or_else(|| defaults.max_error.clone()),
         }
+    }
+
+    /// The checked thresholds (empty when neither key is written, or when they do not
+    /// validate: [`RetrainConfig::validate`] refuses such a config at load).
+    pub fn quality_thresholds(&self) -> QualityThresholds {
+        if self.validate_quality().is_err() {
+            return QualityThresholds::default();
+        }
+        let pairs = |m: &Option<BTreeMap<String, f64>>| {
+            m.iter()
+                .flatten()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect::<Vec<_>>()
+        };
+        QualityThresholds {
+            min: pairs(&self.min_quality),
+            max: pairs(&self.max_error),
+        }
+    }
+
+    fn validate_quality(&self) -> Result<(), String> {
+        for (name, &floor) in self.min_quality.iter().flatten() {
+            if ERROR_METRICS.contains(&name.as_str()) {
+                return Err(format!(
+                    "retrain.min_quality.{name}: {name} is an error metric (lower is better); \
+                     set it under retrain.max_error"
+                ));
+            }
+            if !is_score_metric(name) {
+                let hint = if name == "f1_macro" {
+                    " (did you mean macro_f1?)"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "retrain.min_quality.{name}: not a quality metric vigil measures{hint}; \
+                     one of accuracy, macro_f1, precision_<class>, \
+                     recall_<class>, f1_<class>"
+                ));
+            }
+            if !(floor.is_finite() && (0.0..=1.0).contains(&floor)) {
+                return Err(format!(
+                    "retrain.min_quality.{name} must be between 0 and 1, got {floor}"
+                ));
+            }
+        }
+        for (name, &ceiling) in self.max_error.iter().flatten() {
+            if !ERROR_METRICS.contains(&name.as_str()) {
+                let hint = if is_score_metric(name) {
+                    format!(" ({name} is higher-is-better: set it under retrain.min_quality)")
+                } else {
+                    String::new()
+                };
+                return Err(format!(
+                    "retrain.max_error.{name}: not an error metric vigil measures{hint}; \
+                     one of mae, rmse"
+                ));
+            }
+            if !(ceiling.is_finite() && ceiling >= 0.0) {
+                return Err(format!(
+                    "retrain.max_error.{name} must be a number of at least 0, got {ceiling}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn trigger(&self) -> RetrainTrigger {
@@ -118,6 +230,7 @@ impl RetrainConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_quality()?;
         for (k, v) in [("cooldown", &self.cooldown), ("timeout", &self.timeout)] {
             if let Some(v) = v {
                 crate::duration::parse(v).map_err(|e| format!("retrain.{k}: {e}"))?;
@@ -145,5 +258,50 @@ impl RetrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(min: &[(&str, f64)], max: &[(&str, f64)]) -> RetrainConfig {
+        let m = |p: &[(&str, f64)]| {
+            (!p.is_empty()).then(|| p.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+        };
+        RetrainConfig {
+            min_quality: m(min),
+            max_error: m(max),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quality_thresholds_name_what_vigil_measures_on_the_right_side() {
+        for ok in [
+            with(&[("accuracy", 0.9), ("macro_f1", 0.5), ("f1_2", 0.1)], &[]),
+            with(&[("recall_0", 1.0), ("precision_-1", 0.0)], &[("mae", 0.5)]),
+            with(&[], &[("rmse", 0.0)]),
+        ] {
+            assert_eq!(ok.validate(), Ok(()), "{ok:?}");
+            assert!(!ok.quality_thresholds().is_empty());
+        }
+        for (bad, says) in [
+            (with(&[("accuarcy", 0.9)], &[]), "not a quality metric"),
+            (with(&[("f1_macro", 0.9)], &[]), "did you mean macro_f1"),
+            (with(&[("mae", 0.9)], &[]), "set it under retrain.max_error"),
+            (with(&[("accuracy", 1.5)], &[]), "between 0 and 1"),
+            (with(&[("accuracy", f64::NAN)], &[]), "between 0 and 1"),
+            (
+                with(&[], &[("accuracy", 0.1)]),
+                "set it under retrain.min_quality",
+            ),
+            (with(&[], &[("rmse", -1.0)]), "at least 0"),
+            (with(&[], &[("rmse", f64::INFINITY)]), "at least 0"),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(says), "{e}");
+            assert!(bad.quality_thresholds().is_empty());
+        }
     }
 }

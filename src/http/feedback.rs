@@ -77,8 +77,9 @@ pub(super) async fn feedback(
         .enumerate()
         .map(|(i, v)| truth(v, i))
         .collect::<Result<Vec<_>, _>>()?;
-    let f = entry.feedback.clone();
-    let summary = super::state::blocking(move || f.join(truths)).await?;
+    let server = s.server.clone();
+    let summary =
+        super::state::blocking(move || server.feedback(&model, &entry.feedback, truths)).await?;
     Ok(Json(json!(summary)))
 }
 

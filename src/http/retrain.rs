@@ -40,9 +40,9 @@ pub(super) async fn retrain_trigger(
             }
         }
     };
-    let retrainer = s.server.retrainer.clone();
+    let server = s.server.clone();
     let version = entry.stable;
-    let id = blocking(move || retrainer.manual(&model, version, &reason))
+    let id = blocking(move || server.manual_retrain(&model, version, &reason))
         .await?
         .map_err(|e| match e {
             crate::retrain::RetrainError::NoTarget(_) => ApiError::BadRequest(e.to_string()),

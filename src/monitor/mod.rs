@@ -90,6 +90,8 @@ struct Closed {
     rows: u64,
     /// Unix time in seconds: when it closed, not when the scorer got to it.
     closed_at: f64,
+    /// Unix time in seconds when it opened.
+    opened_at: f64,
 }
 
 /// One closed window of a monitor waiting for (or being scored by) the scorer: counted
@@ -368,6 +370,7 @@ impl Monitor {
         let closed_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        let opened_at = closed_at - st.opened.elapsed().as_secs_f64();
         self.flush_fleet(st);
         for f in &mut st.flushed {
             f.fill(0);
@@ -405,6 +408,7 @@ impl Monitor {
             outputs: Some(closed_out),
             rows,
             closed_at,
+            opened_at,
         };
         if window.out_ref.is_none() {
             // Outputs: the first scored window is their reference.
@@ -449,6 +453,7 @@ impl Monitor {
             w.rows,
         );
         report.closed_at = w.closed_at;
+        report.opened_at = w.opened_at;
         self.metrics.observe_window(&report);
         let mut det = self
             .detector

@@ -65,6 +65,9 @@ pub const RECENT_WINDOWS: usize = 48;
 pub struct WindowReport {
     /// Unix time in seconds.
     pub closed_at: f64,
+    /// Unix time in seconds when the window opened (where its rows start in the payload
+    /// log).
+    pub opened_at: f64,
     pub rows: u64,
     pub drift_share: f64,
     pub drifted: bool,

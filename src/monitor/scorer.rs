@@ -152,10 +152,12 @@ pub(super) fn score_window(
     let drifted_n = features.iter().filter(|f| f.drifted).count() as f64;
     let share = drifted_n / n_features;
     let drifted = share >= cfg.drift_share;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     WindowReport {
-        closed_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
+        closed_at: now,
+        opened_at: now,
         rows,
         drift_share: share,
         drifted,

@@ -11,7 +11,7 @@
 //! of the window (or was evicted by the capacity) is `late`; one whose id was never seen
 //! (or already joined) is `unknown`; one whose row count differs is `invalid`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +31,42 @@ pub struct Predictions {
     /// Class labels (compared exactly) rather than regression values.
     pub classify: bool,
     pub values: Vec<f64>,
+    /// Per row, the highest predicted probability (a classifier with a probability
+    /// output): what the expected accuracy is estimated from.
+    pub confidence: Option<Vec<f64>>,
+}
+
+/// Confidence bins of the histogram-binning calibration.
+const BINS: usize = 10;
+
+fn bin_of(conf: f64) -> usize {
+    ((conf * BINS as f64) as usize).min(BINS - 1)
+}
+
+/// Per row, the highest probability of the first output that holds probabilities: floats
+/// of shape `[rows, k >= 2]`, each in [0, 1], each row summing to 1 (within 1e-3).
+pub fn confidence(outputs: &[Tensor], rows: usize) -> Option<Vec<f64>> {
+    outputs.iter().find_map(|t| {
+        let flat: Vec<f64> = match &t.data {
+            TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            _ => return None,
+        };
+        if t.shape.len() != 2 || t.shape[0] != rows || t.shape[1] < 2 {
+            return None;
+        }
+        let k = t.shape[1];
+        if rows == 0 || flat.len() != rows * k {
+            return None;
+        }
+        flat.chunks_exact(k)
+            .map(|row| {
+                let sum: f64 = row.iter().sum();
+                let ok = row.iter().all(|p| (0.0..=1.0).contains(p)) && (sum - 1.0).abs() <= 1e-3;
+                ok.then(|| row.iter().copied().fold(0.0, f64::max))
+            })
+            .collect()
+    })
 }
 
 impl Predictions {
@@ -62,6 +98,7 @@ impl Predictions {
             return Some(Predictions {
                 classify,
                 values: flat,
+                confidence: None,
             });
         }
         let values = flat
@@ -82,6 +119,7 @@ impl Predictions {
         Some(Predictions {
             classify: true,
             values,
+            confidence: None,
         })
     }
 }
@@ -93,7 +131,25 @@ pub struct FeedbackSettings {
     pub capacity: usize,
     pub quality_rows: usize,
     pub prediction: Option<String>,
+    /// `[retrain] min_quality` / `max_error`: a full window past one is a [`QualityTrip`].
+    pub thresholds: crate::config::QualityThresholds,
 }
+
+/// A version's full quality window went past a `[retrain]` threshold (it was within
+/// them, or not yet judged, before): one trip per crossing, not one per feedback call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QualityTrip {
+    pub version: u64,
+    pub role: Role,
+    pub breaches: Vec<Breach>,
+    pub window_rows: u64,
+    pub labels_received: u64,
+    /// Unix times of the oldest and the newest prediction in the window.
+    pub from: f64,
+    pub to: f64,
+}
+
+pub use crate::retrain::QualityBreach as Breach;
 
 /// What one feedback call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -118,6 +174,8 @@ struct Answer {
 
 struct Entry {
     at: Instant,
+    /// Unix time of the prediction (where the window's rows are in the payload log).
+    unix: f64,
     answers: Vec<Answer>,
 }
 
@@ -132,6 +190,14 @@ struct Quality {
     role: Role,
     classify: bool,
     ring: VecDeque<(f64, f64)>,
+    /// Unix time of each ring row's prediction, in step with `ring`.
+    times: VecDeque<f64>,
+    /// Each ring row's confidence (when the model gives probabilities), in step.
+    confs: VecDeque<Option<f64>>,
+    /// Per confidence bin: (right, labelled) rows of the ring, the calibration.
+    calibration: [(u64, u64); BINS],
+    /// A full window was past a threshold when last judged (a trip fires on the crossing).
+    degraded: bool,
     /// (predicted, true) counts over the ring (classifiers).
     confusion: HashMap<(i64, i64), u64>,
     abs: f64,
@@ -147,6 +213,10 @@ impl Quality {
             role,
             classify,
             ring: VecDeque::new(),
+            times: VecDeque::new(),
+            confs: VecDeque::new(),
+            calibration: [(0, 0); BINS],
+            degraded: false,
             confusion: HashMap::new(),
             abs: 0.0,
             sq: 0.0,
@@ -155,14 +225,27 @@ impl Quality {
         }
     }
 
-    fn push(&mut self, cap: usize, pred: f64, truth: f64) {
+    fn push(&mut self, cap: usize, pred: f64, truth: f64, unix: f64, conf: Option<f64>) {
         while self.ring.len() >= cap {
             let Some((p, t)) = self.ring.pop_front() else {
                 break;
             };
+            self.times.pop_front();
+            if let Some(Some(c)) = self.confs.pop_front() {
+                let b = &mut self.calibration[bin_of(c)];
+                b.0 -= u64::from(p == t);
+                b.1 -= 1;
+            }
             self.forget(p, t);
         }
         self.ring.push_back((pred, truth));
+        self.times.push_back(unix);
+        self.confs.push_back(conf);
+        if let Some(c) = conf {
+            let b = &mut self.calibration[bin_of(c)];
+            b.0 += u64::from(pred == truth);
+            b.1 += 1;
+        }
         self.received += 1;
         if self.classify {
             *self
@@ -196,6 +279,77 @@ impl Quality {
             self.abs -= e.abs();
             self.sq -= e * e;
         }
+    }
+
+    /// Judges a full window against the thresholds: `Some` on the crossing into breach.
+    fn judge(
+        &mut self,
+        version: u64,
+        cap: usize,
+        t: &crate::config::QualityThresholds,
+    ) -> Option<QualityTrip> {
+        if t.is_empty() || self.ring.len() < cap {
+            return None;
+        }
+        let r = self.report(version);
+        let value = |name: &str| -> Option<f64> {
+            match name {
+                "accuracy" => r.accuracy,
+                "macro_f1" => r.macro_f1,
+                "mae" => r.mae,
+                "rmse" => r.rmse,
+                _ => {
+                    let (what, class) = name.rsplit_once('_')?;
+                    let class: i64 = class.parse().ok()?;
+                    let c = r.classes.iter().find(|c| c.class == class)?;
+                    match what {
+                        "precision" => Some(c.precision),
+                        "recall" => Some(c.recall),
+                        "f1" => Some(c.f1),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        let mut breaches = Vec::new();
+        for (bound, list, past) in [
+            (
+                "min",
+                &t.min,
+                (|v: f64, th: f64| v < th) as fn(f64, f64) -> bool,
+            ),
+            ("max", &t.max, |v: f64, th: f64| v > th),
+        ] {
+            for (metric, th) in list {
+                if let Some(v) = value(metric).filter(|&v| past(v, *th)) {
+                    breaches.push(Breach {
+                        metric: metric.clone(),
+                        value: v,
+                        bound: bound.to_string(),
+                        threshold: *th,
+                    });
+                }
+            }
+        }
+        let was = std::mem::replace(&mut self.degraded, !breaches.is_empty());
+        if was || breaches.is_empty() {
+            return None;
+        }
+        let (from, to) = self
+            .times
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        Some(QualityTrip {
+            version,
+            role: self.role,
+            breaches,
+            window_rows: r.window_rows,
+            labels_received: r.labels_received,
+            from,
+            to,
+        })
     }
 
     fn report(&self, version: u64) -> VersionQuality {
@@ -304,6 +458,77 @@ pub struct QualityReport {
     pub unknown: u64,
     pub invalid: u64,
     pub versions: Vec<VersionQuality>,
+    /// Per version with a probability output: the accuracy to expect without labels.
+    pub expected: Vec<ExpectedQuality>,
+}
+
+/// A version's rolling window of predicted confidences (labelled or not), for the
+/// expected accuracy (CBPE's idea: the mean calibrated confidence is the accuracy to
+/// expect, as long as only the inputs moved).
+#[derive(Default)]
+struct Estimate {
+    ring: VecDeque<f64>,
+    /// Per confidence bin: rows of the ring, and the sum of their confidences.
+    counts: [u64; BINS],
+    sums: [f64; BINS],
+    /// Rows since the gauge was last set.
+    since_publish: usize,
+}
+
+impl Estimate {
+    fn push(&mut self, cap: usize, conf: f64) {
+        while self.ring.len() >= cap {
+            let Some(old) = self.ring.pop_front() else {
+                break;
+            };
+            let b = bin_of(old);
+            self.counts[b] -= 1;
+            self.sums[b] -= old;
+            if self.counts[b] == 0 {
+                self.sums[b] = 0.0;
+            }
+        }
+        self.ring.push_back(conf);
+        let b = bin_of(conf);
+        self.counts[b] += 1;
+        self.sums[b] += conf;
+    }
+
+    /// The expected accuracy: per bin, the labelled accuracy of that bin when it has
+    /// labelled rows (histogram binning), else the bin's mean confidence (uncalibrated);
+    /// and the labelled rows the calibration rests on.
+    fn expected(&self, labelled: Option<&Quality>) -> Option<(f64, u64)> {
+        let n: u64 = self.counts.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let cal = labelled.map_or([(0, 0); BINS], |q| q.calibration);
+        let mut total = 0.0;
+        for ((&count, &sum), &(right, seen)) in self.counts.iter().zip(&self.sums).zip(&cal) {
+            if count == 0 {
+                continue;
+            }
+            let acc = if seen > 0 {
+                right as f64 / seen as f64
+            } else {
+                sum / count as f64
+            };
+            total += count as f64 * acc;
+        }
+        Some((total / n as f64, cal.iter().map(|c| c.1).sum()))
+    }
+}
+
+/// The expected accuracy of one version.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpectedQuality {
+    pub version: u64,
+    /// The mean calibrated top probability over the last `quality_window` predictions.
+    pub expected_accuracy: f64,
+    /// Predictions it is computed over.
+    pub rows: u64,
+    /// Labelled rows the calibration is fitted on (0: uncalibrated, the raw confidence).
+    pub calibrated_on: u64,
 }
 
 #[derive(Default)]
@@ -317,6 +542,10 @@ struct State {
     expired: HashSet<String>,
     expired_order: VecDeque<String>,
     quality: BTreeMap<u64, Quality>,
+    estimates: BTreeMap<u64, Estimate>,
+    /// The versions loaded now: a label for any other one is joined but measured nowhere,
+    /// so that an unloaded version's quality series stay removed.
+    live: Option<BTreeSet<u64>>,
     totals: JoinSummary,
 }
 
@@ -385,6 +614,17 @@ impl Feedback {
         }
     }
 
+    /// The versions loaded now: the windows of the others are dropped (their
+    /// `vigil_model_quality` series go with the version, in `Metrics::remove_version`),
+    /// and their pending predictions measure nothing when labelled.
+    pub fn retain_versions(&self, live: impl IntoIterator<Item = u64>) {
+        let live: BTreeSet<u64> = live.into_iter().collect();
+        let mut st = self.lock();
+        st.quality.retain(|v, _| live.contains(v));
+        st.estimates.retain(|v, _| live.contains(v));
+        st.live = Some(live);
+    }
+
     /// Whether predictions are kept for feedback.
     pub fn enabled(&self) -> bool {
         self.on.load(Ordering::Acquire)
@@ -401,12 +641,33 @@ impl Feedback {
     /// Keeps one answer's predictions under the request's id (the shadow canary's answer
     /// joins the same entry).
     pub fn record(&self, id: &str, version: u64, role: Role, preds: Predictions) {
+        self.record_at(id, version, role, preds, crate::retrain::now_unix());
+    }
+
+    /// [`Feedback::record`] of a request that started running at `unix` (the payload
+    /// record's `time`, which a quality event's time range covers).
+    pub fn record_at(&self, id: &str, version: u64, role: Role, preds: Predictions, unix: f64) {
         let now = Instant::now();
         let mut st = self.lock();
         if st.settings.is_none() {
             return;
         }
         st.rows += preds.values.len();
+        let live = st.live.as_ref().is_none_or(|l| l.contains(&version));
+        if let (Some(confs), true) = (&preds.confidence, live) {
+            let cap = st.settings.as_ref().map_or(1000, |s| s.quality_rows);
+            let est = st.estimates.entry(version).or_default();
+            for &c in confs {
+                est.push(cap, c);
+            }
+            est.since_publish += confs.len();
+            // The gauge every 16 rows (and at every join): a few bins' arithmetic.
+            let due = est.since_publish >= 16;
+            if due {
+                est.since_publish = 0;
+                self.publish_expected(&st, version);
+            }
+        }
         let answer = Answer {
             version,
             role,
@@ -419,6 +680,7 @@ impl Feedback {
                     id.to_string(),
                     Entry {
                         at: now,
+                        unix,
                         answers: vec![answer],
                     },
                 ) {
@@ -436,14 +698,32 @@ impl Feedback {
 
     /// Joins truths to their predictions.
     pub fn join(&self, truths: Vec<Truth>) -> JoinSummary {
+        self.join_judged(truths, None).0
+    }
+
+    /// Joins truths to their predictions, and judges each version whose window they
+    /// changed against `[retrain]`'s thresholds. With `lines`, each joined answer is
+    /// appended there as one JSON line (id, times, version, role, prediction, truth) for
+    /// the payload log's labels files.
+    pub fn join_judged(
+        &self,
+        truths: Vec<Truth>,
+        mut lines: Option<&mut Vec<u8>>,
+    ) -> (JoinSummary, Vec<QualityTrip>) {
+        let joined_at = crate::retrain::rfc3339(crate::retrain::now_unix());
         let now = Instant::now();
         let mut sum = JoinSummary::default();
         let mut st = self.lock();
         st.sweep(now);
-        let Some(cap) = st.settings.as_ref().map(|s| s.quality_rows) else {
+        let Some((cap, thresholds)) = st
+            .settings
+            .as_ref()
+            .map(|s| (s.quality_rows, s.thresholds.clone()))
+        else {
             sum.unknown = truths.len() as u64;
-            return self.count(&mut st, sum);
+            return (self.count(&mut st, sum), Vec::new());
         };
+        let mut touched = BTreeSet::new();
         for t in truths {
             let Some(entry) = st.map.get(&t.id) else {
                 if st.expired.remove(&t.id) {
@@ -464,6 +744,24 @@ impl Feedback {
             let entry = st.map.remove(&t.id).expect("found above");
             st.rows -= entry.rows();
             for a in entry.answers {
+                if let Some(out) = lines.as_deref_mut() {
+                    let line = serde_json::json!({
+                        "id": t.id,
+                        "time": joined_at,
+                        "prediction_time": crate::retrain::rfc3339(entry.unix),
+                        "model": self.model,
+                        "model_version": a.version.to_string(),
+                        "role": a.role.as_str(),
+                        "prediction": a.preds.values,
+                        "truth": t.values,
+                    });
+                    serde_json::to_writer(&mut *out, &line)
+                        .expect("serialising plain data cannot fail");
+                    out.push(b'\n');
+                }
+                if st.live.as_ref().is_some_and(|l| !l.contains(&a.version)) {
+                    continue;
+                }
                 let q = st
                     .quality
                     .entry(a.version)
@@ -471,14 +769,22 @@ impl Feedback {
                 if a.role != Role::Shadow || q.role == Role::Shadow {
                     q.role = a.role;
                 }
-                for (&p, &y) in a.preds.values.iter().zip(&t.values) {
-                    q.push(cap, p, y);
+                for (i, (&p, &y)) in a.preds.values.iter().zip(&t.values).enumerate() {
+                    let conf = a.preds.confidence.as_ref().and_then(|c| c.get(i).copied());
+                    q.push(cap, p, y, entry.unix, conf);
                 }
+                touched.insert(a.version);
             }
             sum.joined += 1;
         }
+        let mut trips = Vec::new();
+        for v in touched {
+            if let Some(q) = st.quality.get_mut(&v) {
+                trips.extend(q.judge(v, cap, &thresholds));
+            }
+        }
         self.publish(&st);
-        self.count(&mut st, sum)
+        (self.count(&mut st, sum), trips)
     }
 
     fn count(&self, st: &mut State, sum: JoinSummary) -> JoinSummary {
@@ -502,14 +808,42 @@ impl Feedback {
         sum
     }
 
+    /// Sets `vigil_model_quality{metric="expected_accuracy"}` of one version.
+    fn publish_expected(&self, st: &State, version: u64) {
+        let Some((x, _)) = st
+            .estimates
+            .get(&version)
+            .and_then(|e| e.expected(st.quality.get(&version)))
+        else {
+            return;
+        };
+        let v = version.to_string();
+        self.metrics
+            .quality
+            .with_label_values(&[&self.model, &v, "expected_accuracy"])
+            .set(x);
+        self.metrics
+            .quality_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((self.model.clone(), version))
+            .or_default()
+            .insert("expected_accuracy".to_string());
+    }
+
     /// Sets `vigil_model_quality` from the windows.
     fn publish(&self, st: &State) {
+        for &version in st.estimates.keys() {
+            self.publish_expected(st, version);
+        }
         let g = &self.metrics.quality;
         for (&version, q) in &st.quality {
             let v = version.to_string();
             let r = q.report(version);
+            let names = std::cell::RefCell::new(BTreeSet::new());
             let set = |metric: &str, x: f64| {
                 g.with_label_values(&[&self.model, &v, metric]).set(x);
+                names.borrow_mut().insert(metric.to_string());
             };
             set("labels_received", r.labels_received as f64);
             set("window_rows", r.window_rows as f64);
@@ -533,6 +867,13 @@ impl Feedback {
                 set(&format!("recall_{}", c.class), c.recall);
                 set(&format!("f1_{}", c.class), c.f1);
             }
+            self.metrics
+                .quality_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry((self.model.clone(), version))
+                .or_default()
+                .extend(names.into_inner());
         }
     }
 
@@ -547,6 +888,19 @@ impl Feedback {
             unknown: st.totals.unknown,
             invalid: st.totals.invalid,
             versions: st.quality.iter().map(|(&v, q)| q.report(v)).collect(),
+            expected: st
+                .estimates
+                .iter()
+                .filter_map(|(&v, e)| {
+                    let (x, on) = e.expected(st.quality.get(&v))?;
+                    Some(ExpectedQuality {
+                        version: v,
+                        expected_accuracy: x,
+                        rows: e.ring.len() as u64,
+                        calibrated_on: on,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -562,6 +916,7 @@ mod tests {
             capacity,
             quality_rows: 1000,
             prediction: None,
+            thresholds: Default::default(),
         }));
         f
     }
@@ -570,6 +925,7 @@ mod tests {
         Predictions {
             classify: true,
             values: v.to_vec(),
+            confidence: None,
         }
     }
 
@@ -646,10 +1002,12 @@ mod tests {
             capacity: 1000,
             quality_rows: 4,
             prediction: None,
+            thresholds: Default::default(),
         }));
         let reg = |v: &[f64]| Predictions {
             classify: false,
             values: v.to_vec(),
+            confidence: None,
         };
         f.record("a", 1, Role::Stable, reg(&[10.0, 10.0, 0.0, 0.0, 0.0, 0.0]));
         f.join(vec![Truth {
@@ -660,6 +1018,52 @@ mod tests {
         assert_eq!(q.window_rows, 4);
         assert_eq!(q.mae, Some(0.0));
         assert_eq!(q.labels_received, 6);
+    }
+
+    #[test]
+    fn a_full_window_below_min_quality_trips_once_per_crossing() {
+        let f = Feedback::new("m", crate::metrics::Metrics::new().payload());
+        f.configure(Some(FeedbackSettings {
+            window: Duration::from_secs(60),
+            capacity: 1000,
+            quality_rows: 4,
+            prediction: None,
+            thresholds: crate::config::QualityThresholds {
+                min: vec![("accuracy".into(), 0.75)],
+                max: vec![],
+            },
+        }));
+        let mut n = 0;
+        let mut label = |truth: f64| {
+            n += 1;
+            let id = format!("r{n}");
+            f.record(&id, 1, Role::Stable, class(&[1.0]));
+            f.join_judged(
+                vec![Truth {
+                    id,
+                    values: vec![truth],
+                }],
+                None,
+            )
+            .1
+        };
+        // Not judged before the window is full, however bad.
+        for _ in 0..3 {
+            assert_eq!(label(0.0), vec![]);
+        }
+        let trips = label(0.0);
+        assert_eq!(trips.len(), 1, "the full window trips");
+        assert_eq!(trips[0].breaches[0].metric, "accuracy");
+        assert_eq!(trips[0].breaches[0].value, 0.0);
+        assert!(trips[0].from <= trips[0].to);
+        // Still below: no second trip; back to 0.75 (not below): re-armed; below: trips.
+        assert_eq!(label(0.0), vec![]);
+        for _ in 0..3 {
+            label(1.0);
+        }
+        assert_eq!(label(1.0), vec![]);
+        assert_eq!(label(0.0), vec![], "0.75 is not below 0.75");
+        assert_eq!(label(0.0).len(), 1);
     }
 
     #[test]

@@ -162,6 +162,36 @@ impl Files {
         }
     }
 
+    /// The finished (`.jsonl.gz`) files of a stream that may hold records of
+    /// `[from, to]` (Unix seconds), oldest first, as paths relative to the payload
+    /// directory: those opened (their name's time) by `to` and finished (their mtime, no
+    /// earlier than their last record) at or after `from`.
+    pub fn finished(&self, stream: &str, from: f64, to: f64) -> Vec<String> {
+        let dir = self.model_dir(stream);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let stem = name.strip_suffix(".jsonl.gz")?;
+                let opened = stem.split('-').next()?.parse::<u64>().ok()? as f64 / 1000.0;
+                let finished = e
+                    .metadata()
+                    .ok()?
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs_f64();
+                (opened <= to && finished >= from).then(|| format!("{stream}/{name}"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Rotates every file that has been open `max_file_age` (called when idle).
     pub fn rotate_aged(&mut self) {
         let aged: Vec<String> = self
@@ -186,19 +216,14 @@ impl Files {
             if !dir.is_dir() {
                 continue;
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if name.ends_with(".jsonl") {
-                    finish(&p);
-                } else if name.ends_with(".gz.tmp") {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
+            recover_dir(&dir);
             self.enforce_retention(&dir);
+            // The model's joined labels.
+            let labels = dir.join("labels");
+            if labels.is_dir() {
+                recover_dir(&labels);
+                self.enforce_retention(&labels);
+            }
         }
     }
 
@@ -218,6 +243,22 @@ impl Files {
         let models: Vec<String> = self.active.keys().cloned().collect();
         for m in models {
             self.rotate(&m);
+        }
+    }
+}
+
+/// Finishes the `.jsonl` files of one directory and removes half-written `.gz.tmp` ones.
+fn recover_dir(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".jsonl") {
+            finish(&p);
+        } else if name.ends_with(".gz.tmp") {
+            let _ = std::fs::remove_file(&p);
         }
     }
 }

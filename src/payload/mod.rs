@@ -12,6 +12,7 @@
 //! This room imports the ground floor (`tensor`, `metrics`, `fsutil`, `supervise`) and
 //! nothing of `serving` or `http`.
 
+mod cloudevents;
 pub mod feedback;
 pub mod files;
 mod record;
@@ -23,7 +24,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-pub use feedback::{Feedback, FeedbackSettings, JoinSummary, Predictions, QualityReport, Truth};
+pub use feedback::{
+    Feedback, FeedbackSettings, JoinSummary, Predictions, QualityReport, QualityTrip, Truth,
+};
 pub use files::FileOptions;
 pub use record::{Record, Role};
 
@@ -96,8 +99,46 @@ pub struct PayloadLog {
     inner: Arc<Inner>,
 }
 
+/// What the request path and the feedback join hand to the writer thread.
+enum Msg {
+    /// A sampled record, and the CloudEvents sink of its model.
+    Record(Record, Option<Arc<str>>),
+    /// Joined labels of a model, written to `DIR/<model>/labels/` (one JSON line each).
+    Labels {
+        model: String,
+        lines: Vec<u8>,
+        n: u64,
+    },
+    /// Rotate a model's files (so that everything queued before is in finished files)
+    /// and list the finished files that may hold records of `[from, to]`.
+    Seal {
+        model: String,
+        from: f64,
+        to: f64,
+        reply: Sender<Sealed>,
+    },
+}
+
+/// The finished files a retrain event points at, relative to `--payload-dir`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sealed {
+    pub requests: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+/// The labels stream of a model (a directory of its own under the model's).
+fn labels_stream(model: &str) -> String {
+    format!("{model}/labels")
+}
+
+/// A model's `[logging] cloudevents_url`, looked up when a record is submitted.
+pub type SinkOf = Arc<dyn Fn(&str) -> Option<Arc<str>> + Send + Sync>;
+
 struct Inner {
-    tx: Option<Sender<Record>>,
+    tx: Sender<Msg>,
+    /// A `--payload-dir` was given.
+    has_dir: bool,
+    sink_of: SinkOf,
     queued: Arc<AtomicUsize>,
     budget: usize,
     metrics: PayloadFamilies,
@@ -109,6 +150,8 @@ enum DropReason {
     QueueFull,
     WriteError,
     NoDir,
+    SinkFull,
+    SinkError,
 }
 
 impl DropReason {
@@ -117,6 +160,8 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::WriteError => "write_error",
             DropReason::NoDir => "no_dir",
+            DropReason::SinkFull => "sink_full",
+            DropReason::SinkError => "sink_error",
         }
     }
 }
@@ -128,20 +173,22 @@ fn count_drop(m: &PayloadFamilies, model: &str, why: DropReason, n: u64) {
 }
 
 impl PayloadLog {
-    /// Starts the writer thread (when there is a directory).
-    pub fn start(opts: PayloadOptions, metrics: PayloadFamilies) -> PayloadLog {
+    /// Starts the writer thread.
+    pub fn start(opts: PayloadOptions, metrics: PayloadFamilies, sink_of: SinkOf) -> PayloadLog {
         let queued = Arc::new(AtomicUsize::new(0));
-        let tx = opts.files.map(|fopts| {
-            let (tx, rx) = crossbeam_channel::bounded(QUEUE_RECORDS);
+        let has_dir = opts.files.is_some();
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE_RECORDS);
+        {
             let (queued, metrics) = (queued.clone(), metrics.clone());
             crate::supervise::spawn_thread("payload_writer", "vigil-payload", move || {
-                write_loop(&rx, fopts.clone(), &queued, &metrics)
+                write_loop(&rx, opts.files.clone(), &queued, &metrics)
             });
-            tx
-        });
+        }
         PayloadLog {
             inner: Arc::new(Inner {
                 tx,
+                has_dir,
+                sink_of,
                 queued,
                 budget: opts.queue_bytes,
                 metrics,
@@ -153,10 +200,12 @@ impl PayloadLog {
     /// is dropped and counted.
     pub fn submit(&self, record: Record) {
         let inner = &self.inner;
-        let Some(tx) = &inner.tx else {
+        let sink = (inner.sink_of)(&record.model);
+        if !inner.has_dir && sink.is_none() {
             count_drop(&inner.metrics, &record.model, DropReason::NoDir, 1);
             return;
-        };
+        }
+        let tx = &inner.tx;
         let w = record.weight();
         let before = inner.queued.fetch_add(w, Ordering::AcqRel);
         if before + w > inner.budget && before > 0 {
@@ -165,73 +214,176 @@ impl PayloadLog {
             return;
         }
         inner.metrics.queue_bytes.add(w as i64);
-        if let Err(e) = tx.try_send(record) {
-            let (TrySendError::Full(r) | TrySendError::Disconnected(r)) = e;
+        if let Err(e) = tx.try_send(Msg::Record(record, sink)) {
+            let (TrySendError::Full(m) | TrySendError::Disconnected(m)) = e;
             inner.queued.fetch_sub(w, Ordering::AcqRel);
             inner.metrics.queue_bytes.sub(w as i64);
-            count_drop(&inner.metrics, &r.model, DropReason::QueueFull, 1);
+            if let Msg::Record(r, _) = m {
+                count_drop(&inner.metrics, &r.model, DropReason::QueueFull, 1);
+            }
         }
+    }
+
+    /// Hands joined labels (JSON lines) to the writer; never blocks. Without a
+    /// `--payload-dir` they are not kept (and not counted: sampling is not involved).
+    pub fn labels(&self, model: &str, lines: Vec<u8>, n: u64) {
+        let inner = &self.inner;
+        if !inner.has_dir {
+            return;
+        }
+        let tx = &inner.tx;
+        let w = lines.len();
+        let before = inner.queued.fetch_add(w, Ordering::AcqRel);
+        if before + w > inner.budget && before > 0 {
+            inner.queued.fetch_sub(w, Ordering::AcqRel);
+            count_drop(&inner.metrics, model, DropReason::QueueFull, n);
+            return;
+        }
+        inner.metrics.queue_bytes.add(w as i64);
+        let msg = Msg::Labels {
+            model: model.to_string(),
+            lines,
+            n,
+        };
+        if tx.try_send(msg).is_err() {
+            inner.queued.fetch_sub(w, Ordering::AcqRel);
+            inner.metrics.queue_bytes.sub(w as i64);
+            count_drop(&inner.metrics, model, DropReason::QueueFull, n);
+        }
+    }
+
+    /// Waits (at most `wait`) for the writer to finish the model's files, then lists the
+    /// finished request and label files that may hold records of `[from, to]` (Unix
+    /// seconds). `None`: no `--payload-dir`, or the writer did not answer in time.
+    pub fn seal(&self, model: &str, from: f64, to: f64, wait: Duration) -> Option<Sealed> {
+        if !self.inner.has_dir {
+            return None;
+        }
+        let tx = &self.inner.tx;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let msg = Msg::Seal {
+            model: model.to_string(),
+            from,
+            to,
+            reply,
+        };
+        tx.send_timeout(msg, wait).ok()?;
+        answer.recv_timeout(wait).ok()
     }
 
     /// Whether records can be written at all (a `--payload-dir` was given).
     pub fn has_dir(&self) -> bool {
-        self.inner.tx.is_some()
+        self.inner.has_dir
     }
 }
 
 /// Lines of a batch are gathered up to this many bytes per model before one write.
 const BATCH_BYTES: usize = 1 << 20;
 
+/// How long before a file was opened its records may have been run: a record is queued
+/// when its request is answered, and written soon after; the file list of a sealed range
+/// errs on the side of one file too many.
+const SEAL_SLACK_SECONDS: f64 = 120.0;
+
 /// The writer thread: takes what is queued, encodes it, appends it per model in one
-/// write, and rotates aged files when idle.
+/// write, rotates aged files when idle, and seals a model's files when asked.
 fn write_loop(
-    rx: &Receiver<Record>,
-    opts: FileOptions,
+    rx: &Receiver<Msg>,
+    opts: Option<FileOptions>,
     queued: &AtomicUsize,
     metrics: &PayloadFamilies,
 ) {
-    let tick = opts
-        .max_file_age
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut files = files::Files::new(opts);
-    files.recover();
+    let tick = opts.as_ref().map_or(Duration::from_secs(1), |o| {
+        o.max_file_age
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+    });
+    let mut files = opts.map(files::Files::new);
+    if let Some(f) = &files {
+        f.recover();
+    }
+    // Started with the first record whose model has a `cloudevents_url`.
+    let mut sink: Option<cloudevents::Sink> = None;
+    // Per stream (a model, or its labels): the bytes to append, the records in them.
     let mut batch: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
     let mut failing = false;
     loop {
         let first = match rx.recv_timeout(tick) {
-            Ok(r) => r,
+            Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                files.rotate_aged();
+                if let Some(f) = &mut files {
+                    f.rotate_aged();
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                files.close_all();
+                if let Some(f) = &mut files {
+                    f.close_all();
+                }
                 return;
             }
         };
         let mut next = Some(first);
         let mut size = 0usize;
-        while let Some(r) = next.take() {
-            let w = r.weight();
-            let slot = batch.entry(r.model.clone()).or_default();
-            let before = slot.0.len();
-            r.write_line(&mut slot.0);
-            slot.1 += 1;
-            size += slot.0.len() - before;
-            drop(r);
-            queued.fetch_sub(w, Ordering::AcqRel);
-            metrics.queue_bytes.sub(w as i64);
+        let mut seal = None;
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Record(r, url) => {
+                    let w = r.weight();
+                    if let Some(url) = url {
+                        sink.get_or_insert_with(|| cloudevents::Sink::start(metrics.clone()))
+                            .offer(cloudevents::Pair::of(&r, url));
+                    }
+                    if files.is_some() {
+                        let slot = batch.entry(r.model.clone()).or_default();
+                        let before = slot.0.len();
+                        r.write_line(&mut slot.0);
+                        slot.1 += 1;
+                        size += slot.0.len() - before;
+                    }
+                    drop(r);
+                    queued.fetch_sub(w, Ordering::AcqRel);
+                    metrics.queue_bytes.sub(w as i64);
+                }
+                Msg::Labels { model, lines, n } => {
+                    let w = lines.len();
+                    let slot = batch.entry(labels_stream(&model)).or_default();
+                    slot.0.extend_from_slice(&lines);
+                    slot.1 += n;
+                    size += w;
+                    queued.fetch_sub(w, Ordering::AcqRel);
+                    metrics.queue_bytes.sub(w as i64);
+                }
+                Msg::Seal { .. } => {
+                    // Everything queued before it is written first.
+                    seal = Some(m);
+                    break;
+                }
+            }
             if size < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
-        for (model, (bytes, n)) in batch.iter_mut() {
-            if *n == 0 {
+        let Some(files) = &mut files else {
+            batch.clear();
+            if let Some(Msg::Seal { reply, .. }) = seal {
+                let _ = reply.try_send(Sealed::default());
+            }
+            continue;
+        };
+        for (stream, (bytes, n)) in batch.iter_mut() {
+            if *n == 0 && bytes.is_empty() {
                 continue;
             }
-            match files.append(model, bytes) {
+            // Label lines count under their model, and not as logged requests.
+            let (model, is_labels) = match stream.strip_suffix("/labels") {
+                Some(m) => (m, true),
+                None => (stream.as_str(), false),
+            };
+            match files.append(stream, bytes) {
                 Ok(()) => {
-                    metrics.written.with_label_values(&[model]).inc_by(*n);
+                    if !is_labels {
+                        metrics.written.with_label_values(&[model]).inc_by(*n);
+                    }
                     if failing {
                         tracing::info!(model = %model, "the payload log is written again");
                         failing = false;
@@ -247,6 +399,23 @@ fn write_loop(
             }
             bytes.clear();
             *n = 0;
+        }
+        if let Some(Msg::Seal {
+            model,
+            from,
+            to,
+            reply,
+        }) = seal
+        {
+            let labels = labels_stream(&model);
+            files.rotate(&model);
+            files.rotate(&labels);
+            let sealed = Sealed {
+                requests: files.finished(&model, from - SEAL_SLACK_SECONDS, to),
+                // Labels of the window's predictions are joined after them, up to now.
+                labels: files.finished(&labels, from, f64::INFINITY),
+            };
+            let _ = reply.try_send(sealed);
         }
     }
 }

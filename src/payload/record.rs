@@ -76,6 +76,31 @@ impl Record {
         serde_json::to_writer(&mut *out, &doc).expect("serialising plain data cannot fail");
         out.push(b'\n');
     }
+
+    /// The V2 request and response bodies (JSON) of the record, as the CloudEvents sink
+    /// posts them; a failed request's response is `{"id", "error"}`.
+    pub fn v2_bodies(&self) -> (Vec<u8>, Vec<u8>) {
+        let inputs: Vec<TensorJson> = self.inputs.iter().map(TensorJson).collect();
+        let request = serde_json::to_vec(&serde_json::json!({
+            "id": self.id,
+            "inputs": inputs,
+        }))
+        .expect("serialising plain data cannot fail");
+        let response = match &self.error {
+            Some(e) => serde_json::json!({"id": self.id, "error": e}),
+            None => {
+                let outputs: Vec<TensorJson> = self.outputs.iter().map(TensorJson).collect();
+                serde_json::json!({
+                    "id": self.id,
+                    "model_name": self.model,
+                    "model_version": self.version.to_string(),
+                    "outputs": outputs,
+                })
+            }
+        };
+        let response = serde_json::to_vec(&response).expect("serialising plain data cannot fail");
+        (request, response)
+    }
 }
 
 #[derive(Serialize)]

@@ -111,6 +111,60 @@ pub struct EventData {
     /// A canary judge's decision (`vigil.canary.*` events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryInfo>,
+    /// The window that went past a `[retrain]` quality threshold
+    /// (`vigil.quality.degraded` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityInfo>,
+    /// Where the data of a retrain trigger (drift, quality, manual) is, for the
+    /// pipeline's first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataRefs>,
+}
+
+/// Where a retrain event's data is: the payload log's finished files that may hold the
+/// requests of the window that tripped, and the files of the labels joined so far.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct DataRefs {
+    /// The server's `--payload-dir` (`null`: no payload log; only the range is known).
+    /// The paths below are relative to it.
+    pub payload_dir: Option<String>,
+    /// The window's time range (RFC 3339): the requests in question are the records of
+    /// `requests` whose `time` lies in it (a file may hold a few records outside it).
+    pub from: String,
+    pub to: String,
+    /// Gzipped JSON Lines payload records (`<model>/<ms>-<seq>.jsonl.gz`).
+    pub requests: Vec<String>,
+    /// Gzipped JSON Lines of joined labels (`<model>/labels/<ms>-<seq>.jsonl.gz`), each
+    /// with the request's `id`, its prediction and its truth.
+    pub labels: Vec<String>,
+    /// Labelled rows joined for the version so far (`null`: no feedback is kept).
+    pub labels_joined: Option<u64>,
+}
+
+/// Builds an event's [`DataRefs`] once the event is sure to be created (it seals the
+/// payload log's files, so it is not called for a trip that the cooldown holds).
+pub type DataSource<'a> = &'a dyn Fn() -> Option<DataRefs>;
+
+/// What a `vigil.quality.degraded` event says of the window.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct QualityInfo {
+    /// `stable`, `canary`, `shadow` or `standby`.
+    pub role: String,
+    /// Labelled rows in the rolling window (`[logging] quality_window`).
+    pub window_rows: u64,
+    /// Labelled rows joined for the version so far.
+    pub labels_received: u64,
+    pub breaches: Vec<QualityBreach>,
+}
+
+/// One threshold a quality window went past.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct QualityBreach {
+    pub metric: String,
+    pub value: f64,
+    /// `min` (`min_quality`: the value is below it) or `max` (`max_error`: above it).
+    pub bound: String,
+    pub threshold: f64,
 }
 
 /// What a `vigil.canary.*` event says of the decision.
@@ -245,6 +299,18 @@ pub fn drift_event_id(model: &str, version: u64, closed_at: f64, rows: u64) -> S
     event_id(&format!("{model}\n{version}\n{closed_at:.3}\n{rows}"))
 }
 
+/// The id of a quality event: the version's window as of the labels received when it
+/// tripped, and when.
+pub fn quality_event_id(model: &str, version: u64, at: f64, labels_received: u64) -> String {
+    event_id(&format!(
+        "quality\n{model}\n{version}\n{at:.3}\n{labels_received}"
+    ))
+}
+
+/// The event kinds that are retrain triggers and share a model's cooldown.
+pub const DRIFT_KIND: &str = "vigil.drift.detected";
+pub const QUALITY_KIND: &str = "vigil.quality.degraded";
+
 /// `evt_` and the first 128 bits of the SHA-256 of `seed`, in hex.
 fn event_id(seed: &str) -> String {
     use sha2::Digest;
@@ -311,11 +377,23 @@ impl Retrainer {
         &self,
         data: EventData,
         cooldown: Duration,
+        refs: DataSource<'_>,
     ) -> Result<Option<String>, RetrainError> {
-        match self.drift_event(data, cooldown)? {
+        match self.trigger_event(DRIFT_KIND, data, cooldown, refs)? {
             AlertOutcome::Created(id) => Ok(Some(id)),
             _ => Ok(None),
         }
+    }
+
+    /// A quality window past its threshold: a `vigil.quality.degraded` event, under the
+    /// same cooldown as drift events (both are retrain triggers).
+    pub fn quality_degraded(
+        &self,
+        data: EventData,
+        cooldown: Duration,
+        refs: DataSource<'_>,
+    ) -> Result<AlertOutcome, RetrainError> {
+        self.trigger_event(QUALITY_KIND, data, cooldown, refs)
     }
 
     /// Creates a drift event unless the model has no hook, the outbox already holds the
@@ -325,8 +403,23 @@ impl Retrainer {
         data: EventData,
         cooldown: Duration,
     ) -> Result<AlertOutcome, RetrainError> {
+        self.trigger_event(DRIFT_KIND, data, cooldown, &|| None)
+    }
+
+    fn trigger_event(
+        &self,
+        kind: &str,
+        mut data: EventData,
+        cooldown: Duration,
+        refs: DataSource<'_>,
+    ) -> Result<AlertOutcome, RetrainError> {
+        let what = if kind == QUALITY_KIND {
+            "quality degraded"
+        } else {
+            "drift detected"
+        };
         if (self.resolver)(&data.model).is_none() {
-            tracing::info!(model = %data.model, "drift detected; no retrain hook configured");
+            tracing::info!(model = %data.model, "{what}; no retrain hook configured");
             return Ok(AlertOutcome::NoHook);
         }
         let now = now_unix();
@@ -338,13 +431,13 @@ impl Retrainer {
             if let Some(last) = ob.last_drift_event(&data.model) {
                 if now - last < cooldown.as_secs_f64() {
                     tracing::info!(model = %data.model, cooldown_s = cooldown.as_secs(),
-                        "drift detected during the retrain cooldown; no new event");
+                        "{what} during the retrain cooldown; no new event");
                     return Ok(AlertOutcome::Cooldown);
                 }
             }
         }
-        self.create("vigil.drift.detected", data, now)
-            .map(AlertOutcome::Created)
+        data.data = refs();
+        self.create(kind, data, now).map(AlertOutcome::Created)
     }
 
     /// A firing fleet alert (Alertmanager): one drift event per alert. Its id comes from
@@ -378,6 +471,8 @@ impl Retrainer {
             features: Vec::new(),
             server: self.server.clone(),
             canary: None,
+            quality: None,
+            data: None,
         };
         self.drift_event(data, cooldown)
     }
@@ -388,6 +483,7 @@ impl Retrainer {
         model: &str,
         version: Option<u64>,
         reason: &str,
+        refs: DataSource<'_>,
     ) -> Result<String, RetrainError> {
         if (self.resolver)(model).is_none() {
             return Err(RetrainError::NoTarget(model.to_string()));
@@ -408,6 +504,8 @@ impl Retrainer {
             features: Vec::new(),
             server: self.server.clone(),
             canary: None,
+            quality: None,
+            data: refs(),
         };
         self.create("vigil.retrain.requested", data, now)
     }
@@ -449,14 +547,18 @@ impl Retrainer {
             features: Vec::new(),
             server: self.server.clone(),
             canary: Some(info),
+            quality: None,
+            data: None,
         };
         self.create(kind, data, now_unix()).map(Some)
     }
 
     fn create(&self, kind: &str, mut data: EventData, now: f64) -> Result<String, RetrainError> {
         data.server = self.server.clone();
-        let reason_label = if kind == "vigil.drift.detected" {
+        let reason_label = if kind == DRIFT_KIND {
             "drift"
+        } else if kind == QUALITY_KIND {
+            "quality"
         } else if kind.starts_with("vigil.canary.") {
             "canary"
         } else {

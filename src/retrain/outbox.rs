@@ -211,7 +211,7 @@ impl Outbox {
                 if self.by_id.contains_key(&event.data.event_id) {
                     return;
                 }
-                if event.kind == "vigil.drift.detected" {
+                if event.kind == super::DRIFT_KIND || event.kind == super::QUALITY_KIND {
                     let last = self
                         .last_drift
                         .entry(event.data.model.clone())

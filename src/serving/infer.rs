@@ -67,7 +67,7 @@ impl Server {
             _ => None,
         };
         if let (Some(id), Some(f), Ok(outputs)) = (id, &route.feedback, &result) {
-            keep_for_feedback(f, id, &route.version, route.role, outputs);
+            keep_for_feedback(f, id, (&route.version, route.role), outputs, time);
         }
         let shadow_log = match (&logged, &shadow_copy) {
             (Some((id, _)), Some((_, copy, _))) => Some((id.clone(), copy.clone())),
@@ -93,7 +93,8 @@ impl Server {
                     j.record(start.elapsed(), &answer);
                 }
                 if let (Some((id, f)), Ok(outputs)) = (&shadow_feedback, &answer) {
-                    keep_for_feedback(f, id, &canary, crate::payload::Role::Shadow, outputs);
+                    let shadow = (&*canary, crate::payload::Role::Shadow);
+                    keep_for_feedback(f, id, shadow, outputs, time);
                 }
                 if let Some((id, inputs)) = shadow_log {
                     server.payload.submit(payload_record(
@@ -184,14 +185,15 @@ impl Server {
     }
 }
 
-/// Keeps an answer's predictions (one value per row of the prediction output) for the
-/// feedback join.
+/// Keeps an answer's predictions (one value per row of the prediction output, and the
+/// top probability per row when an output holds probabilities) for the feedback join;
+/// `time` is when the request started running.
 fn keep_for_feedback(
     f: &crate::payload::Feedback,
     id: &str,
-    version: &ServedVersion,
-    role: crate::payload::Role,
+    (version, role): (&ServedVersion, crate::payload::Role),
     outputs: &[Tensor],
+    time: f64,
 ) {
     let index = match f.prediction_output() {
         Some(name) => version
@@ -204,8 +206,11 @@ fn keep_for_feedback(
     let preds = index
         .and_then(|i| outputs.get(i))
         .and_then(crate::payload::Predictions::from_output);
-    if let Some(preds) = preds {
-        f.record(id, version.version, role, preds);
+    if let Some(mut preds) = preds {
+        if preds.classify {
+            preds.confidence = crate::payload::feedback::confidence(outputs, preds.values.len());
+        }
+        f.record_at(id, version.version, role, preds, time);
     }
 }
 

@@ -153,13 +153,56 @@ fn exec_settings(config: &ModelConfig, batching: &pool::BatchSettings) -> exec::
     )
 }
 
+/// How long a retrain event waits for the payload log's writer to finish its files.
+const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where a retrain event's data is: the payload log sealed for `[from, to]` (Unix
+/// seconds), and the labels joined so far.
+fn data_refs(
+    payload: &crate::payload::PayloadLog,
+    dir: Option<&std::path::Path>,
+    model: &str,
+    (from, to): (f64, f64),
+    labels_joined: Option<u64>,
+) -> crate::retrain::DataRefs {
+    let sealed = payload.seal(model, from, to, SEAL_WAIT).unwrap_or_default();
+    crate::retrain::DataRefs {
+        payload_dir: dir.map(|d| d.display().to_string()),
+        from: crate::retrain::rfc3339(from),
+        to: crate::retrain::rfc3339(to),
+        requests: sealed.requests,
+        labels: sealed.labels,
+        labels_joined,
+    }
+}
+
+/// Labelled rows joined for a version so far (`None`: the model keeps no feedback).
+fn labels_joined(table: &RoutingTable, model: &str, version: u64) -> Option<u64> {
+    let f = &table.models.get(model)?.feedback;
+    if !f.enabled() {
+        return None;
+    }
+    let r = f.report();
+    Some(
+        r.versions
+            .iter()
+            .find(|q| q.version == version)
+            .map_or(0, |q| q.labels_received),
+    )
+}
+
+/// What the drift-event thread needs besides the channel.
+struct DriftForwarder {
+    table: Arc<ArcSwap<RoutingTable>>,
+    defaults: RetrainConfig,
+    retrainer: Arc<Retrainer>,
+    payload: crate::payload::PayloadLog,
+    payload_dir: Option<std::path::PathBuf>,
+}
+
 /// Turns drift trips into retrain events (a thread of its own: the outbox fsyncs).
-fn forward_drift_events(
-    rx: &crossbeam_channel::Receiver<DriftEvent>,
-    table: &ArcSwap<RoutingTable>,
-    defaults: &RetrainConfig,
-    retrainer: &Retrainer,
-) {
+fn forward_drift_events(rx: &crossbeam_channel::Receiver<DriftEvent>, f: &DriftForwarder) {
+    let (table, defaults, retrainer) = (&f.table, &f.defaults, &f.retrainer);
     for ev in rx {
         let cfg = retrain_config(&table.load(), defaults, &ev.model);
         if cfg.trigger() == crate::config::RetrainTrigger::Fleet {
@@ -199,8 +242,19 @@ fn forward_drift_events(
                 .collect(),
             server: String::new(),
             canary: None,
+            quality: None,
+            data: None,
         };
-        if let Err(e) = retrainer.drift_detected(data, cfg.cooldown()) {
+        let refs = || {
+            Some(data_refs(
+                &f.payload,
+                f.payload_dir.as_deref(),
+                &ev.model,
+                (ev.window.opened_at, ev.window.closed_at),
+                labels_joined(&table.load(), &ev.model, ev.version),
+            ))
+        };
+        if let Err(e) = retrainer.drift_detected(data, cfg.cooldown(), &refs) {
             tracing::error!(model = %ev.model, error = %e, "cannot create the retrain event");
         }
     }
@@ -236,19 +290,36 @@ impl Server {
             Arc::new(metrics.retrain()),
             server_name,
         )?;
+        let sink_of: crate::payload::SinkOf = {
+            let table = table.clone();
+            Arc::new(move |model: &str| {
+                let t = table.load();
+                let url = t
+                    .models
+                    .get(model)?
+                    .config
+                    .logging
+                    .cloudevents_url
+                    .as_deref()?;
+                Some(Arc::from(url))
+            })
+        };
+        let payload =
+            crate::payload::PayloadLog::start(options.payload.clone(), metrics.payload(), sink_of);
         let (drift_events, rx) = crossbeam_channel::bounded(256);
         {
-            let (table, defaults, retrainer) = (
-                table.clone(),
-                options.retrain_defaults.clone(),
-                retrainer.clone(),
-            );
+            let f = DriftForwarder {
+                table: table.clone(),
+                defaults: options.retrain_defaults.clone(),
+                retrainer: retrainer.clone(),
+                payload: payload.clone(),
+                payload_dir: options.payload.files.as_ref().map(|o| o.dir.clone()),
+            };
             crate::supervise::spawn_thread("retrain_events", "vigil-retrain-events", move || {
-                forward_drift_events(&rx, &table, &defaults, &retrainer)
+                forward_drift_events(&rx, &f)
             });
         }
         let judge = analysis::Judge::open(&options.state_dir, metrics.canary());
-        let payload = crate::payload::PayloadLog::start(options.payload.clone(), metrics.payload());
         Ok(Server {
             judge,
             table,
@@ -277,6 +348,115 @@ impl Server {
     }
 
     /// A model's effective `[retrain]` settings.
+    /// Joins truths to a model's predictions; a quality window that went past its
+    /// `[retrain]` threshold becomes a `vigil.quality.degraded` event (blocking: the
+    /// outbox fsyncs).
+    pub fn feedback(
+        &self,
+        model: &str,
+        feedback: &crate::payload::Feedback,
+        truths: Vec<crate::payload::Truth>,
+    ) -> crate::payload::JoinSummary {
+        let mut lines = self.payload.has_dir().then(Vec::new);
+        let (summary, trips) = feedback.join_judged(truths, lines.as_mut());
+        if let Some(lines) = lines.filter(|l| !l.is_empty()) {
+            self.payload.labels(model, lines, summary.joined);
+        }
+        for trip in trips {
+            self.quality_degraded(model, trip);
+        }
+        summary
+    }
+
+    fn quality_degraded(&self, model: &str, trip: crate::payload::QualityTrip) {
+        let cfg = self.retrain_config(model);
+        let now = crate::retrain::now_unix();
+        let what: Vec<String> = trip
+            .breaches
+            .iter()
+            .map(|b| {
+                let cmp = if b.bound == "min" { "<" } else { ">" };
+                format!("{} {:.4} {cmp} {}", b.metric, b.value, b.threshold)
+            })
+            .collect();
+        tracing::warn!(model, version = trip.version, breaches = %what.join(", "),
+            "live quality degraded over a full window of labelled rows");
+        let data = crate::retrain::EventData {
+            event_id: crate::retrain::quality_event_id(
+                model,
+                trip.version,
+                now,
+                trip.labels_received,
+            ),
+            model: model.to_string(),
+            model_version: trip.version.to_string(),
+            reason: format!(
+                "quality: {} over the last {} labelled rows",
+                what.join(", "),
+                trip.window_rows
+            ),
+            window: None,
+            drift_share: None,
+            features: Vec::new(),
+            server: String::new(),
+            canary: None,
+            quality: Some(crate::retrain::QualityInfo {
+                role: trip.role.as_str().to_string(),
+                window_rows: trip.window_rows,
+                labels_received: trip.labels_received,
+                breaches: trip.breaches.clone(),
+            }),
+            data: None,
+        };
+        let refs = || {
+            Some(data_refs(
+                &self.payload,
+                self.payload_dir(),
+                model,
+                (trip.from, trip.to),
+                Some(trip.labels_received),
+            ))
+        };
+        if let Err(e) = self.retrainer.quality_degraded(data, cfg.cooldown(), &refs) {
+            tracing::error!(model, error = %e, "cannot create the retrain event");
+        }
+    }
+
+    fn payload_dir(&self) -> Option<&std::path::Path> {
+        self.options.payload.files.as_ref().map(|o| o.dir.as_path())
+    }
+
+    /// An operator's retrain request: its data is everything the payload log holds of
+    /// the model now (blocking: the outbox fsyncs).
+    pub fn manual_retrain(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        reason: &str,
+    ) -> Result<String, crate::retrain::RetrainError> {
+        let refs = || {
+            let now = crate::retrain::now_unix();
+            let mut r = data_refs(
+                &self.payload,
+                self.payload_dir(),
+                model,
+                (0.0, now),
+                version.and_then(|v| labels_joined(&self.table.load(), model, v)),
+            );
+            // The range starts at the oldest file's opening (its name's Unix ms).
+            let oldest = r
+                .requests
+                .first()
+                .and_then(|p| p.rsplit('/').next())
+                .and_then(|n| n.split('-').next())
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .map_or(now, |ms| ms as f64 / 1000.0);
+            r.from = crate::retrain::rfc3339(oldest);
+            Some(r)
+        };
+        self.retrainer.manual(model, version, reason, &refs)
+    }
+
     pub fn retrain_config(&self, model: &str) -> RetrainConfig {
         retrain_config(&self.table.load(), &self.options.retrain_defaults, model)
     }
@@ -362,7 +542,10 @@ impl Server {
         let batching =
             pool::BatchSettings::resolve(&config.batching, &loaded.signature, self.pool.capacity());
         let exec = exec::Execution::new(exec_settings(config, &batching), loaded.warmup);
-        if config.logging.sample > 0.0 && !self.payload.has_dir() {
+        if config.logging.sample > 0.0
+            && !self.payload.has_dir()
+            && config.logging.cloudevents_url.is_none()
+        {
             tracing::warn!(model, "[logging] sample > 0 but no --payload-dir: sampled requests are dropped (vigil_payload_dropped_total{{reason=\"no_dir\"}})");
         }
         if let Some(w) = loaded.warmup {

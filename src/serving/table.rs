@@ -323,7 +323,11 @@ fn build_entry(
         capacity: l.feedback_capacity,
         quality_rows: l.quality_window,
         prediction: l.prediction.clone(),
+        thresholds: config.retrain.quality_thresholds(),
     }));
+    // Before the table swap and `remove_version`: a join cannot bring back the series of
+    // a version that left.
+    feedback.retain_versions(versions.keys().copied());
     // Unpinned, the stable version is the highest served one that is not the canary
     // (the canary is usually the newest version), else whatever is served.
     let stable = rollout

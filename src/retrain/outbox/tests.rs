@@ -25,6 +25,8 @@ fn event_with(id: &str, reason: &str) -> Event {
             features: vec![],
             server: "s".into(),
             canary: None,
+            quality: None,
+            data: None,
         },
     }
 }
