@@ -147,6 +147,28 @@ pub struct PayloadFamilies {
 /// Per (model, version): the `metric` labels of `vigil_model_quality` exported.
 pub type QualityNames = Arc<Mutex<HashMap<(String, u64), std::collections::BTreeSet<String>>>>;
 
+impl PayloadFamilies {
+    /// Removes a model's feedback series (pending rows, every version's live quality):
+    /// its feedback was turned off, so no series may keep showing a value.
+    pub fn clear_feedback(&self, model: &str) {
+        let _ = self.pending.remove_label_values(&[model]);
+        let mut names = self
+            .quality_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        names.retain(|(m, version), metrics| {
+            if m != model {
+                return true;
+            }
+            let v = version.to_string();
+            for metric in metrics.iter() {
+                let _ = self.quality.remove_label_values(&[model, &v, metric]);
+            }
+            false
+        });
+    }
+}
+
 /// The canary judge's families (`serving::analysis` owns the series).
 #[derive(Clone)]
 pub struct CanaryFamilies {

@@ -531,16 +531,23 @@ pub struct ExpectedQuality {
     pub calibrated_on: u64,
 }
 
+/// A request id as the index keeps it: 128 bits of two keyed SipHashes, so an entry's
+/// memory does not grow with the id a client chose (ids are as long as a body allows),
+/// and nobody can aim for a collision (the keys are random per process).
+type Key = u128;
+
 #[derive(Default)]
 struct State {
     settings: Option<FeedbackSettings>,
-    map: HashMap<String, Entry>,
-    /// Insertion order for the sweep; an id whose entry was replaced or joined is skipped.
-    order: VecDeque<(Instant, String)>,
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    map: HashMap<Key, Entry>,
+    /// Insertion order for the sweep; an id whose entry was replaced or joined is skipped
+    /// (and compacted away once they outnumber the live ones).
+    order: VecDeque<(Instant, Key)>,
     rows: usize,
     /// Ids swept or evicted unlabelled, so that their truth is counted `late`.
-    expired: HashSet<String>,
-    expired_order: VecDeque<String>,
+    expired: HashSet<Key>,
+    expired_order: VecDeque<Key>,
     quality: BTreeMap<u64, Quality>,
     estimates: BTreeMap<u64, Estimate>,
     /// The versions loaded now: a label for any other one is joined but measured nowhere,
@@ -550,6 +557,11 @@ struct State {
 }
 
 impl State {
+    fn key(&self, id: &str) -> Key {
+        use std::hash::BuildHasher;
+        ((self.keys.0.hash_one(id) as u128) << 64) | self.keys.1.hash_one(id) as u128
+    }
+
     fn sweep(&mut self, now: Instant) {
         let Some(s) = &self.settings else {
             return;
@@ -564,7 +576,7 @@ impl State {
             if self.map.get(&id).is_some_and(|e| e.at == at) {
                 let e = self.map.remove(&id).expect("present");
                 self.rows -= e.rows();
-                self.expired.insert(id.clone());
+                self.expired.insert(id);
                 self.expired_order.push_back(id);
                 while self.expired_order.len() > capacity {
                     if let Some(old) = self.expired_order.pop_front() {
@@ -572,6 +584,13 @@ impl State {
                     }
                 }
             }
+        }
+        // Ids asked again or joined leave their old place in the order behind: once those
+        // outnumber the live entries, drop them (amortised O(1) per request).
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(at, id)| map.get(id).is_some_and(|e| e.at == *at));
         }
     }
 }
@@ -608,6 +627,7 @@ impl Feedback {
         self.on.store(settings.is_some(), Ordering::Release);
         if settings.is_none() {
             *st = State::default();
+            self.metrics.clear_feedback(&self.model);
         } else {
             st.settings = settings;
             st.sweep(Instant::now());
@@ -673,11 +693,12 @@ impl Feedback {
             role,
             preds,
         };
-        match st.map.get_mut(id) {
+        let id = st.key(id);
+        match st.map.get_mut(&id) {
             Some(e) if role == Role::Shadow => e.answers.push(answer),
             _ => {
                 if let Some(old) = st.map.insert(
-                    id.to_string(),
+                    id,
                     Entry {
                         at: now,
                         unix,
@@ -686,7 +707,7 @@ impl Feedback {
                 ) {
                     st.rows -= old.rows();
                 }
-                st.order.push_back((now, id.to_string()));
+                st.order.push_back((now, id));
             }
         }
         st.sweep(now);
@@ -725,8 +746,9 @@ impl Feedback {
         };
         let mut touched = BTreeSet::new();
         for t in truths {
-            let Some(entry) = st.map.get(&t.id) else {
-                if st.expired.remove(&t.id) {
+            let key = st.key(&t.id);
+            let Some(entry) = st.map.get(&key) else {
+                if st.expired.remove(&key) {
                     sum.late += 1;
                 } else {
                     sum.unknown += 1;
@@ -741,7 +763,7 @@ impl Feedback {
                 sum.invalid += 1;
                 continue;
             }
-            let entry = st.map.remove(&t.id).expect("found above");
+            let entry = st.map.remove(&key).expect("found above");
             st.rows -= entry.rows();
             for a in entry.answers {
                 if let Some(out) = lines.as_deref_mut() {

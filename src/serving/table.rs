@@ -146,6 +146,7 @@ impl Server {
                     self.metrics.publish_roles(name, roles(p), Vec::new(), None);
                 }
                 self.metrics.set_unavailable(name, None);
+                self.metrics.payload().clear_feedback(name);
                 models.remove(name);
             }
         }
