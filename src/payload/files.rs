@@ -115,10 +115,11 @@ impl Files {
                 Ok(())
             }
             Err(source) => {
-                // Cut a torn batch back; if even that fails, start a new file next time
-                // (the torn tail is cut when this one is rotated).
+                // Cut a torn batch back, and start a new file next time unless this one
+                // is empty: the failure may be this file's (its size over a file-size
+                // limit, EFBIG), and a torn tail that cannot be cut is cut at rotation.
                 let path = a.path.clone();
-                if a.file.set_len(a.len).is_err() {
+                if a.file.set_len(a.len).is_err() || a.len > 0 {
                     self.rotate(model);
                 }
                 Err(WriteError { path, source })
@@ -230,12 +231,18 @@ impl Files {
     /// Keeps the model's rotated files within `retention_bytes - max_file_bytes`, so
     /// that with the active file (never larger than `max_file_bytes`, but for a single
     /// longer line) the directory stays within `retention_bytes`.
+    ///
+    /// First it compresses again the finished `.jsonl` files whose compression failed
+    /// before (a full disk): those count against the cap too, so a failure can neither
+    /// leave them plain for good nor keep the disk full.
     fn enforce_retention(&self, dir: &Path) {
         let cap = self
             .opts
             .retention_bytes
             .saturating_sub(self.opts.max_file_bytes);
-        enforce_retention(dir, cap);
+        let active: Vec<&Path> = self.active.values().map(|a| a.path.as_path()).collect();
+        finish_leftovers(dir, &active);
+        enforce_retention(dir, cap, &active);
     }
 
     /// Closes and compresses every active file (shutdown).
@@ -259,6 +266,20 @@ fn recover_dir(dir: &Path) {
             finish(&p);
         } else if name.ends_with(".gz.tmp") {
             let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Compresses the `.jsonl` files of `dir` that are not being written (`active`).
+fn finish_leftovers(dir: &Path, active: &[&Path]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".jsonl") && !active.contains(&p.as_path()) {
+            finish(&p);
         }
     }
 }
@@ -312,9 +333,10 @@ fn fitting_lines(bytes: &[u8], room: u64) -> usize {
         .map_or(0, |i| i + 1)
 }
 
-/// Deletes the oldest `.jsonl.gz` files of `dir` until they take at most `cap` bytes
-/// together. Names sort by time (they start with the Unix time in ms).
-fn enforce_retention(dir: &Path, cap: u64) {
+/// Deletes the oldest finished files of `dir` (`.jsonl.gz`, and `.jsonl` ones not in
+/// `active` that could not be compressed) until they take at most `cap` bytes together.
+/// Names sort by time (they start with the Unix time in ms).
+fn enforce_retention(dir: &Path, cap: u64, active: &[&Path]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -323,7 +345,9 @@ fn enforce_retention(dir: &Path, cap: u64) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let size = e.metadata().map_or(0, |m| m.len());
-        if name.ends_with(".jsonl.gz") {
+        let finished = name.ends_with(".jsonl.gz")
+            || (name.ends_with(".jsonl") && !active.contains(&e.path().as_path()));
+        if finished {
             done.push((name, size));
             total += size;
         }
