@@ -127,6 +127,16 @@ overview = dashboard("vigil-overview", "vigil — overview", [
           [('sum by (model, decision, check) (increase(vigil_canary_decisions_total{model=~"$model"}[$__range]))',
             "{{model}} {{decision}} {{check}}")],
           8, 40, w=16, kind="table"),
+    panel(14, "Live quality (labelled)", "Accuracy and macro F1 over each version's rolling window of labelled rows "
+          "(feedback joined by request id; [logging] feedback_window).",
+          [(f'vigil_model_quality{{{SEL}, metric=~"accuracy|macro_f1"}}', "{{model}} v{{version}} {{metric}}")],
+          0, 48, unit="percentunit"),
+    panel(15, "Expected accuracy (no labels) and labels pending",
+          "Accuracy expected from the calibrated predicted probabilities (CBPE), beside predicted rows still "
+          "waiting for their label.",
+          [(f'vigil_model_quality{{{SEL}, metric="expected_accuracy"}}', "expected {{model}} v{{version}}"),
+           ('vigil_feedback_pending{model=~"$model"}', "pending {{model}}")],
+          12, 48),
 ])
 
 drift = dashboard("vigil-drift", "vigil — drift and retraining", [

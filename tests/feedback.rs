@@ -397,3 +397,46 @@ fn turning_feedback_off_returns_its_gauges_to_idle() {
         None
     );
 }
+
+#[test]
+fn the_console_shows_live_and_expected_quality() {
+    let repo = repo("[logging]\nfeedback_window = \"10m\"\n");
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let mut rng = Rng::new(11);
+    let served = serve(&v, &mut rng, "console", 40);
+    // Every fourth label is wrong: accuracy 75 %.
+    let labels: Vec<(String, i64)> = served
+        .iter()
+        .enumerate()
+        .map(|(i, (id, y))| (id.clone(), if i % 4 == 0 { (y + 1) % 3 } else { *y }))
+        .collect();
+    send_feedback(&v, &labels[..30]);
+    let (_, q) = v.get("/v2/models/iris/quality");
+    let accuracy = q["versions"][0]["accuracy"].as_f64().unwrap();
+    let expected = q["expected"][0]["expected_accuracy"].as_f64().unwrap();
+    let page = v.client.get(v.url("/")).send().unwrap().text().unwrap();
+    let table = page
+        .split("<table class=\"quality\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .unwrap_or_else(|| panic!("no quality table on the console:\n{page}"));
+    assert!(
+        table.contains("10 predicted rows wait for a label; 30 labels joined"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "<td class=\"num accuracy\">{:.1} %</td>",
+            accuracy * 100.0
+        )),
+        "{accuracy} in {table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "<td class=\"num expected\">{:.1} %</td>",
+            expected * 100.0
+        )),
+        "{expected} in {table}"
+    );
+    assert!((accuracy - 22.0 / 30.0).abs() < 1e-9, "{q}");
+}

@@ -123,6 +123,8 @@ steps = [30, 100]
 interval = "1h"
 max_wait = "2h"
 min_requests = 1
+[logging]
+feedback_window = "10m"
 [drift]
 window_rows = 200
 drift_share = 0.25
@@ -180,6 +182,17 @@ max_attempts = 3
             end = time.time() + 1
             while time.time() < end:
                 statuses.append(infer(train[rng.integers(0, 150, 20)] + shift))
+        # Labels for some requests the stable version answered: live and expected quality.
+        labelled = []
+        for i in range(40):
+            body = {"id": f"obs-{i}", "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                                                  "data": train[i % 150].tolist()}]}
+            status, out = http("POST", base + "/v2/models/iris/versions/1/infer", body)
+            assert status == 200, out
+            label = next(o for o in json.loads(out)["outputs"] if o["name"] == "label")["data"][0]
+            labelled.append({"id": f"obs-{i}", "outputs": [{"name": "label", "data": [label]}]})
+        status, out = http("POST", base + "/v2/models/iris/feedback", labelled[:30])
+        assert status == 200 and json.loads(out)["joined"] == 30, out
         bad = {"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
         assert http("POST", base + "/v2/models/iris/versions/1/infer", bad)[0] == 400
         assert 200 in statuses and 400 in statuses, "the canary split answered both ways"

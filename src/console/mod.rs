@@ -57,6 +57,8 @@ pub struct ModelView {
     pub versions: Vec<VersionView>,
     /// The canary judge's analysis, if the model has had one.
     pub analysis: Option<crate::serving::analysis::LiveAnalysis>,
+    /// Live quality from feedback (`[logging] feedback_window`), when it is on.
+    pub quality: Option<crate::payload::feedback::QualityReport>,
 }
 
 #[derive(Clone, Debug)]
@@ -137,6 +139,7 @@ pub fn collect(server: &Server, index: &[IndexRow], traffic: &Traffic) -> View {
                 mode: entry.rollout.mode.as_str(),
                 versions,
                 analysis: server.analysis(&entry.name),
+                quality: Some(entry.feedback.report()).filter(|q| q.enabled),
             },
         );
     }
@@ -151,6 +154,7 @@ pub fn collect(server: &Server, index: &[IndexRow], traffic: &Traffic) -> View {
             mode: "split",
             versions: Vec::new(),
             analysis: None,
+            quality: None,
         });
         let Some(version) = row.version.as_deref().and_then(|v| v.parse::<u64>().ok()) else {
             if !row.reason.is_empty() && !model.problems.contains(&row.reason) {
@@ -360,6 +364,7 @@ fn model_part(m: &ModelView) -> Markup {
             p.rollout { "Rollout: " (rollout) }
             @for p in &m.problems { p.problem { (p) } }
             @if let Some(a) = &m.analysis { (analysis::part(a)) }
+            @if let Some(q) = &m.quality { (quality_part(q)) }
             table.versions {
                 thead { tr {
                     th { "Version" } th { "State" } th { "Role" } th { "Engine" }
@@ -390,6 +395,47 @@ fn model_part(m: &ModelView) -> Markup {
                                 td.num { "–" } td.num { "–" } td.num { "–" } td.num { "–" }
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Live quality per version (labels joined by feedback) beside the accuracy expected
+/// from the predicted probabilities, which needs no labels.
+fn quality_part(q: &crate::payload::feedback::QualityReport) -> Markup {
+    let share = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1} %", x * 100.0));
+    html! {
+        table.quality {
+            caption {
+                "Live quality: " (q.labels_pending) " predicted rows wait for a label; "
+                (q.joined) " labels joined, " (q.late) " late, " (q.unknown) " unknown"
+            }
+            thead { tr {
+                th { "Version" } th { "Role" } th.num { "labels (window)" }
+                th.num { "accuracy" } th.num { "macro F1" } th.num { "MAE" } th.num { "RMSE" }
+                th.num title="mean calibrated top probability of the latest predictions, labelled or not" { "expected accuracy" }
+            } }
+            tbody {
+                @for v in &q.versions {
+                    @let expected = q.expected.iter().find(|e| e.version == v.version);
+                    tr data-version=(v.version) {
+                        td { "v" (v.version) }
+                        td { (v.role) }
+                        td.num { (v.window_rows) " of " (v.labels_received) }
+                        td.num.accuracy { (share(v.accuracy)) }
+                        td.num { (opt(v.macro_f1, 3)) }
+                        td.num { (opt(v.mae, 4)) }
+                        td.num { (opt(v.rmse, 4)) }
+                        td.num.expected { (share(expected.map(|e| e.expected_accuracy))) }
+                    }
+                }
+                @for e in q.expected.iter().filter(|e| !q.versions.iter().any(|v| v.version == e.version)) {
+                    tr data-version=(e.version) {
+                        td { "v" (e.version) } td { "–" } td.num { "0" }
+                        td.num.accuracy { "–" } td.num { "–" } td.num { "–" } td.num { "–" }
+                        td.num.expected { (share(Some(e.expected_accuracy))) }
                     }
                 }
             }
