@@ -451,7 +451,9 @@ fn a_one_row_request_is_checked_with_few_allocations() {
     let (checked, n) = crate::alloc_count::allocations(check);
     drop(checked);
     eprintln!("check_request: {n} allocations");
-    assert!(n <= 8, "check_request made {n} allocations for one row");
+    // 8 on the perf branch; the input check shared with gRPC since adds one. The path
+    // tracking this guards against costs 13 more.
+    assert!(n <= 9, "check_request made {n} allocations for one row");
     let bad =
         br#"{"inputs": [{"name": "input", "shape": [1, "x"], "datatype": "FP32", "data": [1]}]}"#;
     let Err(e) = check_request("m", bad, None, &sig, usize::MAX) else {
