@@ -323,20 +323,34 @@ fn too_little_traffic_holds_and_never_passes() {
     assert_eq!(v.metric(r#"vigil_canary_step{model="iris"}"#), Some(0.0));
 }
 
-#[test]
-fn a_restart_in_step_two_resumes_step_two() {
-    let repo = repo(
-        &model_bytes("iris/1"),
-        "[rollout.analysis]\nsteps = [10, 40, 100]\ninterval = \"1500ms\"\nmin_requests = 10\nmax_wait = \"60s\"\n",
-    );
+/// Runs an identical canary under `settings` until step 2 begins, then stops vigil.
+/// Returns the repository and the state directory, for a restart.
+fn stopped_in_step_two(settings: &str) -> (TempDir, TempDir) {
+    let repo = repo(&model_bytes("iris/1"), settings);
     let state = TempDir::new("state");
-    let state_arg = state.path().to_str().unwrap().to_string();
-    let args = ["--poll-interval", "0", "--state-dir", state_arg.as_str()];
-    let v = Vigil::start(repo.path(), Engine::Tract, &args);
+    let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&state));
     let traffic = Traffic::start(&v);
     wait_for(60, "step 2", || (analysis(&v)["step"] == 2).then_some(()));
     drop(traffic);
     drop(v);
+    (repo, state)
+}
+
+fn state_args(state: &TempDir) -> Vec<&str> {
+    vec![
+        "--poll-interval",
+        "0",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]
+}
+
+#[test]
+fn a_restart_in_step_two_resumes_step_two() {
+    let (repo, state) = stopped_in_step_two(
+        "[rollout.analysis]\nsteps = [10, 40, 100]\ninterval = \"1500ms\"\nmin_requests = 10\nmax_wait = \"60s\"\n",
+    );
+    let args = state_args(&state);
     let persisted: Value =
         serde_json::from_slice(&std::fs::read(state.path().join("analysis.json")).unwrap())
             .unwrap();
@@ -754,18 +768,10 @@ fn a_rollback_that_cannot_be_persisted_still_takes_the_canary_out_of_traffic() {
 // durable record gives the counts the canary's errors are compared with.
 #[test]
 fn a_restart_in_the_100_percent_step_compares_errors_with_the_step_before() {
-    let repo = repo(
-        &model_bytes("iris/1"),
+    let (repo, state) = stopped_in_step_two(
         "[rollout.analysis]\nsteps = [50, 100]\ninterval = \"1500ms\"\nmin_requests = 15\nmax_wait = \"60s\"\n",
     );
-    let state = TempDir::new("state");
-    let state_arg = state.path().to_str().unwrap().to_string();
-    let args = ["--poll-interval", "0", "--state-dir", state_arg.as_str()];
-    let v = Vigil::start(repo.path(), Engine::Tract, &args);
-    let traffic = Traffic::start(&v);
-    wait_for(60, "step 2", || (analysis(&v)["step"] == 2).then_some(()));
-    drop(traffic);
-    drop(v);
+    let args = state_args(&state);
     // The canary's file is replaced while vigil is down: now it fails every request.
     publish(repo.path(), 2, &model_bytes("mlp/1"));
     let v = Vigil::start(repo.path(), Engine::Tract, &args);
