@@ -453,6 +453,11 @@ fn sigkill_before_delivery_loses_nothing_and_delivers_once() {
     let mut v = Vigil::start(repo.path(), Engine::Tract, &args);
     let id = trigger(&v, "crash test");
     rx.wait_answered(503, 1);
+    // The attempt's count is on disk (a kill before that write would lose the count of
+    // the attempt, not the event: the crash windows are the two tests below).
+    wait_for(30, "the failed attempt in the outbox", || {
+        (events(&v)["pending"][0]["attempts"] == 1).then_some(())
+    });
     v.child.kill().unwrap(); // SIGKILL
     v.child.wait().unwrap();
     *rx.then.lock().unwrap() = 200;
@@ -1210,6 +1215,11 @@ fn no_hook_configured_spends_no_attempt() {
     let mut v = Vigil::start(repo.path(), Engine::Tract, &args);
     trigger(&v, "no hook later");
     rx.wait_answered(503, 1);
+    // The failure is on disk before the kill (a kill between the receiver's answer and
+    // that write loses the count of the attempt, not the event: at-least-once).
+    wait_for(30, "the failed attempt in the outbox", || {
+        (events(&v)["pending"][0]["attempts"] == 1).then_some(())
+    });
     v.child.kill().unwrap();
     v.child.wait().unwrap();
     // The model comes back without a hook.
