@@ -343,6 +343,7 @@ fn openapi_describes_the_routes_served() {
         "GET /metrics",
         "GET /openapi.json",
         "GET /v2",
+        "GET /v2/",
         "GET /v2/health/live",
         "GET /v2/health/ready",
         "GET /v2/models/stats",

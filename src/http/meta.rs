@@ -33,6 +33,12 @@ pub(super) async fn server_metadata() -> Json<Value> {
     }))
 }
 
+/// The OIP specification's server-metadata path (`GET /v2/`): the same answer as `/v2`.
+#[utoipa::path(get, path = "/v2/", tag = "metadata", responses((status = 200, description = "Name, version and protocol extensions (the same as GET /v2)", body = schema::ServerMetadata)))]
+pub(super) async fn server_metadata_oip() -> Json<Value> {
+    server_metadata().await
+}
+
 #[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, description = "The process is up", body = schema::Live)))]
 pub(super) async fn live() -> Json<Value> {
     Json(json!({ "live": true }))

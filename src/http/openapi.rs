@@ -31,6 +31,7 @@ use super::schema;
         super::meta::live,
         super::meta::ready,
         super::meta::server_metadata,
+        super::meta::server_metadata_oip,
         super::meta::model_metadata,
         super::meta::version_metadata,
         super::meta::model_ready,

@@ -18,7 +18,8 @@ use super::feedback::{feedback, quality};
 use super::infer::{infer, version_infer};
 use super::meta::{
     all_stats, drift_report, live, metrics, model_config, model_metadata, model_ready, model_stats,
-    pinned_version_stats, ready, server_metadata, version_config, version_metadata, version_ready,
+    pinned_version_stats, ready, server_metadata, server_metadata_oip, version_config,
+    version_metadata, version_ready,
 };
 use super::openapi::openapi_json;
 use super::retrain::{retrain_alertmanager, retrain_events, retrain_replay, retrain_trigger};
@@ -32,7 +33,7 @@ fn data_routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         // The OIP specification's path for the same.
-        .route("/v2/", get(server_metadata))
+        .route("/v2/", get(server_metadata_oip))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
