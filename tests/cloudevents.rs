@@ -174,11 +174,10 @@ fn a_receiver_gets_every_logged_request_and_response_in_kserve_format() {
 
 #[test]
 fn a_dead_sink_drops_and_counts_while_inference_answers_200_and_files_keep_everything() {
-    // A port that refuses: bound, then closed.
-    let url = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/events", l.local_addr().unwrap())
-    };
+    // A port that refuses: bound, never listening, and kept for the whole test (a port
+    // bound then closed could be taken by another test's listener meanwhile).
+    let (_refusing, port) = common::Reserved::new();
+    let url = format!("http://127.0.0.1:{port}/events");
     let repo = repo(&format!(
         "[logging]\nsample = 1.0\ncloudevents_url = \"{url}\"\n"
     ));

@@ -335,8 +335,12 @@ fn serves_from_the_mlflow_registry_by_alias() {
         (v.metric("vigil_registry_errors_total{source=\"mlflow\"}")? > errors_before).then_some(())
     });
     assert!((0..20).all(|_| served(&v) == "2"));
+    // The line was logged when the registry went down; it reaches the test through the
+    // log reader's pipe, so wait for it before counting.
     let unreachable = v
-        .drain_logs()
+        .logs_through(30, "the registry logged unreachable", |l| {
+            l.contains("iris") && l.contains("unreachable")
+        })
         .iter()
         .filter(|l| l.contains("iris") && l.contains("unreachable"))
         .count();
@@ -483,7 +487,9 @@ fn one_broken_model_never_delays_another() {
     // sklearn_only still fails, reported once in the log however often it is retried.
     assert!(index(&v).0["sklearn_only"].contains("not an ONNX model"));
     let refusals = v
-        .drain_logs()
+        .logs_through(30, "sklearn_only refused in the log", |l| {
+            l.contains("sklearn_only") && l.contains("not an ONNX model")
+        })
         .iter()
         .filter(|l| l.contains("sklearn_only") && l.contains("not an ONNX model"))
         .count();

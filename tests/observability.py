@@ -254,7 +254,7 @@ max_attempts = 3
             status, body = http("GET", papi + "/alerts")
             return any(a["labels"]["alertname"] == "VigilModelDrifting" and a["state"] == "firing"
                        for a in json.loads(body)["data"]["alerts"])
-        wait("the drift alert to fire", drift_firing, timeout=30)
+        wait("the drift alert to fire", drift_firing, timeout=90)
         print(f"observability: {checked} panel and alert expressions return data; the drift alert fires")
     finally:
         for p in procs:

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{python, root, wait_for, Engine, TempDir, Vigil};
+use common::{python, root, wait_for, Engine, Reserved, TempDir, Vigil};
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -25,14 +25,19 @@ struct Seen {
 }
 
 /// A receiver that answers each request with the next scripted (status, delay), then
-/// `then` forever, and records what it saw.
+/// `then` forever, and records what it saw. A delay of [`UNTIL_RELEASED`] holds the
+/// answer until the test sets `released`.
 #[derive(Clone)]
 struct Receiver {
     port: u16,
     script: Arc<Mutex<VecDeque<(u16, Duration)>>>,
     then: Arc<Mutex<u16>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// A scripted delay that lasts until the test releases the receiver.
+const UNTIL_RELEASED: Duration = Duration::MAX;
 
 impl Receiver {
     fn start(script: &[(u16, u64)], then: u16) -> Receiver {
@@ -50,6 +55,7 @@ impl Receiver {
             )),
             then: Arc::new(Mutex::new(then)),
             seen: Arc::default(),
+            released: Arc::default(),
         };
         let me = r.clone();
         std::thread::spawn(move || {
@@ -71,7 +77,13 @@ impl Receiver {
             .unwrap()
             .pop_front()
             .unwrap_or((*self.then.lock().unwrap(), Duration::ZERO));
-        std::thread::sleep(delay);
+        if delay == UNTIL_RELEASED {
+            while !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            std::thread::sleep(delay);
+        }
         self.seen.lock().unwrap().push(Seen {
             path,
             headers,
@@ -270,12 +282,18 @@ fn signed_delivery_retries_until_acknowledged() {
     assert_eq!(body["data"]["reason"], "new labels arrived");
     assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
     assert!(seen[2].body.len() < 20_000);
-    let delivered = wait_for(10, "the event to show as delivered", || {
+    let delivered = wait_for(30, "the event to show as delivered", || {
         let e = events(&v);
         (e["delivered"].as_array()?.len() == 1).then_some(e)
     });
     assert_eq!(delivered["delivered"][0]["attempts"], 3);
     assert_eq!(delivered["pending"].as_array().unwrap().len(), 0);
+    // The delivery task counts the outcome just after it records it: wait for the count
+    // (listing the event as delivered does not mean the counter has moved yet).
+    wait_for(30, "the delivery counted", || {
+        v.metric(r#"vigil_retrain_deliveries_total{model="iris",outcome="delivered"}"#)
+            .filter(|&n| n >= 1.0)
+    });
     assert_eq!(
         v.metric(r#"vigil_retrain_deliveries_total{model="iris",outcome="delivered"}"#),
         Some(1.0)
@@ -366,51 +384,6 @@ fn drift_trip_creates_one_event_and_the_cooldown_holds_the_next() {
     rx.wait_answered(200, 2);
 }
 
-/// A TCP socket bound to a port of 127.0.0.1 and not listening: connecting to it is
-/// refused (a receiver that is down), yet the port stays the test's, so nobody else can
-/// take it before [`Reserved::listen`] brings the receiver up on it.
-struct Reserved(std::os::fd::OwnedFd);
-
-impl Reserved {
-    fn new() -> (Reserved, u16) {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: plain socket calls on a descriptor this function owns from creation;
-        // the address structures are fully initialised and sized as the calls expect.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            addr.sin_family = libc::AF_INET as libc::sa_family_t;
-            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let rc = libc::bind(
-                owned.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                len,
-            );
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let mut bound: libc::sockaddr_in = std::mem::zeroed();
-            let mut blen = len;
-            let rc = libc::getsockname(
-                owned.as_raw_fd(),
-                &mut bound as *mut _ as *mut libc::sockaddr,
-                &mut blen,
-            );
-            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
-            (Reserved(owned), u16::from_be(bound.sin_port))
-        }
-    }
-
-    fn listen(self) -> TcpListener {
-        use std::os::fd::AsRawFd;
-        // SAFETY: listen(2) on the bound socket this value owns.
-        let rc = unsafe { libc::listen(self.0.as_raw_fd(), 128) };
-        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-        TcpListener::from(self.0)
-    }
-}
-
 #[test]
 fn receiver_down_then_back_and_slow_receiver() {
     // Down: the port is bound, nothing listens on it yet.
@@ -460,31 +433,52 @@ fn sigkill_before_delivery_loses_nothing_and_delivers_once() {
     });
     v.child.kill().unwrap(); // SIGKILL
     v.child.wait().unwrap();
-    *rx.then.lock().unwrap() = 200;
+    // The restarted vigil posts to a receiver that holds the request: while it is in
+    // flight the outbox shows what was recorded before the kill. (The retry after the
+    // 503 may have been in flight at the kill, unrecorded: at-least-once. Counting the
+    // first receiver's requests would race the kill against it.)
+    let held = Held::start();
+    write_hook(&repo, &held.url);
     let v = Vigil::start(repo.path(), Engine::Tract, &args);
-    rx.wait_answered(200, 1);
-    // Once recorded as delivered it is never sent again: count the acknowledgements then.
-    wait_for(10, "delivered after restart", || {
-        (events(&v)["delivered"].as_array()?.len() == 1).then_some(())
-    });
-    let seen = rx.seen();
+    let (again, stream) = held.next("the event after the restart");
     assert_eq!(
-        seen.iter().filter(|s| s.answered == 200).count(),
-        1,
-        "acknowledged exactly once"
-    );
-    assert!(
-        seen.iter().all(|s| s.headers["webhook-id"] == id),
+        again.headers["webhook-id"], id,
         "the same id after the restart"
     );
-    // Attempts count what the receiver saw (the delivery included): the restart's moment
-    // before the repository is loaded (no hook known yet) spends none.
-    let listed = &events(&v)["delivered"][0];
-    assert_eq!(
-        listed["attempts"].as_u64(),
-        Some(seen.len() as u64),
-        "{listed}"
+    verify_signature(&again);
+    let before = events(&v)["pending"][0]["attempts"].as_u64().unwrap();
+    let sent = rx.seen().len() as u64;
+    assert!(
+        (1..=sent).contains(&before),
+        "{before} attempts recorded before the kill, {sent} sent"
     );
+    answer(stream, 200, "");
+    wait_delivered(&v, &id);
+    // Attempts count what the receivers saw (the delivery included): the restart's moment
+    // before the repository is loaded (no hook known yet) spends none.
+    let record = &events(&v)["delivered"][0];
+    assert_eq!(record["attempts"].as_u64(), Some(before + 1), "{record}");
+    // Once recorded as delivered it is never sent again.
+    assert_eq!(listed(&v, "delivered"), [id.as_str()]);
+    assert!(
+        held.requests.try_recv().is_err(),
+        "sent again after its 2xx"
+    );
+    assert!(
+        rx.seen().iter().all(|s| s.answered == 503),
+        "the first receiver acknowledged nothing"
+    );
+}
+
+/// Points iris's retrain hook (signed with [`SECRET`]) at `url`.
+fn write_hook(repo: &TempDir, url: &str) {
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        format!(
+            "[drift]\nwindow_rows = 1000\ndrift_share = 0.25\n\n[retrain]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
 }
 
 /// Crash window 1: the event is in the outbox (the trigger's 202 comes after the fsync)
@@ -928,6 +922,9 @@ fn an_absurd_retry_after_never_stops_delivery() {
             &format!("the second event delivered ({retry_after})"),
             || acked(&second).then_some(()),
         );
+        // The receiver counts its acknowledgement before vigil has read it: what follows
+        // reads vigil's outbox, so wait until vigil has recorded the delivery.
+        wait_delivered(&v, &second);
         // The first event is either still waiting, at most the retry cap, or (for a
         // negative value, read as "now") already delivered on its retry.
         let e = events(&v);
@@ -975,7 +972,7 @@ fn listed(v: &Vigil, state: &str) -> Vec<String> {
 }
 
 fn wait_delivered(v: &Vigil, id: &str) {
-    wait_for(20, &format!("{id} listed as delivered"), || {
+    wait_for(30, &format!("{id} listed as delivered"), || {
         listed(v, "delivered").iter().any(|d| d == id).then_some(())
     });
 }
@@ -1126,14 +1123,12 @@ fn a_failed_outbox_append_is_a_5xx_and_leaves_nothing_behind() {
         wait_delivered(&v, &c);
         // The receiver acknowledges but the outbox cannot record it: the delivery task
         // tries again (the receiver deduplicates on webhook-id), pausing between tries,
-        // and records the delivery once it can. The receiver holds the first POST 2 s, so
-        // the limit is in place before it is answered.
-        rx.script
-            .lock()
-            .unwrap()
-            .push_back((200, Duration::from_secs(2)));
+        // and records the delivery once it can. The receiver holds the first POST until
+        // the limit is in place.
+        rx.script.lock().unwrap().push_back((200, UNTIL_RELEASED));
         let d = trigger(&v, "recorded late");
         limit_file_size(v.pid(), Some(std::fs::metadata(&log).unwrap().len()));
+        rx.released.store(true, std::sync::atomic::Ordering::SeqCst);
         let posts = wait_for(30, "three unrecorded deliveries", || {
             let at: Vec<_> = rx
                 .seen()
@@ -1224,23 +1219,33 @@ fn no_hook_configured_spends_no_attempt() {
     v.child.wait().unwrap();
     // The model comes back without a hook.
     std::fs::write(&config, "").unwrap();
-    *rx.then.lock().unwrap() = 200;
     let v = Vigil::start(repo.path(), Engine::Tract, &args);
     let pending = wait_for(30, "the event to meet the missing hook", || {
         let p = events(&v)["pending"][0].clone();
         (p["last_error"] == "no retrain hook configured now").then_some(p)
     });
-    assert_eq!(pending["attempts"], 1, "{pending}");
-    // The hook is back: delivered, and the count is what the receiver saw.
-    std::fs::write(&config, &with_hook).unwrap();
-    rx.wait_answered(200, 1);
+    // What was recorded before the kill, and no more: the retry after the 503 may have
+    // been in flight at the kill, sent but unrecorded (at-least-once), never recorded
+    // without being sent.
+    let before = pending["attempts"].as_u64().unwrap();
+    let sent = rx.seen().len() as u64;
+    assert!(
+        (1..=sent).contains(&before),
+        "{before} attempts recorded, {sent} sent: {pending}"
+    );
+    // The hook is back, on a receiver of its own (a request the killed process had in
+    // flight can only reach the first one): delivered, and the count is what was recorded
+    // before plus what this receiver saw.
+    let back = Receiver::start(&[], 200);
+    std::fs::write(&config, with_hook.replace(&rx.url(), &back.url())).unwrap();
+    back.wait_answered(200, 1);
     let delivered = wait_for(30, "delivered", || {
         let d = events(&v)["delivered"][0].clone();
         d.is_object().then_some(d)
     });
     assert_eq!(
         delivered["attempts"].as_u64(),
-        Some(rx.seen().len() as u64),
+        Some(before + back.seen().len() as u64),
         "{delivered}"
     );
 }

@@ -201,6 +201,34 @@ impl Vigil {
         }
     }
 
+    /// The log lines printed so far and up to the first line that satisfies `pred`
+    /// (waiting for it up to `secs` seconds), with any line already printed after it.
+    /// vigil's stderr reaches the test through a reader thread: a line vigil wrote before
+    /// an answer may still be on its way when the answer arrives, so a test that counts
+    /// lines first waits for the one it expects.
+    pub fn logs_through(&self, secs: u64, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let rx = self.logs.lock().unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let found = pred(&line);
+                    lines.push(line);
+                    if found {
+                        lines.extend(rx.try_iter());
+                        return lines;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out waiting for a log line: {what}; log:\n{}",
+                    lines.join("\n")
+                ),
+            }
+        }
+    }
+
     /// The value of the first `/metrics` line starting with `line_start`.
     pub fn metric(&self, line_start: &str) -> Option<f64> {
         let text = self
@@ -529,4 +557,49 @@ pub fn iris_disputed_rows() -> Vec<[f64; 4]> {
         [1.71, 6.23, 2.22, 7.3],
         [1.63, 2.83, 4.35, 3.42],
     ]
+}
+
+/// A TCP socket bound to a port of 127.0.0.1 and not listening: connecting to it is
+/// refused (a receiver that is down), yet the port stays the test's, so nobody else can
+/// take it before [`Reserved::listen`] brings the receiver up on it.
+pub struct Reserved(std::os::fd::OwnedFd);
+
+impl Reserved {
+    pub fn new() -> (Reserved, u16) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain socket calls on a descriptor this function owns from creation;
+        // the address structures are fully initialised and sized as the calls expect.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(
+                owned.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                len,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut bound: libc::sockaddr_in = std::mem::zeroed();
+            let mut blen = len;
+            let rc = libc::getsockname(
+                owned.as_raw_fd(),
+                &mut bound as *mut _ as *mut libc::sockaddr,
+                &mut blen,
+            );
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            (Reserved(owned), u16::from_be(bound.sin_port))
+        }
+    }
+
+    pub fn listen(self) -> std::net::TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on the bound socket this value owns.
+        let rc = unsafe { libc::listen(self.0.as_raw_fd(), 128) };
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+        std::net::TcpListener::from(self.0)
+    }
 }
