@@ -6,7 +6,13 @@
 //! Catches a gRPC front that costs more per request than HTTP (issue #22's target: gRPC
 //! at least as many req/s as HTTP, no worse p50 at one stream).
 //!
-//!     cargo bench --bench grpc_load -- [--seconds 5] [--rounds 3]
+//! The ceilings, driven by the same client in the same rounds (`--peers`): a bare tonic
+//! server answering ModelInfer with a fixed response, and a bare hyper HTTP/1 server
+//! answering a fixed JSON body, both in a process of their own (this binary, re-run with
+//! `--serve-peers`), so their CPU per request is measured the same way as vigil's.
+//!
+//!     cargo bench --bench grpc_load -- [--seconds 5] [--rounds 3] [--peers] [--only grpc1]
+//!         [--vigil PATH]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -39,15 +45,38 @@ struct Run {
     cpu_us: f64,
 }
 
+/// A server under test: vigil, or the bare peers.
+struct Target {
+    name: &'static str,
+    grpc: tonic::transport::Channel,
+    url: String,
+    pid: u32,
+}
+
+impl Target {
+    async fn connect(name: &'static str, grpc: &str, http: &str, pid: u32, path: &str) -> Target {
+        let grpc = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connect");
+        Target {
+            name,
+            grpc,
+            url: format!("http://{http}{path}"),
+            pid,
+        }
+    }
+}
+
 async fn drive(
     front: Front,
     streams: usize,
     seconds: f64,
-    grpc: &tonic::transport::Channel,
+    target: &Target,
     http: &reqwest::Client,
-    http_url: &str,
-    pid: u32,
 ) -> Run {
+    let (grpc, http_url, pid) = (&target.grpc, target.url.as_str(), target.pid);
     let mut req = ModelInferRequest {
         model_name: "iris".into(),
         ..Default::default()
@@ -125,8 +154,116 @@ async fn drive(
     }
 }
 
+/// The bare peers: tonic (ModelInfer answered with a fixed response) and hyper HTTP/1
+/// (a fixed JSON body), on ephemeral loopback ports printed on stdout.
+mod peers {
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+
+    use axum::http;
+    use http_body_util::BodyExt;
+    use vigil::grpc::proto::{
+        model_infer_response::InferOutputTensor, ModelInferRequest, ModelInferResponse,
+    };
+
+    #[derive(Clone)]
+    struct Fixed;
+
+    impl tonic::server::UnaryService<ModelInferRequest> for Fixed {
+        type Response = ModelInferResponse;
+        type Future =
+            std::future::Ready<Result<tonic::Response<ModelInferResponse>, tonic::Status>>;
+        fn call(&mut self, req: tonic::Request<ModelInferRequest>) -> Self::Future {
+            let req = req.into_inner();
+            let resp = ModelInferResponse {
+                model_name: req.model_name,
+                model_version: "1".into(),
+                outputs: vec![InferOutputTensor {
+                    name: "label".into(),
+                    datatype: "INT64".into(),
+                    shape: vec![1],
+                    ..Default::default()
+                }],
+                raw_output_contents: vec![0i64.to_le_bytes().to_vec().into()],
+                ..Default::default()
+            };
+            std::future::ready(Ok(tonic::Response::new(resp)))
+        }
+    }
+
+    #[derive(Clone)]
+    struct Svc;
+
+    impl tonic::server::NamedService for Svc {
+        const NAME: &'static str = "inference.GRPCInferenceService";
+    }
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Svc {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+        >;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            Box::pin(async move {
+                let codec =
+                    tonic_prost::ProstCodec::<ModelInferResponse, ModelInferRequest>::default();
+                Ok(tonic::server::Grpc::new(codec).unary(Fixed, req).await)
+            })
+        }
+    }
+
+    pub fn serve() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!(
+                "peers grpc={} http={}",
+                grpc.local_addr().unwrap(),
+                http.local_addr().unwrap()
+            );
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(Svc)
+                    .serve_with_incoming(incoming),
+            );
+            let body = r#"{"model_name":"iris","model_version":"1","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[0]}]}"#;
+            loop {
+                let (tcp, _) = http.accept().await.unwrap();
+                let _ = tcp.set_nodelay(true);
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+                            .unwrap(),
+                    )
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+                );
+            }
+        });
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--serve-peers") {
+        peers::serve();
+        return;
+    }
     let flag = |name: &str, default: f64| {
         args.iter()
             .position(|a| a == name)
@@ -137,7 +274,13 @@ fn main() {
     let seconds = flag("--seconds", 5.0);
     let rounds = flag("--rounds", 3.0) as usize;
     let root = env!("CARGO_MANIFEST_DIR");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    // `--vigil PATH`: another build of vigil (an older commit's binary) in the same run.
+    let vigil_bin = args
+        .iter()
+        .position(|a| a == "--vigil")
+        .and_then(|i| args.get(i + 1))
+        .map_or(env!("CARGO_BIN_EXE_vigil"), String::as_str);
+    let mut child = Command::new(vigil_bin)
         .args([
             "serve",
             "--repository",
@@ -171,6 +314,32 @@ fn main() {
     }
     std::thread::spawn(move || for _ in lines {});
     let (http_addr, grpc_addr) = (http_addr.unwrap(), grpc_addr.unwrap());
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let (peer, peer_child) = if args.iter().any(|a| a == "--peers") {
+        let mut p = Command::new(std::env::current_exe().expect("this bench's path"))
+            .arg("--serve-peers")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the peers");
+        let mut line = String::new();
+        BufReader::new(p.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("peers' addresses");
+        let addr = |tag: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(tag))
+                .expect("peer address")
+                .to_string()
+        };
+        let id = p.id();
+        (Some((addr("grpc="), addr("http="), id)), Some(p))
+    } else {
+        (None, None)
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -195,42 +364,52 @@ fn main() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let grpc = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("gRPC connect");
-        let url = format!("http://{http_addr}/v2/models/iris/infer");
-        // Warm both paths.
-        for front in [Front::Grpc, Front::Http] {
-            drive(front, 4, 1.0, &grpc, &http, &url, pid).await;
+        let mut targets = vec![
+            Target::connect("vigil", &grpc_addr, &http_addr, pid, "/v2/models/iris/infer").await,
+        ];
+        if let Some((g, h, p)) = &peer {
+            targets.push(Target::connect("peer", g, h, *p, "/").await);
+        }
+        // Warm every path.
+        for t in &targets {
+            for front in [Front::Grpc, Front::Http] {
+                drive(front, 4, 1.0, t, &http).await;
+            }
         }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
-        println!("round front streams requests req/s p50_us server_cpu_us_per_req");
-        let mut table: Vec<(Front, usize, Vec<Run>)> = Vec::new();
+        println!("round target front streams requests req/s p50_us server_cpu_us_per_req");
+        let mut table: Vec<(&str, Front, usize, Vec<Run>)> = Vec::new();
         for round in 0..rounds {
-            let mut order = vec![
-                (Front::Grpc, 1),
-                (Front::Http, 1),
-                (Front::Grpc, 64),
-                (Front::Http, 64),
-            ];
+            let mut order = Vec::new();
+            for t in &targets {
+                for (front, streams) in [
+                    (Front::Grpc, 1),
+                    (Front::Http, 1),
+                    (Front::Grpc, 64),
+                    (Front::Http, 64),
+                ] {
+                    let tag = format!("{}{streams}", if front == Front::Grpc { "grpc" } else { "http" });
+                    if only.as_deref().is_none_or(|o| o == tag) {
+                        order.push((t, front, streams));
+                    }
+                }
+            }
             if round % 2 == 1 {
                 order.reverse();
             }
-            for (front, streams) in order {
-                let r = drive(front, streams, seconds, &grpc, &http, &url, pid).await;
+            for (t, front, streams) in order {
+                let r = drive(front, streams, seconds, t, &http).await;
                 println!(
-                    "{round} {front:?} {streams} {} {:.0} {:.0} {:.1}",
-                    r.requests, r.rps, r.p50_us, r.cpu_us
+                    "{round} {} {front:?} {streams} {} {:.0} {:.0} {:.1}",
+                    t.name, r.requests, r.rps, r.p50_us, r.cpu_us
                 );
                 match table
                     .iter_mut()
-                    .find(|(f, s, _)| *f == front && *s == streams)
+                    .find(|(n, f, s, _)| *n == t.name && *f == front && *s == streams)
                 {
-                    Some((_, _, runs)) => runs.push(r),
-                    None => table.push((front, streams, vec![r])),
+                    Some((_, _, _, runs)) => runs.push(r),
+                    None => table.push((t.name, front, streams, vec![r])),
                 }
             }
         }
@@ -239,9 +418,9 @@ fn main() {
             v[v.len() / 2]
         };
         println!("median over {rounds} rounds of {seconds} s:");
-        for (front, streams, runs) in &table {
+        for (name, front, streams, runs) in &table {
             println!(
-                "  {front:?} streams={streams}: {:.0} req/s, p50 {:.0} µs, server CPU {:.1} µs/req",
+                "  {name} {front:?} streams={streams}: {:.0} req/s, p50 {:.0} µs, server CPU {:.1} µs/req",
                 median(runs.iter().map(|r| r.rps).collect()),
                 median(runs.iter().map(|r| r.p50_us).collect()),
                 median(runs.iter().map(|r| r.cpu_us).collect()),
@@ -252,4 +431,8 @@ fn main() {
     });
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
+    if let Some(mut p) = peer_child {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
 }

@@ -151,6 +151,12 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_GRPC_MAX_STREAMS", default_value_t = 128)]
     pub grpc_max_streams: u32,
 
+    /// gRPC: a client connection with no call open (a Watch stream counts as open) for
+    /// this long is closed with HTTP/2 GOAWAY, giving back its `--max-connections` permit;
+    /// clients reconnect on their next call. `0` keeps idle connections open.
+    #[arg(long, env = "VIGIL_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = crate::duration::parse_flag)]
+    pub grpc_idle_timeout: Duration,
+
     /// Where models come from: `local` (the repository directory as it is) or `mlflow`
     /// (the MLflow Model Registry's aliases, cached in the repository directory).
     #[arg(long, env = "VIGIL_REGISTRY", value_enum, default_value = "local")]

@@ -3,6 +3,7 @@
 //! the model version and queues it, a `backend` engine runs it; `tensor`, `config` and
 //! `metrics` are shared by all.
 
+pub mod accept;
 #[cfg(test)]
 mod alloc_count;
 pub mod backend;

@@ -265,6 +265,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 body_timeout: args.body_timeout,
                 keepalive: args.grpc_keepalive,
                 max_streams: args.grpc_max_streams,
+                idle_timeout: Some(args.grpc_idle_timeout).filter(|d| !d.is_zero()),
             });
             tokio::spawn(vigil::grpc::serve(
                 l,

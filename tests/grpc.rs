@@ -290,3 +290,182 @@ fn grpc_health_watch_is_ended_at_shutdown_not_held_to_the_grace() {
     println!("exited {:?} after SIGTERM", signalled.elapsed());
     assert!(status.success(), "{status:?}");
 }
+
+/// A bare HTTP/2 client, to see the frames a connection gets (GOAWAY) and to hold a
+/// connection open with no stream, as an idle client does.
+mod h2raw {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    pub const DATA: u8 = 0;
+    pub const GOAWAY: u8 = 7;
+
+    pub const PING: u8 = 6;
+
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len() as u32;
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Connects, says the preface and SETTINGS, and acknowledges the server's SETTINGS.
+    pub fn connect(addr: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        s.write_all(&frame(4, 0, 0, &[])).unwrap();
+        let first = read_frame(&mut s, Duration::from_secs(20)).expect("server SETTINGS");
+        assert_eq!(first.kind, 4, "the server's first frame is SETTINGS");
+        s.write_all(&frame(4, 1, 0, &[])).unwrap();
+        s
+    }
+
+    /// Opens `grpc.health.v1.Health/Watch` for the server ("") on stream 1.
+    pub fn watch(s: &mut TcpStream, authority: &str) {
+        let mut block = Vec::new();
+        for (k, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/grpc.health.v1.Health/Watch"),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            // HPACK: literal header field without indexing, new name, no Huffman.
+            block.push(0);
+            block.push(k.len() as u8);
+            block.extend_from_slice(k.as_bytes());
+            block.push(v.len() as u8);
+            block.extend_from_slice(v.as_bytes());
+        }
+        s.write_all(&frame(1, 0x4, 1, &block)).unwrap();
+        // One empty HealthCheckRequest (service ""), uncompressed; the request ends.
+        s.write_all(&frame(0, 0x1, 1, &[0, 0, 0, 0, 0])).unwrap();
+    }
+
+    /// The next frame within `within`; `None` at EOF or when nothing came.
+    pub fn read_frame(s: &mut TcpStream, within: Duration) -> Option<Frame> {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut head = [0u8; 9];
+        match s.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof
+                        | ErrorKind::WouldBlock
+                        | ErrorKind::TimedOut
+                        | ErrorKind::ConnectionReset
+                ) =>
+            {
+                return None
+            }
+            Err(e) => panic!("reading a frame: {e}"),
+        }
+        let n = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; n];
+        s.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream,
+            payload,
+        })
+    }
+
+    /// Answers a PING as a live client does (a server's graceful close waits for it).
+    pub fn pong(s: &mut TcpStream, f: &Frame) {
+        if f.kind == PING && f.flags & 1 == 0 {
+            s.write_all(&frame(PING, 1, 0, &f.payload)).unwrap();
+        }
+    }
+
+    /// Every frame until EOF (or `secs` passed): what the server said before it closed.
+    pub fn until_closed(s: &mut TcpStream, secs: u64) -> Vec<u8> {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut kinds = Vec::new();
+        while Instant::now() < end {
+            match read_frame(s, Duration::from_millis(200)) {
+                Some(f) => {
+                    pong(s, &f);
+                    kinds.push(f.kind)
+                }
+                None => {
+                    let mut probe = [0u8; 1];
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    match s.read(&mut probe) {
+                        Ok(0) => return kinds,
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => return kinds,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        panic!("the connection was not closed within {secs} s (frames {kinds:?})");
+    }
+}
+
+/// A client that connects and sits there (no stream, no traffic) is sent GOAWAY and
+/// closed after `--grpc-idle-timeout`, giving back its `--max-connections` permit (the
+/// gauge returns to what it was); a connection with an open `Health/Watch` stream is not
+/// idle: it gets no GOAWAY and stays counted.
+#[test]
+fn grpc_an_idle_connection_is_closed_but_an_open_watch_stays() {
+    let (v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--grpc-idle-timeout", "1s"],
+    );
+    let open = "vigil_http_connections{listener=\"grpc\"}";
+    let mut watching = h2raw::connect(&grpc);
+    h2raw::watch(&mut watching, &grpc);
+    // The first status (SERVING) arrives as a DATA frame on stream 1.
+    wait_for(20, "the Watch stream's first message", || {
+        h2raw::read_frame(&mut watching, Duration::from_secs(20))
+            .filter(|f| f.kind == h2raw::DATA && f.stream == 1)
+    });
+    let mut idle = h2raw::connect(&grpc);
+    wait_for(20, "two gRPC connections open", || {
+        (v.metric(open) == Some(2.0)).then_some(())
+    });
+    let said = h2raw::until_closed(&mut idle, 30);
+    assert!(
+        said.contains(&h2raw::GOAWAY),
+        "the idle connection was closed without GOAWAY: frames {said:?}"
+    );
+    wait_for(20, "the idle connection's permit given back", || {
+        (v.metric(open) == Some(1.0)).then_some(())
+    });
+    // The watching connection, open longer than the idle one, got no GOAWAY; nor another
+    // message, since the status did not change (it was once re-sent every 100 ms).
+    let mut kinds = Vec::new();
+    while let Some(f) = h2raw::read_frame(&mut watching, Duration::from_millis(300)) {
+        h2raw::pong(&mut watching, &f);
+        kinds.push(f.kind);
+        assert!(
+            kinds.len() < 20,
+            "the Watch connection keeps getting frames: {kinds:?}"
+        );
+    }
+    assert!(
+        !kinds.contains(&h2raw::GOAWAY),
+        "a connection with an open Watch was sent GOAWAY: {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&h2raw::DATA),
+        "an unchanged status was sent again: {kinds:?}"
+    );
+    assert_eq!(v.metric(open), Some(1.0));
+}

@@ -2,134 +2,114 @@
 //! front, counted in `vigil_http_connections{listener="grpc"}`), and the time an inference
 //! call's request message may take to arrive (`--body-timeout`, as an HTTP body). A client
 //! that opens streams and never sends gets DEADLINE_EXCEEDED when that time is up, so its
-//! stream, its task and its connection's permit are not held forever; HTTP/2 keepalive
+//! stream, its task and its connection's permit are not held forever. A connection with
+//! no open stream for `--grpc-idle-timeout` is closed ([`Activity`]); HTTP/2 keepalive
 //! pings and the per-connection stream limit are set in [`super::serve`].
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tonic::codegen::http;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::Status;
 
-use crate::metrics::GaugeGuard;
-
-/// An accepted connection with its share of `--max-connections`: dropping it (the
-/// connection closed, for whatever reason) gives the permit back and lowers the gauge.
-pub struct Conn {
-    tcp: TcpStream,
-    _permit: OwnedSemaphorePermit,
-    _open: GaugeGuard,
+/// When a connection last had no open stream, and how many it has: a connection with
+/// none for `--grpc-idle-timeout` is closed (GOAWAY), so a client that connects and sits
+/// there does not hold its `--max-connections` permit forever. Two atomics per call, no
+/// wake-up of the connection's task.
+pub struct Activity {
+    born: Instant,
+    open: AtomicUsize,
+    /// Milliseconds after `born` at which the last stream ended.
+    last_end_ms: AtomicU64,
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.tcp.connect_info()
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            born: Instant::now(),
+            open: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        })
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-}
-
-/// Accepts connections while a permit of `permits` is free (at the limit new clients
-/// wait in the kernel's accept queue, as on HTTP), until the returned stream is dropped.
-pub fn accept(
-    listener: TcpListener,
-    permits: Arc<Semaphore>,
-    metrics: &crate::metrics::Metrics,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
-    let open = metrics.http_connections.with_label_values(&["grpc"]);
-    let waits = metrics
-        .http_connection_limit_waits
-        .with_label_values(&["grpc"]);
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
+    /// Resolves once the connection has had no open stream for `after` (never if `None`).
+    pub async fn idle(&self, after: Option<Duration>) {
+        let Some(after) = after else {
+            return std::future::pending().await;
+        };
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    waits.inc();
-                    tokio::select! {
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
-                        () = tx.closed() => return,
-                    }
+            let wait = if self.open.load(Ordering::Acquire) > 0 {
+                after
+            } else {
+                let quiet = self
+                    .now_ms()
+                    .saturating_sub(self.last_end_ms.load(Ordering::Acquire));
+                if quiet >= after_ms {
+                    return;
                 }
+                Duration::from_millis(after_ms - quiet)
             };
-            let tcp = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((tcp, _)) => tcp,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(listener = "grpc", error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = tx.closed() => return,
-            };
-            // Small answers go out at once (no Nagle delay behind the client's delayed ACK).
-            let _ = tcp.set_nodelay(true);
-            let conn = Conn {
-                tcp,
-                _permit: permit,
-                _open: GaugeGuard::raise(&open),
-            };
-            if tx.send(Ok(conn)).await.is_err() {
-                return;
-            }
+            tokio::time::sleep(wait).await;
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// One open stream of a connection (a call in flight, or a response still streaming):
+/// held by the call's future, then by its response body, so a client that resets the
+/// stream ends it too.
+pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    pub fn enter(a: &Arc<Activity>) -> Busy {
+        a.open.fetch_add(1, Ordering::AcqRel);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // The end time first: whoever sees no stream open also sees when the last ended.
+        self.0.last_end_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is dropped.
+pub struct Tracked<B> {
+    pub body: B,
+    pub _busy: Busy,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The paths whose request message must arrive within the body timeout: the inference
@@ -202,5 +182,88 @@ impl HttpBody for Deadline {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (gRPC's wire format: at most 8
+/// digits and a unit, H M S m u n); a malformed one is ignored, as tonic does.
+pub fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    if !(2..=9).contains(&v.len()) {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header() {
+        let at = |v: &[u8]| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_bytes(v).unwrap());
+            client_deadline(&h)
+        };
+        assert_eq!(at(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            at(b"99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(at(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(at(b"7n"), Some(Duration::from_nanos(7)));
+        for bad in [
+            &b"S"[..],
+            b"123456789S",
+            b"-1S",
+            b"+1S",
+            b"1x",
+            b"1.5S",
+            b"\xff\xfeS",
+        ] {
+            assert_eq!(at(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(client_deadline(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn idle_only_after_the_last_stream_ended_for_the_timeout() {
+        let a = Activity::new();
+        let after = Some(Duration::from_millis(50));
+        // An open stream is never idle.
+        let busy = Busy::enter(&a);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), a.idle(after))
+                .await
+                .is_err()
+        );
+        drop(busy);
+        let t = Instant::now();
+        a.idle(after).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            t.elapsed()
+        );
+        // No timeout: never.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), a.idle(None))
+                .await
+                .is_err()
+        );
     }
 }

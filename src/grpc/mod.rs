@@ -25,7 +25,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 use tonic_health::ServingStatus;
 
 use crate::serving::reload::Reloader;
@@ -67,7 +70,14 @@ pub struct GrpcLimits {
     pub keepalive: Duration,
     /// `--grpc-max-streams`: concurrent streams per connection.
     pub max_streams: u32,
+    /// `--grpc-idle-timeout`: a connection with no open stream for this long is closed
+    /// (GOAWAY); `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
+
+/// `--grpc-idle-timeout`'s default (grpc-go's `MaxConnectionIdle` is a common setting of
+/// minutes; clients reconnect transparently).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a client has to answer a keepalive PING (grpc-go's and grpc-core's default).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -79,6 +89,7 @@ impl Default for GrpcLimits {
             body_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(60),
             max_streams: 128,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -123,8 +134,6 @@ impl std::fmt::Debug for GrpcOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC listener: {0}")]
@@ -147,7 +156,9 @@ pub async fn serve(
     let grace = opts.shutdown_grace;
     let opts = Arc::new(opts);
     let limit = opts.max_message_bytes;
-    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
+    let (accept_stop_tx, accept_stop) = tokio::sync::watch::channel(false);
     let reporter = tonic_health::server::HealthReporter::new();
     // Every service decodes with the same limit, so that tonic's refusal of a larger
     // message means one thing (turned into RESOURCE_EXHAUSTED by `status::oversized`).
@@ -176,14 +187,19 @@ pub async fn serve(
         let (server, reporter, mut stop) = (server.clone(), reporter.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEALTH_TICK);
+            let mut told = None;
             loop {
                 let status = if server.is_ready() {
                     ServingStatus::Serving
                 } else {
                     ServingStatus::NotServing
                 };
-                for name in ["", SERVICE_NAME] {
-                    reporter.set_service_status(name, status).await;
+                // Only a change is reported: every report is a message to every Watch.
+                if told != Some(status) {
+                    for name in ["", SERVICE_NAME] {
+                        reporter.set_service_status(name, status).await;
+                    }
+                    told = Some(status);
                 }
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -197,38 +213,137 @@ pub async fn serve(
             }
         })
     };
-    let incoming = limits::accept(listener, opts.limits.connections.clone(), &server.metrics);
-    let drained = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(opts.limits.keepalive))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(opts.limits.max_streams))
-        .layer(tower::util::MapRequestLayer::new(limits::body_deadline(
-            opts.limits.body_timeout,
-        )))
-        .layer(tower::util::MapResponseLayer::new(status::oversized(limit)))
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(inference)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = drain_rx.wait_for(|&s| s).await;
+        .prepare();
+    let app = tower::ServiceBuilder::new()
+        .map_request(limits::body_deadline(opts.limits.body_timeout))
+        .map_response(status::oversized(limit))
+        .service(routes);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .keep_alive_interval(opts.limits.keepalive)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(opts.limits.max_streams)
+        // gRPC has no use for a `date` header on every response.
+        .auto_date_header(false);
+    let conn = ConnSettings {
+        app,
+        h2: Arc::new(h2),
+        idle: opts.limits.idle_timeout,
+        drain: drain_rx,
+        alive: alive_rx,
+    };
+    let accepting = {
+        let metrics = server.metrics.clone();
+        let permits = opts.limits.connections.clone();
+        tokio::spawn(async move {
+            crate::accept::accept_loop(
+                listener,
+                "grpc",
+                permits,
+                &metrics,
+                accept_stop,
+                |tcp, _peer, admitted| conn.serve(tcp, admitted),
+            )
+            .await
+        })
+    };
+    shutdown.await;
+    tracing::info!("gRPC: shutting down, health NOT_SERVING, finishing calls in flight");
+    let _ = stop_tx.send(true);
+    let _ = follow.await;
+    let _ = accept_stop_tx.send(true);
+    let _ = accepting.await;
+    let _ = drain_tx.send(true);
+    if tokio::time::timeout(grace, alive_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs_f64(),
+            "gRPC calls still in flight at the end of the shutdown grace; stopping anyway"
+        );
+    }
+    Ok(())
+}
+
+/// What every gRPC connection is served with.
+#[derive(Clone)]
+struct ConnSettings<A> {
+    app: A,
+    h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    idle: Option<Duration>,
+    /// Turns true at shutdown: every connection says GOAWAY and finishes its streams.
+    drain: tokio::sync::watch::Receiver<bool>,
+    /// Held by every connection's task: the sender's `closed()` is "all connections ended".
+    alive: tokio::sync::watch::Receiver<()>,
+}
+
+impl<A> ConnSettings<A>
+where
+    A: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    A::Future: Send + 'static,
+{
+    /// Serves one connection on its own task until it closes: the client went away, it
+    /// was idle for `--grpc-idle-timeout` (GOAWAY), or the server drains (GOAWAY).
+    fn serve(&self, tcp: tokio::net::TcpStream, admitted: crate::accept::Admitted) {
+        let activity = limits::Activity::new();
+        let app = self.app.clone();
+        let act = activity.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let busy = limits::Busy::enter(&act);
+            let deadline = limits::client_deadline(req.headers());
+            let call = tower::ServiceExt::oneshot(app.clone(), req.map(tonic::body::Body::new));
+            async move {
+                let resp = match deadline {
+                    None => call.await,
+                    Some(d) => match tokio::time::timeout(d, call).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(tonic::Status::cancelled("Timeout expired").into_http()),
+                    },
+                };
+                resp.map(|r| r.map(|body| limits::Tracked { body, _busy: busy }))
+            }
         });
-    tokio::pin!(drained);
-    let result = tokio::select! {
-        r = &mut drained => r,
-        () = shutdown => {
-            tracing::info!("gRPC: shutting down, health NOT_SERVING, finishing calls in flight");
-            let _ = stop_tx.send(true);
-            let _ = follow.await;
-            let _ = drain_tx.send(true);
-            match tokio::time::timeout(grace, &mut drained).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(grace_s = grace.as_secs_f64(), "gRPC calls still in flight at the end of the shutdown grace; stopping anyway");
-                    Ok(())
+        let conn = self.h2.serve_connection(TokioIo::new(tcp), service);
+        let (mut drain, alive, idle) = (self.drain.clone(), self.alive.clone(), self.idle);
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let drained = drain.wait_for(|&d| d);
+            tokio::pin!(drained);
+            let quiet = activity.idle(idle);
+            tokio::pin!(quiet);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "gRPC connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = &mut drained, if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut quiet, if !closing => {
+                        tracing::debug!("gRPC connection idle for --grpc-idle-timeout; closing it");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
-        }
-    };
-    Ok(result?)
+            drop(admitted);
+            drop(alive);
+        });
+    }
 }

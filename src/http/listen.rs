@@ -126,66 +126,38 @@ async fn accept_loop(
     app: Router,
     name: &'static str,
     conn: ConnSettings,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let open = conn
-        .server
-        .metrics
-        .http_connections
-        .with_label_values(&[name]);
-    let waits = conn
-        .server
-        .metrics
-        .http_connection_limit_waits
-        .with_label_values(&[name]);
-    loop {
-        let permit = match conn.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                waits.inc();
-                tracing::debug!(listener = name, "connection limit reached; not accepting");
-                tokio::select! {
-                    p = conn.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = stop.changed() => return,
+    let permits = conn.permits.clone();
+    let metrics = conn.server.metrics.clone();
+    crate::accept::accept_loop(
+        listener,
+        name,
+        permits,
+        &metrics,
+        stop,
+        |tcp, peer, admitted| {
+            let app = app.clone();
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(conn.header_timeout)
+                .serve_connection(TokioIo::new(tcp), service);
+            let watched = conn.graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = watched.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-            }
-        };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                tower::ServiceExt::oneshot(app.clone(), req)
+                drop(admitted);
             });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(conn.header_timeout)
-            .serve_connection(TokioIo::new(tcp), service);
-        let watched = conn.graceful.watch(connection);
-        let open = crate::metrics::GaugeGuard::raise(&open);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(open);
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await;
 }
