@@ -312,3 +312,74 @@ fn metadata_config_and_stats() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The infer routes are served in front of the router (issue #19: a hand match saves the
+/// router's per-request work); every path the hand match does not take (empty or
+/// percent-encoded segments, extra segments) goes through the router. Each answer here
+/// is what main's router-only front gave for the same request.
+#[test]
+fn infer_paths_answer_as_the_router_did() {
+    let v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+    let body = json!({"inputs": reference("iris_v2")["inputs"]});
+    let cases: &[(&str, u16, &str)] = &[
+        ("/v2/models/iris/infer", 200, ""),
+        ("/v2/models/iris/versions/2/infer", 200, ""),
+        ("/v2/models/iris/infer?x=1", 200, ""),
+        ("/v2/models/ir%69s/infer", 200, ""),
+        ("/v2/models/iris/versions/%32/infer", 200, ""),
+        (
+            "/v2/models/iris/versions/0/infer",
+            400,
+            "version '0' is not a positive integer",
+        ),
+        (
+            "/v2/models/iris/versions/x/infer",
+            400,
+            "version 'x' is not",
+        ),
+        (
+            "/v2/models/iris/versions/-1/infer",
+            400,
+            "version '-1' is not",
+        ),
+        (
+            "/v2/models/iris/versions/99999999999999999999999/infer",
+            400,
+            "is not a positive integer",
+        ),
+        ("/v2/models/iris/versions//infer", 400, "version '' is not"),
+        ("/v2/models//infer", 404, "unknown model: ''"),
+        ("/v2/models/nope/infer", 404, "unknown model: 'nope'"),
+        ("/v2/models/iris/infer/", 404, "no such endpoint"),
+        ("//v2/models/iris/infer", 404, "no such endpoint"),
+        ("/V2/models/iris/infer", 404, "no such endpoint"),
+        (
+            "/v2/models/iris/versions/2/infer/x",
+            404,
+            "no such endpoint",
+        ),
+    ];
+    for &(path, status, error) in cases {
+        let r = v.client.post(v.url(path)).json(&body).send().unwrap();
+        let got_status = r.status().as_u16();
+        let text = r.text().unwrap();
+        assert_eq!(got_status, status, "{path}: {text}");
+        if status == 200 {
+            let got: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(got["model_name"], "iris", "{path}: {text}");
+            assert_eq!(got["model_version"], "2", "{path}: {text}");
+        } else {
+            assert!(text.contains(error), "{path}: {text}");
+        }
+    }
+    // Not UTF-8 once decoded: the router's 400.
+    let r = v
+        .client
+        .post(v.url("/v2/models/%ff/infer"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = v.client.get(v.url("/v2/models/iris/infer")).send().unwrap();
+    assert_eq!(r.status(), 405);
+}

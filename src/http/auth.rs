@@ -71,29 +71,8 @@ pub(super) async fn gate(
         Class::Admin if s.surface == Surface::Public => Class::Api,
         c => c,
     };
-    let given = bearer(req.headers()).as_bytes();
-    let matches = |t: Option<&str>| t.is_some_and(|t| constant_time_eq(given, t.as_bytes()));
-    let (label, needed) = match class {
-        Class::Health => ("health", None),
-        Class::Metrics => ("metrics", s.opts.metrics_token.as_deref()),
-        Class::Admin => match s.opts.admin_token.as_deref() {
-            Some(t) => ("admin", Some(t)),
-            None if s.control_open => ("admin", s.opts.api_token.as_deref()),
-            None => {
-                s.server.metrics.auth_failure("admin", 403);
-                return ApiError::Forbidden(
-                    "the control plane needs --admin-token, or a listener bound to a loopback                      address (--admin-addr 127.0.0.1:PORT)"
-                        .into(),
-                )
-                .into_response();
-            }
-        },
-        Class::Infer | Class::Api => ("api", s.opts.api_token.as_deref()),
-    };
-    let admin_ok = class != Class::Admin && matches(s.opts.admin_token.as_deref());
-    if needed.is_some() && !matches(needed) && !admin_ok {
-        s.server.metrics.auth_failure(label, 401);
-        return ApiError::Unauthorized.into_response();
+    if let Err(refused) = authorize(&s, class, req.headers()) {
+        return refused.into_response();
     }
     if class == Class::Infer {
         return next.run(req).await;
@@ -115,6 +94,36 @@ pub(super) async fn gate(
     };
     next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// The token check of [`gate`] for a request of `class`: `Err` is the answer (401/403,
+/// already counted) when the request may not go on. Shared with the inference fast path, which
+/// is served in front of the router (see `listen`).
+pub(super) fn authorize(s: &AppState, class: Class, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = bearer(headers).as_bytes();
+    let matches = |t: Option<&str>| t.is_some_and(|t| constant_time_eq(given, t.as_bytes()));
+    let (label, needed) = match class {
+        Class::Health => ("health", None),
+        Class::Metrics => ("metrics", s.opts.metrics_token.as_deref()),
+        Class::Admin => match s.opts.admin_token.as_deref() {
+            Some(t) => ("admin", Some(t)),
+            None if s.control_open => ("admin", s.opts.api_token.as_deref()),
+            None => {
+                s.server.metrics.auth_failure("admin", 403);
+                return Err(ApiError::Forbidden(
+                    "the control plane needs --admin-token, or a listener bound to a loopback                      address (--admin-addr 127.0.0.1:PORT)"
+                        .into(),
+                ));
+            }
+        },
+        Class::Infer | Class::Api => ("api", s.opts.api_token.as_deref()),
+    };
+    let admin_ok = class != Class::Admin && matches(s.opts.admin_token.as_deref());
+    if needed.is_some() && !matches(needed) && !admin_ok {
+        s.server.metrics.auth_failure(label, 401);
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

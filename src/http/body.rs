@@ -26,11 +26,15 @@ pub(super) async fn read_body(
 
 /// [`read_body`] into a [`BodyBuffer`]: a big body gets a mapping of its own, which
 /// decoding gives back page by page.
-pub(super) async fn read_request_body(
+pub(super) async fn read_request_body<B>(
     headers: &HeaderMap,
-    body: Body,
+    body: B,
     limit: usize,
-) -> Result<BodyBuffer, ApiError> {
+) -> Result<BodyBuffer, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut buf = BodyBuffer::with_capacity(declared_length(headers, limit)?);
     read_frames(body, limit, |data| buf.extend_from_slice(data)).await?;
     Ok(buf)
@@ -62,11 +66,17 @@ fn declared_length(headers: &HeaderMap, limit: usize) -> Result<usize, ApiError>
 }
 
 /// Hands each data frame to `keep`, refusing with 413 once they pass `limit` together.
-async fn read_frames(
-    mut body: Body,
+/// Generic over the body so that the inference fast path reads hyper's body as it comes,
+/// without boxing it into axum's.
+async fn read_frames<B>(
+    mut body: B,
     limit: usize,
     mut keep: impl FnMut(&[u8]),
-) -> Result<(), ApiError> {
+) -> Result<(), ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut read = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame

@@ -14,7 +14,7 @@ use axum::response::Response;
 use super::body::read_request_body;
 use super::error::ApiError;
 use super::schema;
-use super::state::{target, AppState};
+use super::state::{parse_version, target, AppState};
 use super::v2::{self, BodyBuffer};
 use std::sync::Arc;
 
@@ -45,14 +45,72 @@ pub(super) async fn infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (model, version) = target(&p)?;
+    infer_target(&s, model, version, &headers, body).await
+}
+
+/// The infer routes' paths, matched by hand for the fast path in front of the router
+/// (`listen`): `/v2/models/{model}/infer` and `/v2/models/{model}/versions/{version}/infer`
+/// with non-empty segments. A segment with `%` is left to the router, which decodes it.
+pub(super) fn infer_route(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/v2/models/")?;
+    let plain = |seg: &str| !seg.is_empty() && !seg.contains('%');
+    let (model, rest) = rest.split_once('/')?;
+    if !plain(model) {
+        return None;
+    }
+    if rest == "infer" {
+        return Some((model, None));
+    }
+    let (version, tail) = rest.strip_prefix("versions/")?.split_once('/')?;
+    (tail == "infer" && plain(version)).then_some((model, Some(version)))
+}
+
+/// `POST` to an infer route, served before (and without) the router: the gate's token
+/// check, then the same handler. Saves the router's work per request (its parameter map,
+/// the boxed middleware futures and extensions) on the one route that carries the load.
+pub(super) async fn infer_direct<B>(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: B,
+) -> Response
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use axum::response::IntoResponse;
+    if let Err(refused) = super::auth::authorize(s, super::auth::Class::Infer, headers) {
+        return refused.into_response();
+    }
+    let version = match version.map(parse_version).transpose() {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    infer_target(s, model, version, headers, body)
+        .await
+        .into_response()
+}
+
+async fn infer_target<B>(
+    s: &AppState,
+    model: &str,
+    version: Option<u64>,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let plan = s.server.plan_route(model, version, |name| {
         headers.get(name).map(|v| v.as_bytes().to_vec())
     })?;
     let start = Instant::now();
-    let (served, result) = match read_infer_body(&s, &headers, body).await {
+    let (served, result) = match read_infer_body(s, headers, body).await {
         // Refused before the split is decided: counted against the stable version.
         Err(e) => (plan.primary().clone(), Err(InferOnError::Api(e))),
-        Ok((body, header_len)) => infer_on(&s, plan, body, header_len).await,
+        Ok((body, header_len)) => infer_on(s, plan, body, header_len).await,
     };
     let outcome = match &result {
         Ok(_) => crate::metrics::Outcome::Success,
@@ -89,11 +147,15 @@ enum InferOnError {
 }
 
 /// The body, within `--body-timeout` and `--max-body-bytes`, and the JSON header's length.
-async fn read_infer_body(
+async fn read_infer_body<B>(
     s: &AppState,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<(BodyBuffer, Option<usize>), ApiError> {
+    body: B,
+) -> Result<(BodyBuffer, Option<usize>), ApiError>
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let header_len = header_len(headers)?;
     let body = tokio::time::timeout(
         s.opts.body_timeout,

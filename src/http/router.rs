@@ -106,6 +106,18 @@ pub fn router(
     traffic: Arc<Traffic>,
     bound: std::net::SocketAddr,
 ) -> Router {
+    app(server, reloader, opts, surface, traffic, bound).0
+}
+
+/// The router and the state its handlers share (for the inference fast path in `listen`).
+pub(super) fn app(
+    server: Arc<Server>,
+    reloader: Arc<Reloader>,
+    opts: HttpOptions,
+    surface: Surface,
+    traffic: Arc<Traffic>,
+    bound: std::net::SocketAddr,
+) -> (Router, AppState) {
     let state = AppState {
         server,
         reloader,
@@ -132,7 +144,7 @@ pub fn router(
     }
     // Read-only, beside the rollout on every surface.
     .route("/v2/models/{model}/rollout/analysis", get(rollout_analysis));
-    routes
+    let routes = routes
         .fallback(move |req: axum::extract::Request| async move {
             unrouted(surface, req.method(), req.uri().path(), false)
         })
@@ -140,7 +152,8 @@ pub fn router(
             unrouted(surface, req.method(), req.uri().path(), true)
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state)
+        .with_state(state.clone());
+    (routes, state)
 }
 
 /// The answer to a request no route took: 404 naming the listener that serves it when it

@@ -55,13 +55,19 @@ pub enum Surface {
 /// The model name and optional version from the path.
 pub(super) fn target(params: &HashMap<String, String>) -> Result<(&str, Option<u64>), ApiError> {
     let model = params.get("model").map(String::as_str).unwrap_or_default();
-    let version = match params.get("version") {
-        None => None,
-        Some(v) => Some(v.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
-            ApiError::BadRequest(format!("version '{v}' is not a positive integer"))
-        })?),
-    };
+    let version = params
+        .get("version")
+        .map(|v| parse_version(v))
+        .transpose()?;
     Ok((model, version))
+}
+
+/// A version from a path: a positive integer, else 400.
+pub(super) fn parse_version(v: &str) -> Result<u64, ApiError> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("version '{v}' is not a positive integer")))
 }
 
 pub(super) fn entry(server: &Server, model: &str) -> Result<Arc<ModelEntry>, ApiError> {
