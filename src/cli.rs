@@ -272,6 +272,12 @@ pub struct ServeArgs {
     /// (counted as `queue_full`) rather than slowing inference.
     #[arg(long, env = "VIGIL_PAYLOAD_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub payload_queue_bytes: usize,
+
+    /// CloudEvents sink: pairs of events POSTed at once over its keep-alive connections
+    /// (1 to 256). Beyond them records wait in the sink's queue, then are dropped
+    /// (`sink_full`); inference never waits.
+    #[arg(long, env = "VIGIL_PAYLOAD_SINK_CONCURRENCY", default_value_t = 4)]
+    pub payload_sink_concurrency: usize,
 }
 
 impl ServeArgs {
@@ -289,6 +295,12 @@ impl ServeArgs {
                 self.payload_retention_bytes, self.payload_max_file_bytes
             ));
         }
+        if !(1..=256).contains(&self.payload_sink_concurrency) {
+            return Err(format!(
+                "--payload-sink-concurrency must be between 1 and 256, got {}",
+                self.payload_sink_concurrency
+            ));
+        }
         if let Some(dir) = &self.payload_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("--payload-dir {}: {e}", dir.display()))?;
@@ -304,6 +316,7 @@ impl ServeArgs {
                     retention_bytes: self.payload_retention_bytes,
                 }),
             queue_bytes: self.payload_queue_bytes,
+            sink_concurrency: self.payload_sink_concurrency,
         })
     }
 
