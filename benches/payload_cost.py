@@ -51,16 +51,24 @@ class Server(dc.Server):
         return 0.0
 
 
+RECEIVED = {"events": 0}
+
+
 def start_receiver():
-    """A CloudEvents receiver on 127.0.0.1 that reads each event and answers 202."""
+    """A CloudEvents receiver on 127.0.0.1 that reads each event and answers 202; counts
+    the events in RECEIVED."""
     import http.server
     import threading
+
+    lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("content-length", 0)))
+            with lock:
+                RECEIVED["events"] += 1
             self.send_response(202)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -128,8 +136,9 @@ def main():
                 for n in names), flush=True)
         logged = servers["logged"]
         written = logged.metric('vigil_payload_records_total{model="linear"}')
-        dropped = sum(logged.metric(f'vigil_payload_dropped_total{{model="linear",reason="{r}"}}')
-                      for r in ("queue_full", "write_error", "sink_full", "sink_error"))
+        drops = {r: logged.metric(f'vigil_payload_dropped_total{{model="linear",reason="{r}"}}')
+                 for r in ("queue_full", "write_error", "sink_full", "sink_error")}
+        dropped = sum(drops.values())
     finally:
         for s in servers.values():
             s.stop()
@@ -143,6 +152,12 @@ def main():
           f"extra {med('logged', 'cpu_us') - med('plain', 'cpu_us'):.2f} µs CPU per logged request")
     print(f"logged / plain req/s: {ratio('rps'):.3f}")
     print(f"records written {written:.0f}, dropped {dropped:.0f}; {disk} bytes on disk (gzip + active)")
+    if args.cloudevents:
+        pairs = RECEIVED["events"] / 2
+        offered = pairs + drops["sink_full"] + drops["sink_error"]
+        print(f"CloudEvents sink: {pairs:.0f} of {offered:.0f} records delivered "
+              f"({100 * pairs / max(offered, 1):.1f} %), sink_full {drops['sink_full']:.0f}, "
+              f"sink_error {drops['sink_error']:.0f}")
 
 
 if __name__ == "__main__":

@@ -278,6 +278,30 @@ pub struct ServeArgs {
     /// (counted as `queue_full`) rather than slowing inference.
     #[arg(long, env = "VIGIL_PAYLOAD_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub payload_queue_bytes: usize,
+
+    /// CloudEvents sink: pairs of events POSTed at once over its keep-alive connections
+    /// (1 to 256). Beyond them records wait in the sink's queue, then are dropped
+    /// (`sink_full`); inference never waits.
+    #[arg(long, env = "VIGIL_PAYLOAD_SINK_CONCURRENCY", default_value_t = 4)]
+    pub payload_sink_concurrency: usize,
+
+    /// This replica's name when several share one --payload-dir (a fleet on a shared
+    /// volume): its files go under DIR/NAME/<model>/, so replicas never touch each
+    /// other's files (start-up recovery, rotation and retention stay within NAME). Letters,
+    /// digits, '.', '_' and '-' (a pod name, e.g. from the downward API).
+    #[arg(long, env = "VIGIL_PAYLOAD_REPLICA")]
+    pub payload_replica: Option<String>,
+}
+
+/// Whether `name` can be a directory of its own under --payload-dir.
+fn valid_replica(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl ServeArgs {
@@ -295,21 +319,38 @@ impl ServeArgs {
                 self.payload_retention_bytes, self.payload_max_file_bytes
             ));
         }
-        if let Some(dir) = &self.payload_dir {
+        if !(1..=256).contains(&self.payload_sink_concurrency) {
+            return Err(format!(
+                "--payload-sink-concurrency must be between 1 and 256, got {}",
+                self.payload_sink_concurrency
+            ));
+        }
+        if let Some(r) = &self.payload_replica {
+            if !valid_replica(r) {
+                return Err(format!(
+                    "--payload-replica '{r}': use 1 to 253 letters, digits, '.', '_' or '-' \
+                     (not '.' or '..')"
+                ));
+            }
+        }
+        // A replica's own subdirectory of a shared --payload-dir.
+        let payload_dir = match (&self.payload_dir, &self.payload_replica) {
+            (Some(d), Some(r)) => Some(d.join(r)),
+            (d, _) => d.clone(),
+        };
+        if let Some(dir) = &payload_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("--payload-dir {}: {e}", dir.display()))?;
         }
         Ok(crate::payload::PayloadOptions {
-            files: self
-                .payload_dir
-                .clone()
-                .map(|dir| crate::payload::FileOptions {
-                    dir,
-                    max_file_bytes: self.payload_max_file_bytes,
-                    max_file_age: self.payload_max_file_age,
-                    retention_bytes: self.payload_retention_bytes,
-                }),
+            files: payload_dir.map(|dir| crate::payload::FileOptions {
+                dir,
+                max_file_bytes: self.payload_max_file_bytes,
+                max_file_age: self.payload_max_file_age,
+                retention_bytes: self.payload_retention_bytes,
+            }),
             queue_bytes: self.payload_queue_bytes,
+            sink_concurrency: self.payload_sink_concurrency,
         })
     }
 

@@ -133,6 +133,8 @@ pub struct PayloadFamilies {
     pub dropped: IntCounterVec,
     /// `vigil_payload_queue_bytes`: tensor bytes waiting for the writer.
     pub queue_bytes: IntGauge,
+    /// `vigil_payload_sink_bytes`: CloudEvents body bytes queued or in flight.
+    pub sink_bytes: IntGauge,
     /// `vigil_feedback_total{model,result}`: truths received, by what became of them.
     pub feedback: IntCounterVec,
     /// `vigil_feedback_pending{model}`: predicted rows waiting for their label.
@@ -575,6 +577,11 @@ impl Metrics {
                 "Tensor bytes of payload records waiting for the writer thread.",
             )
             .expect("valid gauge definition"),
+            sink_bytes: IntGauge::new(
+                "vigil_payload_sink_bytes",
+                "Body bytes of CloudEvents queued for the sink or in flight.",
+            )
+            .expect("valid gauge definition"),
             feedback: IntCounterVec::new(
                 Opts::new(
                     "vigil_feedback_total",
@@ -605,6 +612,7 @@ impl Metrics {
             Box::new(payload.written.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(payload.dropped.clone()),
             Box::new(payload.queue_bytes.clone()),
+            Box::new(payload.sink_bytes.clone()),
             Box::new(payload.feedback.clone()),
             Box::new(payload.pending.clone()),
             Box::new(payload.quality.clone()),

@@ -208,3 +208,178 @@ fn a_dead_sink_drops_and_counts_while_inference_answers_200_and_files_keep_every
     });
     assert_eq!(dropped("queue_full"), 0.0);
 }
+
+/// (events in flight now, most in flight at once, events answered)
+type Seen = (usize, usize, usize);
+
+/// A receiver that holds each event's answer until `target` events are in flight at once
+/// (or 1 s passed), then answers 202; returns the most it saw in flight at once.
+fn gated_receiver(target: usize) -> (Arc<Mutex<Seen>>, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let state: Arc<(Mutex<Seen>, std::sync::Condvar)> = Arc::default();
+    let seen = Arc::new(Mutex::new((0, 0, 0)));
+    let (st, out) = (state.clone(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (st, out) = (st.clone(), out.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut len = 0usize;
+                    let mut first = true;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" && !first {
+                            break;
+                        }
+                        first = false;
+                        let l = line.to_ascii_lowercase();
+                        if let Some(v) = l.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let (lock, cv) = &*st;
+                    let mut s = lock.lock().unwrap();
+                    s.0 += 1;
+                    s.1 = s.1.max(s.0);
+                    cv.notify_all();
+                    let (mut s, _) = cv
+                        .wait_timeout_while(s, std::time::Duration::from_secs(1), |s| s.1 < target)
+                        .unwrap();
+                    s.0 -= 1;
+                    s.2 += 1;
+                    *out.lock().unwrap() = *s;
+                    drop(s);
+                    let _ = reader
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (seen, url)
+}
+
+#[test]
+fn the_sink_posts_up_to_its_concurrency_at_once_and_never_more() {
+    let (seen, url) = gated_receiver(3);
+    let repo = repo(&format!(
+        "[logging]\nsample = 1.0\ncloudevents_url = \"{url}\"\n"
+    ));
+    let v = Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &["--payload-sink-concurrency", "3"],
+    );
+    for i in 0..40 {
+        infer(&v, &format!("c-{i}"), [5.1, 3.5, 1.4, 0.2]);
+    }
+    wait_for(30, "all 80 events", || {
+        (seen.lock().unwrap().2 == 80).then_some(())
+    });
+    let (in_flight, most, _) = *seen.lock().unwrap();
+    assert_eq!(in_flight, 0);
+    assert_eq!(most, 3, "events in flight at once");
+    assert_eq!(
+        v.metric(r#"vigil_payload_dropped_total{model="iris",reason="sink_full"}"#),
+        None
+    );
+    wait_for(10, "the sink's bytes back to 0", || {
+        (v.metric("vigil_payload_sink_bytes") == Some(0.0)).then_some(())
+    });
+}
+
+#[test]
+fn a_bad_sink_concurrency_is_refused_at_start() {
+    for bad in ["0", "257", "-1", "lots", "99999999999999999999999"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "serve",
+                &format!("--payload-sink-concurrency={bad}"),
+                "--repository",
+            ])
+            .arg(root().join("models"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("--payload-sink-concurrency"), "{bad}: {text}");
+        if bad == "0" || bad == "257" {
+            assert!(text.contains("between 1 and 256"), "{bad}: {text}");
+        }
+    }
+}
+
+fn rss_anon_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_sink_that_never_answers_holds_bounded_memory_while_inference_answers_200() {
+    // Accepts, reads, never answers (each POST runs into its timeout).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut buf = vec![0; 1 << 16];
+                while s.read(&mut buf).unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let repo = repo(&format!(
+        "[logging]\nsample = 1.0\ncloudevents_url = \"{url}\"\n"
+    ));
+    let cap = 4 << 20;
+    let v = Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &["--payload-queue-bytes", &cap.to_string()],
+    );
+    // 2048 rows a request: a pair of events is some 150 KB of JSON.
+    let rows = 2048;
+    let data: Vec<f32> = (0..rows * 4).map(|i| (i % 70) as f32 / 10.0).collect();
+    let body = json!({"id": "big", "inputs": [
+        {"name": "X", "shape": [rows, 4], "datatype": "FP32", "data": data}]});
+    let (status, _) = v.post_json("/v2/models/iris/infer", &body);
+    assert_eq!(status, 200);
+    let before = rss_anon_kb(v.pid());
+    let mut most = 0.0f64;
+    for i in 0..600 {
+        let mut b = body.clone();
+        b["id"] = json!(format!("big-{i}"));
+        let (status, got) = v.post_json("/v2/models/iris/infer", &b);
+        assert_eq!(status, 200, "{got}");
+        if i % 50 == 0 {
+            most = most.max(v.metric("vigil_payload_sink_bytes").unwrap_or(f64::NAN));
+        }
+    }
+    let after = rss_anon_kb(v.pid());
+    most = most.max(v.metric("vigil_payload_sink_bytes").unwrap_or(f64::NAN));
+    // At most the cap, plus one pair let in whole.
+    assert!(most <= (cap + (1 << 20)) as f64, "sink bytes {most}");
+    let dropped = v
+        .metric(r#"vigil_payload_dropped_total{model="iris",reason="sink_full"}"#)
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "the cap drops records");
+    // 600 pairs are about 90 MB; held, they would show here.
+    assert!(
+        after < before + 48 * 1024,
+        "RssAnon {before} -> {after} kB after 600 records to a silent sink"
+    );
+    eprintln!("RssAnon {before} -> {after} kB, sink bytes at most {most}, sink_full {dropped}");
+}

@@ -471,3 +471,86 @@ fn a_rotated_file_whose_compression_failed_is_compressed_or_removed_later() {
         (!first.exists()).then_some(())
     });
 }
+
+/// Two replicas on one shared --payload-dir, each with its --payload-replica: a replica
+/// that restarts recovers only its own subdirectory, so the other's active file (which a
+/// shared directory's start-up recovery would gzip and unlink under it) keeps every
+/// record.
+#[test]
+fn replicas_sharing_a_payload_dir_never_touch_each_others_files() {
+    let repo = repo(&[("iris", "[logging]\nsample = 1.0\n")]);
+    let shared = TempDir::new("payload-shared");
+    let dir = shared.path().to_str().unwrap().to_string();
+    let start = |name: &str| {
+        Vigil::start(
+            repo.path(),
+            Engine::Tract,
+            &["--payload-dir", &dir, "--payload-replica", name],
+        )
+    };
+    let serve = |v: &Vigil, tag: &str| {
+        for i in 0..5 {
+            let body = json!({"id": format!("{tag}-{i}"), "inputs": [{"name": "X",
+                "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+            assert_eq!(v.post_json("/v2/models/iris/infer", &body).0, 200);
+        }
+    };
+    let b = start("pod-b");
+    serve(&b, "b1");
+    wait_for(30, "b's first records", || {
+        (written(&b, "iris") == 5.0).then_some(())
+    });
+    // Replica a starts (and restarts) beside it, on the same directory.
+    let a = start("pod-a");
+    serve(&a, "a1");
+    wait_for(30, "a's records", || {
+        (written(&a, "iris") == 5.0).then_some(())
+    });
+    drop(a);
+    let a = start("pod-a");
+    serve(&a, "a2");
+    serve(&b, "b2");
+    wait_for(30, "b's records", || {
+        (written(&b, "iris") == 10.0).then_some(())
+    });
+    wait_for(30, "a's records", || {
+        (written(&a, "iris") == 5.0).then_some(())
+    });
+    let ids = |replica: &str| -> Vec<String> {
+        let mut ids: Vec<String> = records(&shared.path().join(replica).join("iris"))
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let want = |tags: &[&str]| -> Vec<String> {
+        let mut w: Vec<String> = tags
+            .iter()
+            .flat_map(|t| (0..5).map(move |i| format!("{t}-{i}")))
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(ids("pod-b"), want(&["b1", "b2"]));
+    assert_eq!(ids("pod-a"), want(&["a1", "a2"]));
+    // Nothing of either at the shared root.
+    assert!(!shared.path().join("iris").exists());
+    // A name that is not a single path segment is refused.
+    for bad in ["../x", "a/b", "..", ""] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "serve",
+                "--payload-dir",
+                &dir,
+                &format!("--payload-replica={bad}"),
+            ])
+            .arg("--repository")
+            .arg(repo.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("--payload-replica"), "{bad}: {text}");
+    }
+}

@@ -209,6 +209,14 @@ fn a_bad_quality_threshold_is_a_config_error_of_its_model_only() {
             "[retrain]\nmax_error = { mae = -1 }\n",
             "retrain.max_error.mae must be a number of at least 0",
         ),
+        (
+            "[retrain]\nmax_error = { expected_accuracy = 0.9 }\n",
+            "set it under retrain.min_quality",
+        ),
+        (
+            "[retrain]\nmin_quality = { expected_accuracy = 85 }\n",
+            "retrain.min_quality.expected_accuracy must be between 0 and 1",
+        ),
     ] {
         let repo = repo(&[("iris", ""), ("broken", config)]);
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -485,4 +493,104 @@ fn expected_accuracy_without_labels_drops_with_the_measured_one_on_a_shifted_str
         "expected {exp_b}, measured {acc_b}"
     );
     eprintln!("expected/measured accuracy: {exp_a:.3}/{acc_a:.3}, shifted {exp_b:.3}/{acc_b:.3}");
+}
+
+#[test]
+fn a_drop_of_the_expected_accuracy_fires_one_event_before_any_label() {
+    let (hook, url) = Hook::start();
+    let config = format!(
+        "[logging]\nsample = 1.0\nfeedback_window = \"10m\"\nquality_window = 300\n\n\
+         [retrain]\nurl = \"{url}\"\ncooldown = \"1h\"\n\
+         min_quality = {{ accuracy = 0.8, expected_accuracy = 0.8 }}\n"
+    );
+    let repo = repo(&[("iris", &config)]);
+    let logs = TempDir::new("quality-log");
+    let dir = logs.path().to_str().unwrap().to_string();
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--payload-dir", &dir]);
+    let mut rng = vigil::rng::Rng::new(7);
+    let train = common::iris_training_rows();
+    // The training distribution (mean top probability about 0.9): within the floor.
+    let rows: Vec<[f64; 4]> = (0..300)
+        .map(|_| train[rng.below(train.len() as u64) as usize])
+        .collect();
+    let a = serve_probs(&v, "a", &rows);
+    // Shifted onto the versicolor/virginica boundary (about 0.68): the estimate crosses
+    // 0.8 on the way, before a single label exists.
+    let of = |class: i64| -> Vec<[f64; 4]> {
+        a.iter()
+            .zip(&rows)
+            .filter(|((_, l, _), _)| *l == class)
+            .map(|(_, r)| *r)
+            .collect()
+    };
+    let (ones, twos) = (of(1), of(2));
+    let shifted: Vec<[f64; 4]> = (0..300)
+        .map(|_| {
+            let r = ones[rng.below(ones.len() as u64) as usize];
+            let s = twos[rng.below(twos.len() as u64) as usize];
+            [0, 1, 2, 3].map(|j| (r[j] + s[j]) / 2.0)
+        })
+        .collect();
+    let b = serve_probs(&v, "b", &shifted);
+    let ev = wait_for(30, "the expected-accuracy event", || {
+        quality_events(&hook).into_iter().next()
+    });
+    let data = &ev["data"];
+    assert_eq!(data["model_version"], "1", "{ev}");
+    let q = &data["quality"];
+    assert_eq!(q["breaches"].as_array().unwrap().len(), 1, "{q}");
+    let breach = &q["breaches"][0];
+    assert_eq!(breach["metric"], "expected_accuracy", "{q}");
+    assert_eq!(breach["bound"], "min");
+    assert_eq!(breach["threshold"], 0.8);
+    assert!(breach["value"].as_f64().unwrap() < 0.8, "{breach}");
+    assert_eq!(q["labels_received"], 0, "no label yet: {q}");
+    assert_eq!(q["expected"]["rows"], 300, "{q}");
+    assert_eq!(q["expected"]["calibrated_on"], 0, "{q}");
+    let reason = data["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("expected_accuracy") && reason.contains("without labels"),
+        "{reason}"
+    );
+    // Its data points at the payload files holding the window's shifted requests.
+    let refs = &data["data"];
+    let (from, to) = (refs["from"].as_str().unwrap(), refs["to"].as_str().unwrap());
+    let mut logged = std::collections::HashMap::new();
+    for f in refs["requests"].as_array().unwrap() {
+        for r in gz_lines(&logs.path().join(f.as_str().unwrap())) {
+            logged.insert(r["id"].as_str().unwrap().to_string(), r);
+        }
+    }
+    let in_window: Vec<&Value> = logged
+        .values()
+        .filter(|r| {
+            let t = r["time"].as_str().unwrap();
+            from <= t && t <= to
+        })
+        .collect();
+    assert!(
+        in_window
+            .iter()
+            .any(|r| r["id"].as_str().unwrap().starts_with("b-")),
+        "no shifted request in [{from}, {to}] of {refs}"
+    );
+    assert_eq!(
+        v.metric(r#"vigil_retrain_events_total{model="iris",reason="quality"}"#),
+        Some(1.0)
+    );
+
+    // The labels then measure the drop too (the calibration they bring may move the
+    // estimate back and forth across the floor meanwhile): the cooldown holds any
+    // further crossing, so the hook has still heard once.
+    let acc_b = label_from_probs(&v, &mut rng, &b);
+    assert!(acc_b < 0.8, "measured {acc_b}");
+    let measured = v
+        .metric("vigil_model_quality{metric=\"accuracy\",model=\"iris\",version=\"1\"}")
+        .unwrap();
+    assert!((measured - acc_b).abs() < 1e-9);
+    assert_eq!(quality_events(&hook).len(), 1);
+    assert_eq!(
+        v.metric(r#"vigil_retrain_events_total{model="iris",reason="quality"}"#),
+        Some(1.0)
+    );
 }

@@ -21,7 +21,9 @@ pub use batching::BatchingConfig;
 pub use drift::{DriftConfig, DriftMethod};
 pub use execution::{ExecutionConfig, ExecutionMode};
 pub use logging::LoggingConfig;
-pub use retrain::{key_of, Format, QualityThresholds, RetrainConfig, RetrainTrigger};
+pub use retrain::{
+    key_of, Format, QualityThresholds, RetrainConfig, RetrainTrigger, EXPECTED_ACCURACY,
+};
 pub use rollout::{
     AnalysisConfig, OnSuccess, RolloutConfig, RolloutMode, DEFAULT_STICKY_HEADER,
     MAX_ANALYSIS_STEPS,

@@ -53,7 +53,8 @@ pub struct RetrainConfig {
     /// alert through Alertmanager (`fleet`).
     pub trigger: Option<RetrainTrigger>,
     /// Live quality (higher is better) below which a full rolling window of labelled rows
-    /// creates a `vigil.quality.degraded` event: `{ accuracy = 0.9, macro_f1 = 0.8 }`.
+    /// (or, for `expected_accuracy`, of predictions) creates a `vigil.quality.degraded`
+    /// event: `{ accuracy = 0.9, macro_f1 = 0.8, expected_accuracy = 0.85 }`.
     pub min_quality: Option<BTreeMap<String, f64>>,
     /// Live error (lower is better) above which it does: `{ mae = 0.5, rmse = 1.0 }`.
     pub max_error: Option<BTreeMap<String, f64>>,
@@ -72,15 +73,28 @@ impl QualityThresholds {
     pub fn is_empty(&self) -> bool {
         self.min.is_empty() && self.max.is_empty()
     }
+
+    /// The floor of the label-free estimate (`min_quality.expected_accuracy`).
+    pub fn expected_accuracy(&self) -> Option<f64> {
+        self.min
+            .iter()
+            .find(|(name, _)| name == EXPECTED_ACCURACY)
+            .map(|&(_, floor)| floor)
+    }
 }
 
 /// Error metrics (lower is better): the keys of `max_error`.
 pub const ERROR_METRICS: [&str; 2] = ["mae", "rmse"];
 
-/// Whether `name` is a higher-is-better metric vigil measures on labelled rows:
-/// `accuracy`, `macro_f1`, or `precision_<class>`, `recall_<class>`, `f1_<class>`.
+/// The label-free estimate (`min_quality` only): judged on the last `quality_window`
+/// predictions, labelled or not.
+pub const EXPECTED_ACCURACY: &str = "expected_accuracy";
+
+/// Whether `name` is a higher-is-better metric vigil measures: `accuracy`, `macro_f1`,
+/// `precision_<class>`, `recall_<class>`, `f1_<class>` on labelled rows, or
+/// `expected_accuracy` on predictions alone.
 fn is_score_metric(name: &str) -> bool {
-    if matches!(name, "accuracy" | "macro_f1") {
+    if matches!(name, "accuracy" | "macro_f1" | EXPECTED_ACCURACY) {
         return true;
     }
     ["precision_", "recall_", "f1_"].iter().any(|p| {
@@ -187,7 +201,7 @@ impl RetrainConfig {
                 };
                 return Err(format!(
                     "retrain.min_quality.{name}: not a quality metric vigil measures{hint}; \
-                     one of accuracy, macro_f1, precision_<class>, \
+                     one of accuracy, macro_f1, expected_accuracy, precision_<class>, \
                      recall_<class>, f1_<class>"
                 ));
             }
@@ -281,6 +295,7 @@ mod tests {
         for ok in [
             with(&[("accuracy", 0.9), ("macro_f1", 0.5), ("f1_2", 0.1)], &[]),
             with(&[("recall_0", 1.0), ("precision_-1", 0.0)], &[("mae", 0.5)]),
+            with(&[("expected_accuracy", 0.85)], &[]),
             with(&[], &[("rmse", 0.0)]),
         ] {
             assert_eq!(ok.validate(), Ok(()), "{ok:?}");
@@ -292,6 +307,11 @@ mod tests {
             (with(&[("mae", 0.9)], &[]), "set it under retrain.max_error"),
             (with(&[("accuracy", 1.5)], &[]), "between 0 and 1"),
             (with(&[("accuracy", f64::NAN)], &[]), "between 0 and 1"),
+            (with(&[("expected_accuracy", -0.1)], &[]), "between 0 and 1"),
+            (
+                with(&[], &[("expected_accuracy", 0.9)]),
+                "set it under retrain.min_quality",
+            ),
             (
                 with(&[], &[("accuracy", 0.1)]),
                 "set it under retrain.min_quality",

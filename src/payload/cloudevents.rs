@@ -6,14 +6,18 @@
 //! KServe's extensions `ce-inferenceservicename` (the model), `ce-component`,
 //! `ce-endpoint`), so Knative Eventing or a Kafka bridge takes them unchanged.
 //!
-//! The writer thread hands each record's pair to this sink's own bounded queue and never
-//! waits for it: a slow sink fills the queue (`vigil_payload_dropped_total{reason=
-//! "sink_full"}`), a dead one fails its POSTs (`reason="sink_error"`) and is then skipped
-//! for a growing pause (1 s doubling to 30 s, every record of the pause counted the same
-//! way), so neither slows the payload files or inference.
+//! The writer thread hands each record's pair to this sink's own bounded queue (1024
+//! pairs, and at most `--payload-queue-bytes` of bodies queued or in flight) and never
+//! waits for it; a sender thread POSTs up to `--payload-sink-concurrency` pairs at once
+//! over one client's keep-alive connections. A slow sink fills the queue
+//! (`vigil_payload_dropped_total{reason="sink_full"}`), a dead one fails its POSTs
+//! (`reason="sink_error"`) and is then skipped for a growing pause (1 s doubling to 30 s,
+//! every record of the pause counted the same way), so neither slows the payload files or
+//! inference.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -35,8 +39,8 @@ pub(super) struct Pair {
     model: String,
     url: Arc<str>,
     headers: Vec<(&'static str, String)>,
-    request: Vec<u8>,
-    response: Vec<u8>,
+    request: bytes::Bytes,
+    response: bytes::Bytes,
     id: String,
 }
 
@@ -69,8 +73,8 @@ impl Pair {
                 ("ce-endpoint", endpoint.to_string()),
                 ("ce-modelversion", r.version.to_string()),
             ],
-            request,
-            response,
+            request: request.into(),
+            response: response.into(),
             id: visible(&r.id),
         }
     }
@@ -79,29 +83,95 @@ impl Pair {
 /// The sink's queue (the writer thread holds it).
 pub(super) struct Sink {
     tx: Sender<Pair>,
+    /// Body bytes of the pairs queued or in flight, and their cap.
+    bytes: Arc<AtomicUsize>,
+    budget: usize,
     metrics: PayloadFamilies,
 }
 
+/// How many pairs the sink POSTs at once, and how many body bytes it holds at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkOptions {
+    pub concurrency: usize,
+    pub queue_bytes: usize,
+}
+
 impl Sink {
-    pub(super) fn start(metrics: PayloadFamilies) -> Sink {
+    pub(super) fn start(metrics: PayloadFamilies, opts: SinkOptions) -> Sink {
         let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE);
-        let m = metrics.clone();
-        crate::supervise::spawn_thread("payload_sink", "vigil-ce-sink", move || send_loop(&rx, &m));
-        Sink { tx, metrics }
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (m, b) = (metrics.clone(), bytes.clone());
+        let n = opts.concurrency.max(1);
+        crate::supervise::spawn_thread("payload_sink", "vigil-ce-sink", move || {
+            send_loop(&rx, &m, n, &b)
+        });
+        Sink {
+            tx,
+            bytes,
+            budget: opts.queue_bytes,
+            metrics,
+        }
     }
 
-    /// Queues a pair; never blocks (a full queue drops it, counted `sink_full`).
+    /// Queues a pair; never blocks. A full queue (1024 pairs, or the byte cap) drops it,
+    /// counted `sink_full`.
     pub(super) fn offer(&self, pair: Pair) {
+        let w = pair.weight();
+        let held = self.bytes.fetch_add(w, Ordering::AcqRel);
+        if held > 0 && held + w > self.budget {
+            self.bytes.fetch_sub(w, Ordering::AcqRel);
+            super::count_drop(&self.metrics, &pair.model, super::DropReason::SinkFull, 1);
+            return;
+        }
+        self.metrics.sink_bytes.add(w as i64);
         if let Err(e) = self.tx.try_send(pair) {
             let (TrySendError::Full(p) | TrySendError::Disconnected(p)) = e;
+            release(&self.bytes, &self.metrics, w);
             super::count_drop(&self.metrics, &p.model, super::DropReason::SinkFull, 1);
         }
     }
 }
 
-/// Posts pairs one after the other on a runtime of its own.
-fn send_loop(rx: &Receiver<Pair>, metrics: &PayloadFamilies) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+impl Pair {
+    /// The bytes it holds (its two bodies).
+    fn weight(&self) -> usize {
+        self.request.len() + self.response.len()
+    }
+}
+
+fn release(bytes: &AtomicUsize, metrics: &PayloadFamilies, w: usize) {
+    bytes.fetch_sub(w, Ordering::AcqRel);
+    metrics.sink_bytes.sub(w as i64);
+}
+
+/// A pair's bytes, released however its POST ends (done, failed, or its task dropped).
+struct Held {
+    bytes: Arc<AtomicUsize>,
+    metrics: PayloadFamilies,
+    w: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        release(&self.bytes, &self.metrics, self.w);
+    }
+}
+
+/// Per URL: skipped until, and the pause after the next failure.
+type Down = Arc<Mutex<HashMap<Arc<str>, (Instant, Duration)>>>;
+
+/// Takes pairs off the queue and POSTs up to `concurrency` of them at once, over one
+/// client's keep-alive connections, on a runtime of its own (one worker thread). While
+/// all are busy the queue fills, and the writer's offers are dropped as `sink_full`.
+fn send_loop(
+    rx: &Receiver<Pair>,
+    metrics: &PayloadFamilies,
+    concurrency: usize,
+    bytes: &Arc<AtomicUsize>,
+) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vigil-ce-post")
         .enable_all()
         .build()
     {
@@ -109,6 +179,7 @@ fn send_loop(rx: &Receiver<Pair>, metrics: &PayloadFamilies) {
         Err(e) => {
             tracing::error!(error = %e, "cannot start the CloudEvents sink; its records are dropped");
             for p in rx {
+                release(bytes, metrics, p.weight());
                 super::count_drop(metrics, &p.model, super::DropReason::SinkError, 1);
             }
             return;
@@ -117,49 +188,79 @@ fn send_loop(rx: &Receiver<Pair>, metrics: &PayloadFamilies) {
     let client = reqwest::Client::builder()
         .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
         .timeout(POST_TIMEOUT)
+        .pool_max_idle_per_host(concurrency)
         .build()
         .expect("an HTTP client with default settings");
-    // Per URL: skipped until, and the pause after the next failure.
-    let mut down: HashMap<Arc<str>, (Instant, Duration)> = HashMap::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let down: Down = Arc::default();
     for p in rx {
-        if down
+        let held = Held {
+            bytes: bytes.clone(),
+            metrics: metrics.clone(),
+            w: p.weight(),
+        };
+        let skipped = down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&p.url)
-            .is_some_and(|(until, _)| Instant::now() < *until)
-        {
+            .is_some_and(|(until, _)| Instant::now() < *until);
+        if skipped {
             super::count_drop(metrics, &p.model, super::DropReason::SinkError, 1);
             continue;
         }
-        let result = rt.block_on(async {
-            post(&client, &p, CE_REQUEST, &p.request).await?;
-            post(&client, &p, CE_RESPONSE, &p.response).await
+        let Ok(slot) = rt.block_on(slots.clone().acquire_owned()) else {
+            return; // the semaphore is never closed
+        };
+        let (client, down, metrics) = (client.clone(), down.clone(), metrics.clone());
+        rt.spawn(async move {
+            let result = async {
+                post(&client, &p, CE_REQUEST, &p.request).await?;
+                post(&client, &p, CE_RESPONSE, &p.response).await
+            }
+            .await;
+            drop((slot, held));
+            let mut down = down.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match result {
+                Ok(()) => {
+                    if down.remove(&p.url).is_some() {
+                        tracing::info!(url = %p.url, "the CloudEvents sink answers again");
+                    }
+                }
+                Err(e) => {
+                    super::count_drop(&metrics, &p.model, super::DropReason::SinkError, 1);
+                    let now = Instant::now();
+                    match down.get(&p.url) {
+                        // Failures of POSTs that were in flight together pause it once.
+                        Some((until, _)) if now < *until => {}
+                        last => {
+                            if last.is_none() {
+                                tracing::warn!(url = %p.url, error = %e, "the CloudEvents sink fails; its records are dropped and counted until it answers");
+                            }
+                            let pause =
+                                last.map_or(Duration::from_secs(1), |(_, d)| (*d * 2).min(MAX_PAUSE));
+                            down.insert(p.url.clone(), (now + pause, pause));
+                        }
+                    }
+                }
+            }
         });
-        match result {
-            Ok(()) => {
-                if down.remove(&p.url).is_some() {
-                    tracing::info!(url = %p.url, "the CloudEvents sink answers again");
-                }
-            }
-            Err(e) => {
-                super::count_drop(metrics, &p.model, super::DropReason::SinkError, 1);
-                let pause = down
-                    .get(&p.url)
-                    .map_or(Duration::from_secs(1), |(_, d)| (*d * 2).min(MAX_PAUSE));
-                if !down.contains_key(&p.url) {
-                    tracing::warn!(url = %p.url, error = %e, "the CloudEvents sink fails; its records are dropped and counted until it answers");
-                }
-                down.insert(p.url.clone(), (Instant::now() + pause, pause));
-            }
-        }
     }
+    // The writer stopped: what is in flight gets its timeout to finish.
+    rt.shutdown_timeout(POST_TIMEOUT);
 }
 
-async fn post(client: &reqwest::Client, p: &Pair, kind: &str, body: &[u8]) -> Result<(), String> {
+async fn post(
+    client: &reqwest::Client,
+    p: &Pair,
+    kind: &str,
+    body: &bytes::Bytes,
+) -> Result<(), String> {
     let mut req = client
         .post(&*p.url)
         .header("content-type", "application/json")
         .header("ce-id", &p.id)
         .header("ce-type", kind)
-        .body(body.to_vec());
+        .body(body.clone());
     for (k, v) in &p.headers {
         req = req.header(*k, v);
     }

@@ -135,8 +135,10 @@ pub struct FeedbackSettings {
     pub thresholds: crate::config::QualityThresholds,
 }
 
-/// A version's full quality window went past a `[retrain]` threshold (it was within
-/// them, or not yet judged, before): one trip per crossing, not one per feedback call.
+/// A version's full quality window (labelled rows), or its full window of predictions
+/// for `expected_accuracy`, went past a `[retrain]` threshold while the version was
+/// within all of them (or not yet judged): one trip per crossing of the version, whichever
+/// metric crossed first, not one per feedback call or per metric.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QualityTrip {
     pub version: u64,
@@ -147,6 +149,17 @@ pub struct QualityTrip {
     /// Unix times of the oldest and the newest prediction in the window.
     pub from: f64,
     pub to: f64,
+    /// Set when the label-free estimate tripped: the window it was judged on.
+    pub expected: Option<crate::retrain::ExpectedInfo>,
+}
+
+/// The oldest and newest of `times` (Unix seconds).
+fn span(times: &VecDeque<f64>) -> (f64, f64) {
+    times
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
 }
 
 pub use crate::retrain::QualityBreach as Breach;
@@ -281,16 +294,9 @@ impl Quality {
         }
     }
 
-    /// Judges a full window against the thresholds: `Some` on the crossing into breach.
-    fn judge(
-        &mut self,
-        version: u64,
-        cap: usize,
-        t: &crate::config::QualityThresholds,
-    ) -> Option<QualityTrip> {
-        if t.is_empty() || self.ring.len() < cap {
-            return None;
-        }
+    /// The thresholds a window's labelled metrics are past (`expected_accuracy` is judged
+    /// on the predictions, by [`State::judge_estimate`]).
+    fn breaches(&self, version: u64, t: &crate::config::QualityThresholds) -> Vec<Breach> {
         let r = self.report(version);
         let value = |name: &str| -> Option<f64> {
             match name {
@@ -331,25 +337,7 @@ impl Quality {
                 }
             }
         }
-        let was = std::mem::replace(&mut self.degraded, !breaches.is_empty());
-        if was || breaches.is_empty() {
-            return None;
-        }
-        let (from, to) = self
-            .times
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                (a.min(x), b.max(x))
-            });
-        Some(QualityTrip {
-            version,
-            role: self.role,
-            breaches,
-            window_rows: r.window_rows,
-            labels_received: r.labels_received,
-            from,
-            to,
-        })
+        breaches
     }
 
     fn report(&self, version: u64) -> VersionQuality {
@@ -465,9 +453,14 @@ pub struct QualityReport {
 /// A version's rolling window of predicted confidences (labelled or not), for the
 /// expected accuracy (CBPE's idea: the mean calibrated confidence is the accuracy to
 /// expect, as long as only the inputs moved).
-#[derive(Default)]
 struct Estimate {
     ring: VecDeque<f64>,
+    /// Unix time of each ring row's prediction, in step with `ring`.
+    times: VecDeque<f64>,
+    /// The version's role (a shadow's only until it answers as itself).
+    role: Role,
+    /// Its estimate was below `min_quality.expected_accuracy` when last judged.
+    degraded: bool,
     /// Per confidence bin: rows of the ring, and the sum of their confidences.
     counts: [u64; BINS],
     sums: [f64; BINS],
@@ -476,11 +469,24 @@ struct Estimate {
 }
 
 impl Estimate {
-    fn push(&mut self, cap: usize, conf: f64) {
+    fn new(role: Role) -> Estimate {
+        Estimate {
+            ring: VecDeque::new(),
+            times: VecDeque::new(),
+            role,
+            degraded: false,
+            counts: [0; BINS],
+            sums: [0.0; BINS],
+            since_publish: 0,
+        }
+    }
+
+    fn push(&mut self, cap: usize, conf: f64, unix: f64) {
         while self.ring.len() >= cap {
             let Some(old) = self.ring.pop_front() else {
                 break;
             };
+            self.times.pop_front();
             let b = bin_of(old);
             self.counts[b] -= 1;
             self.sums[b] -= old;
@@ -489,6 +495,7 @@ impl Estimate {
             }
         }
         self.ring.push_back(conf);
+        self.times.push_back(unix);
         let b = bin_of(conf);
         self.counts[b] += 1;
         self.sums[b] += conf;
@@ -595,6 +602,73 @@ impl State {
     }
 }
 
+impl State {
+    /// Judges version `v`'s full window of labelled rows against the thresholds; a trip
+    /// when the version crosses into breach (its estimate was not in breach either).
+    fn judge_labels(&mut self, v: u64) -> Option<QualityTrip> {
+        let s = self.settings.as_ref()?;
+        let q = self.quality.get_mut(&v)?;
+        if s.thresholds.is_empty() || q.ring.len() < s.quality_rows {
+            return None;
+        }
+        let breaches = q.breaches(v, &s.thresholds);
+        let estimate = self.estimates.get(&v).is_some_and(|e| e.degraded);
+        let was = std::mem::replace(&mut q.degraded, !breaches.is_empty()) || estimate;
+        if was || breaches.is_empty() {
+            return None;
+        }
+        let (from, to) = span(&q.times);
+        Some(QualityTrip {
+            version: v,
+            role: q.role,
+            breaches,
+            window_rows: q.ring.len() as u64,
+            labels_received: q.received,
+            from,
+            to,
+            expected: None,
+        })
+    }
+
+    /// Judges version `v`'s expected accuracy over its full window of predictions
+    /// (`quality_window`, labelled or not) against `min_quality.expected_accuracy`; a
+    /// trip when the version crosses into breach (its labelled window was not in breach).
+    fn judge_estimate(&mut self, v: u64) -> Option<QualityTrip> {
+        let s = self.settings.as_ref()?;
+        let floor = s.thresholds.expected_accuracy()?;
+        let e = self.estimates.get_mut(&v)?;
+        if e.ring.len() < s.quality_rows {
+            return None;
+        }
+        let q = self.quality.get(&v);
+        let (x, calibrated_on) = e.expected(q)?;
+        let breached = x < floor;
+        let was = std::mem::replace(&mut e.degraded, breached) || q.is_some_and(|q| q.degraded);
+        if was || !breached {
+            return None;
+        }
+        let (from, to) = span(&e.times);
+        Some(QualityTrip {
+            version: v,
+            role: e.role,
+            breaches: vec![Breach {
+                metric: crate::config::EXPECTED_ACCURACY.to_string(),
+                value: x,
+                bound: "min".to_string(),
+                threshold: floor,
+            }],
+            window_rows: q.map_or(0, |q| q.ring.len() as u64),
+            labels_received: q.map_or(0, |q| q.received),
+            from,
+            to,
+            expected: Some(crate::retrain::ExpectedInfo {
+                rows: e.ring.len() as u64,
+                calibrated_on,
+            }),
+        })
+    }
+}
+
 /// One model's join index and quality windows.
 pub struct Feedback {
     model: String,
@@ -660,25 +734,46 @@ impl Feedback {
 
     /// Keeps one answer's predictions under the request's id (the shadow canary's answer
     /// joins the same entry).
-    pub fn record(&self, id: &str, version: u64, role: Role, preds: Predictions) {
-        self.record_at(id, version, role, preds, crate::retrain::now_unix());
+    pub fn record(
+        &self,
+        id: &str,
+        version: u64,
+        role: Role,
+        preds: Predictions,
+    ) -> Option<QualityTrip> {
+        self.record_at(id, version, role, preds, crate::retrain::now_unix())
     }
 
     /// [`Feedback::record`] of a request that started running at `unix` (the payload
-    /// record's `time`, which a quality event's time range covers).
-    pub fn record_at(&self, id: &str, version: u64, role: Role, preds: Predictions, unix: f64) {
+    /// record's `time`, which a quality event's time range covers). Returns a trip when
+    /// the version's expected accuracy crossed below `min_quality.expected_accuracy`
+    /// (judged every 16 predictions, as the gauge is set): the caller hands it to the
+    /// outbox off the request path.
+    pub fn record_at(
+        &self,
+        id: &str,
+        version: u64,
+        role: Role,
+        preds: Predictions,
+        unix: f64,
+    ) -> Option<QualityTrip> {
         let now = Instant::now();
         let mut st = self.lock();
-        if st.settings.is_none() {
-            return;
-        }
+        st.settings.as_ref()?;
+        let mut trip = None;
         st.rows += preds.values.len();
         let live = st.live.as_ref().is_none_or(|l| l.contains(&version));
         if let (Some(confs), true) = (&preds.confidence, live) {
             let cap = st.settings.as_ref().map_or(1000, |s| s.quality_rows);
-            let est = st.estimates.entry(version).or_default();
+            let est = st
+                .estimates
+                .entry(version)
+                .or_insert_with(|| Estimate::new(role));
+            if role != Role::Shadow {
+                est.role = role;
+            }
             for &c in confs {
-                est.push(cap, c);
+                est.push(cap, c, unix);
             }
             est.since_publish += confs.len();
             // The gauge every 16 rows (and at every join): a few bins' arithmetic.
@@ -686,6 +781,7 @@ impl Feedback {
             if due {
                 est.since_publish = 0;
                 self.publish_expected(&st, version);
+                trip = st.judge_estimate(version);
             }
         }
         let answer = Answer {
@@ -715,6 +811,7 @@ impl Feedback {
             .pending
             .with_label_values(&[&self.model])
             .set(st.rows as i64);
+        trip
     }
 
     /// Joins truths to their predictions.
@@ -736,11 +833,7 @@ impl Feedback {
         let mut sum = JoinSummary::default();
         let mut st = self.lock();
         st.sweep(now);
-        let Some((cap, thresholds)) = st
-            .settings
-            .as_ref()
-            .map(|s| (s.quality_rows, s.thresholds.clone()))
-        else {
+        let Some(cap) = st.settings.as_ref().map(|s| s.quality_rows) else {
             sum.unknown = truths.len() as u64;
             return (self.count(&mut st, sum), Vec::new());
         };
@@ -801,9 +894,9 @@ impl Feedback {
         }
         let mut trips = Vec::new();
         for v in touched {
-            if let Some(q) = st.quality.get_mut(&v) {
-                trips.extend(q.judge(v, cap, &thresholds));
-            }
+            // The labels move the estimate's calibration too: both are judged.
+            trips.extend(st.judge_labels(v));
+            trips.extend(st.judge_estimate(v));
         }
         self.publish(&st);
         (self.count(&mut st, sum), trips)
@@ -1086,6 +1179,94 @@ mod tests {
         assert_eq!(label(1.0), vec![]);
         assert_eq!(label(0.0), vec![], "0.75 is not below 0.75");
         assert_eq!(label(0.0).len(), 1);
+    }
+
+    #[test]
+    fn expected_accuracy_trips_before_labels_and_the_labels_do_not_trip_it_again() {
+        let f = Feedback::new("m", crate::metrics::Metrics::new().payload());
+        f.configure(Some(FeedbackSettings {
+            window: Duration::from_secs(60),
+            capacity: 1000,
+            quality_rows: 32,
+            prediction: None,
+            thresholds: crate::config::QualityThresholds {
+                min: vec![("accuracy".into(), 0.8), ("expected_accuracy".into(), 0.8)],
+                max: vec![],
+            },
+        }));
+        let mut n = 0;
+        let mut serve = |conf: f64| {
+            n += 1;
+            let id = format!("r{n}");
+            let preds = Predictions {
+                classify: true,
+                values: vec![1.0],
+                confidence: Some(vec![conf]),
+            };
+            (
+                id.clone(),
+                f.record_at(&id, 1, Role::Stable, preds, n as f64),
+            )
+        };
+        // Confident predictions fill the window: judged every 16, within the floor.
+        for _ in 0..64 {
+            assert_eq!(serve(0.95).1, None);
+        }
+        // Unsure ones: the estimate falls below 0.8 once 16 are in (0.95 * 16 + 0.5 * 16
+        // over 32 = 0.725), with no label at all.
+        let trips: Vec<(String, QualityTrip)> = (0..64)
+            .filter_map(|_| {
+                let (id, t) = serve(0.5);
+                t.map(|t| (id, t))
+            })
+            .collect();
+        assert_eq!(trips.len(), 1, "one trip per crossing: {trips:?}");
+        let (id, trip) = &trips[0];
+        assert_eq!(id, "r80", "judged at the 16th unsure prediction");
+        let b = &trip.breaches[0];
+        assert_eq!(
+            (b.metric.as_str(), b.bound.as_str()),
+            ("expected_accuracy", "min")
+        );
+        assert!((b.value - 0.725).abs() < 1e-9, "{b:?}");
+        let e = trip.expected.as_ref().expect("an estimate trip says so");
+        assert_eq!((e.rows, e.calibrated_on), (32, 0));
+        assert_eq!((trip.from, trip.to), (49.0, 80.0));
+        // The labels then measure a bad window too: the version is already degraded, so
+        // no second trip.
+        let truths = (97..=128)
+            .map(|i| Truth {
+                id: format!("r{i}"),
+                values: vec![0.0],
+            })
+            .collect();
+        let (sum, trips) = f.join_judged(truths, None);
+        assert_eq!(sum.joined, 32);
+        assert_eq!(trips, vec![]);
+        // Both back within (right labels calibrate the 0.5 bin to 1.0), then the labels
+        // alone cross: that trips again, as a labelled-window trip.
+        let right: Vec<Truth> = (0..32)
+            .map(|_| {
+                let (id, _) = serve(0.5);
+                Truth {
+                    id,
+                    values: vec![1.0],
+                }
+            })
+            .collect();
+        let (_, trips) = f.join_judged(right, None);
+        assert_eq!(trips, vec![]);
+        assert!(!f.lock().estimates[&1].degraded && !f.lock().quality[&1].degraded);
+        let wrong: Vec<Truth> = (0..32)
+            .map(|_| Truth {
+                id: serve(0.95).0,
+                values: vec![0.0],
+            })
+            .collect();
+        let (_, trips) = f.join_judged(wrong, None);
+        assert_eq!(trips.len(), 1, "{trips:?}");
+        assert_eq!(trips[0].breaches[0].metric, "accuracy");
+        assert_eq!(trips[0].expected, None);
     }
 
     #[test]

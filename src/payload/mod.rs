@@ -40,8 +40,11 @@ pub const QUEUE_RECORDS: usize = 4096;
 pub struct PayloadOptions {
     /// `None`: no `--payload-dir`; sampled records are counted as dropped (`no_dir`).
     pub files: Option<FileOptions>,
-    /// Tensor bytes waiting for the writer, at most (`--payload-queue-bytes`).
+    /// Tensor bytes waiting for the writer, at most (`--payload-queue-bytes`); the
+    /// CloudEvents sink holds at most as many body bytes.
     pub queue_bytes: usize,
+    /// CloudEvents pairs POSTed at once (`--payload-sink-concurrency`).
+    pub sink_concurrency: usize,
 }
 
 /// Exact sampling: of n requests, floor(n * share) are taken, evenly spread.
@@ -181,7 +184,11 @@ impl PayloadLog {
         {
             let (queued, metrics) = (queued.clone(), metrics.clone());
             crate::supervise::spawn_thread("payload_writer", "vigil-payload", move || {
-                write_loop(&rx, opts.files.clone(), &queued, &metrics)
+                let sink = cloudevents::SinkOptions {
+                    concurrency: opts.sink_concurrency,
+                    queue_bytes: opts.queue_bytes,
+                };
+                write_loop(&rx, opts.files.clone(), sink, &queued, &metrics)
             });
         }
         PayloadLog {
@@ -290,6 +297,7 @@ const SEAL_SLACK_SECONDS: f64 = 120.0;
 fn write_loop(
     rx: &Receiver<Msg>,
     opts: Option<FileOptions>,
+    sink_opts: cloudevents::SinkOptions,
     queued: &AtomicUsize,
     metrics: &PayloadFamilies,
 ) {
@@ -330,8 +338,10 @@ fn write_loop(
                 Msg::Record(r, url) => {
                     let w = r.weight();
                     if let Some(url) = url {
-                        sink.get_or_insert_with(|| cloudevents::Sink::start(metrics.clone()))
-                            .offer(cloudevents::Pair::of(&r, url));
+                        sink.get_or_insert_with(|| {
+                            cloudevents::Sink::start(metrics.clone(), sink_opts)
+                        })
+                        .offer(cloudevents::Pair::of(&r, url));
                     }
                     if files.is_some() {
                         let slot = batch.entry(r.model.clone()).or_default();

@@ -155,6 +155,19 @@ pub struct QualityInfo {
     /// Labelled rows joined for the version so far.
     pub labels_received: u64,
     pub breaches: Vec<QualityBreach>,
+    /// Set when the label-free estimate tripped (`expected_accuracy`): the predictions
+    /// it was judged on, labelled or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<ExpectedInfo>,
+}
+
+/// The window of predictions a `min_quality.expected_accuracy` trip was judged on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ExpectedInfo {
+    /// Predictions in the window (the last `quality_window`).
+    pub rows: u64,
+    /// Labelled rows the calibration rests on (0: the raw mean top probability).
+    pub calibrated_on: u64,
 }
 
 /// One threshold a quality window went past.

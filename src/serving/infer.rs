@@ -67,7 +67,8 @@ impl Server {
             _ => None,
         };
         if let (Some(id), Some(f), Ok(outputs)) = (id, &route.feedback, &result) {
-            keep_for_feedback(f, id, (&route.version, route.role), outputs, time);
+            let trip = keep_for_feedback(f, id, (&route.version, route.role), outputs, time);
+            self.quality_degraded_later(&route.version.model, trip);
         }
         let shadow_log = match (&logged, &shadow_copy) {
             (Some((id, _)), Some((_, copy, _))) => Some((id.clone(), copy.clone())),
@@ -94,7 +95,8 @@ impl Server {
                 }
                 if let (Some((id, f)), Ok(outputs)) = (&shadow_feedback, &answer) {
                     let shadow = (&*canary, crate::payload::Role::Shadow);
-                    keep_for_feedback(f, id, shadow, outputs, time);
+                    let trip = keep_for_feedback(f, id, shadow, outputs, time);
+                    server.quality_degraded_later(&canary.model, trip);
                 }
                 if let Some((id, inputs)) = shadow_log {
                     server.payload.submit(payload_record(
@@ -187,14 +189,15 @@ impl Server {
 
 /// Keeps an answer's predictions (one value per row of the prediction output, and the
 /// top probability per row when an output holds probabilities) for the feedback join;
-/// `time` is when the request started running.
+/// `time` is when the request started running. Returns the trip of an expected accuracy
+/// that crossed below `min_quality.expected_accuracy`.
 fn keep_for_feedback(
     f: &crate::payload::Feedback,
     id: &str,
     (version, role): (&ServedVersion, crate::payload::Role),
     outputs: &[Tensor],
     time: f64,
-) {
+) -> Option<crate::payload::QualityTrip> {
     let index = match f.prediction_output() {
         Some(name) => version
             .signature
@@ -206,12 +209,11 @@ fn keep_for_feedback(
     let preds = index
         .and_then(|i| outputs.get(i))
         .and_then(crate::payload::Predictions::from_output);
-    if let Some(mut preds) = preds {
-        if preds.classify {
-            preds.confidence = crate::payload::feedback::confidence(outputs, preds.values.len());
-        }
-        f.record_at(id, version.version, role, preds, time);
+    let mut preds = preds?;
+    if preds.classify {
+        preds.confidence = crate::payload::feedback::confidence(outputs, preds.values.len());
     }
+    f.record_at(id, version.version, role, preds, time)
 }
 
 /// A payload-log record of one answer (or failure).

@@ -368,6 +368,20 @@ impl Server {
         summary
     }
 
+    /// A trip found on the request path (the expected accuracy): the event is created on
+    /// a blocking thread, since the outbox fsyncs. Trips are one per crossing, so rare.
+    fn quality_degraded_later(
+        self: &Arc<Self>,
+        model: &str,
+        trip: Option<crate::payload::QualityTrip>,
+    ) {
+        let Some(trip) = trip else {
+            return;
+        };
+        let (server, model) = (self.clone(), model.to_string());
+        tokio::task::spawn_blocking(move || server.quality_degraded(&model, trip));
+    }
+
     fn quality_degraded(&self, model: &str, trip: crate::payload::QualityTrip) {
         let cfg = self.retrain_config(model);
         let now = crate::retrain::now_unix();
@@ -379,8 +393,16 @@ impl Server {
                 format!("{} {:.4} {cmp} {}", b.metric, b.value, b.threshold)
             })
             .collect();
+        let over = match &trip.expected {
+            Some(e) => format!(
+                "the last {} predictions (estimated without labels, calibrated on {} \
+                 labelled rows)",
+                e.rows, e.calibrated_on
+            ),
+            None => format!("the last {} labelled rows", trip.window_rows),
+        };
         tracing::warn!(model, version = trip.version, breaches = %what.join(", "),
-            "live quality degraded over a full window of labelled rows");
+            "live quality degraded over {over}");
         let data = crate::retrain::EventData {
             event_id: crate::retrain::quality_event_id(
                 model,
@@ -390,11 +412,7 @@ impl Server {
             ),
             model: model.to_string(),
             model_version: trip.version.to_string(),
-            reason: format!(
-                "quality: {} over the last {} labelled rows",
-                what.join(", "),
-                trip.window_rows
-            ),
+            reason: format!("quality: {} over {over}", what.join(", ")),
             window: None,
             drift_share: None,
             features: Vec::new(),
@@ -405,6 +423,7 @@ impl Server {
                 window_rows: trip.window_rows,
                 labels_received: trip.labels_received,
                 breaches: trip.breaches.clone(),
+                expected: trip.expected.clone(),
             }),
             data: None,
         };
