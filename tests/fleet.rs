@@ -570,11 +570,13 @@ fn three_replicas_one_fleet_view_one_retrain() {
         let (stop, lb, client) = (stop.clone(), lb.clone(), client.clone());
         std::thread::spawn(move || {
             let mut rng = Rng::new(12);
-            let mut failures = 0;
+            let mut failures = Vec::new();
+            let started = std::time::Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let batch = rows(&mut rng, 20, 2.0);
-                if send(&client, &lb, &batch) != 200 {
-                    failures += 1;
+                let status = send(&client, &lb, &batch);
+                if status != 200 {
+                    failures.push((status, started.elapsed()));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -685,7 +687,12 @@ fn three_replicas_one_fleet_view_one_retrain() {
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let failures = sender.join().unwrap();
-    assert_eq!(failures, 0, "requests failed through the load balancer");
+    let nginx_log =
+        std::fs::read_to_string(work.path().join("nginx-error.log")).unwrap_or_default();
+    assert!(
+        failures.is_empty(),
+        "requests failed through the load balancer (status, when): {failures:?}; nginx:\n{nginx_log}"
+    );
     for batch in rows(&mut rng, 500, 0.0).chunks(10) {
         assert_eq!(send(&client, &lb, batch), 200);
     }

@@ -134,6 +134,14 @@ struct Follow {
 }
 
 /// A model's failure and its own backoff.
+/// Whether a failure changes the state a log line reports (and is logged): the first
+/// one, MLflow going down or coming back while the model still fails, or another problem
+/// with a model while MLflow answers. While MLflow is down its errors change wording
+/// (a pooled connection closed mid-request, then connections refused): the same state.
+fn is_new_failure(was: Option<&Failing>, message: &str, registry_down: bool) -> bool {
+    was.is_none_or(|x| x.registry_down != registry_down || (!registry_down && x.message != message))
+}
+
 struct Failing {
     /// What was logged and reported, so a repeat is not logged again.
     message: String,
@@ -436,7 +444,7 @@ impl Mlflow {
                 .map_or(self.opts.interval * 2, |x| x.delay * 2)
                 .min(MAX_DELAY)
                 .max(self.opts.interval);
-            let new = f.failing.as_ref().is_none_or(|x| x.message != message);
+            let new = is_new_failure(f.failing.as_ref(), &message, registry_down);
             f.failing = Some(Failing {
                 message: message.clone(),
                 delay,

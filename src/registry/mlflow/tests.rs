@@ -140,3 +140,32 @@ fn local_stores_refuse_symbolic_links_and_keep_sizes() {
     assert!(open_no_follow(&dir.join("linked")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// While MLflow is down its errors change wording (a pooled connection closed as it
+/// stopped, then connections refused): one state, one log line. Another problem with a
+/// model while MLflow answers, or MLflow going down, is logged. (Seen at load 15: two
+/// "cannot follow the model" lines for one stop of MLflow, tests/mlflow.rs.)
+#[test]
+fn a_new_wording_of_the_same_outage_is_not_a_new_failure() {
+    use super::{is_new_failure, Failing};
+    use std::time::{Duration, Instant};
+    let failing = |message: &str, registry_down: bool| Failing {
+        message: message.to_string(),
+        delay: Duration::from_secs(1),
+        retry_at: Instant::now(),
+        roles: None,
+        registry_down,
+    };
+    let closed = "MLflow at http://m is unreachable: connection closed before message completed";
+    let refused = "MLflow at http://m is unreachable: tcp connect error: Connection refused";
+    assert!(is_new_failure(None, closed, true));
+    let down = failing(closed, true);
+    assert!(!is_new_failure(Some(&down), refused, true));
+    assert!(!is_new_failure(Some(&down), closed, true));
+    // MLflow answers again, the model still fails: a change of state.
+    assert!(is_new_failure(Some(&down), "not an ONNX model", false));
+    let bad = failing("not an ONNX model", false);
+    assert!(!is_new_failure(Some(&bad), "not an ONNX model", false));
+    assert!(is_new_failure(Some(&bad), "no champion alias", false));
+    assert!(is_new_failure(Some(&bad), refused, true));
+}
