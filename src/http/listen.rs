@@ -141,8 +141,7 @@ async fn accept_loop(
         stop,
         |tcp, peer, admitted| {
             let front = front.clone();
-            let service =
-                hyper::service::service_fn(move |req| respond(front.clone(), peer, req));
+            let service = hyper::service::service_fn(move |req| respond(front.clone(), peer, req));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(conn.header_timeout)

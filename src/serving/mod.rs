@@ -153,8 +153,10 @@ fn exec_settings(config: &ModelConfig, batching: &pool::BatchSettings) -> exec::
     )
 }
 
-/// How long a retrain event waits for the payload log's writer to finish its files.
-const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a retrain event waits for the payload log's writer to finish its files (all
+/// callers are off the async threads). The writer first writes what is queued before the
+/// seal (up to `--payload-queue-bytes`): under load 5 s was seen not to be enough.
+const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where a retrain event's data is: the payload log sealed for `[from, to]` (Unix
 /// seconds), and the labels joined so far.
@@ -165,7 +167,20 @@ fn data_refs(
     (from, to): (f64, f64),
     labels_joined: Option<u64>,
 ) -> crate::retrain::DataRefs {
-    let sealed = payload.seal(model, from, to, SEAL_WAIT).unwrap_or_default();
+    let sealed = match payload.seal(model, from, to, SEAL_WAIT) {
+        Some(sealed) => sealed,
+        None => {
+            if payload.has_dir() {
+                tracing::warn!(
+                    model,
+                    wait_s = SEAL_WAIT.as_secs(),
+                    "the payload log's writer did not seal the model's files in time; \
+                     the retrain event carries the time range without its file list"
+                );
+            }
+            Default::default()
+        }
+    };
     crate::retrain::DataRefs {
         payload_dir: dir.map(|d| d.display().to_string()),
         from: crate::retrain::rfc3339(from),
