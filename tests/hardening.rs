@@ -974,9 +974,10 @@ fn without_a_token_the_control_plane_is_served_only_on_loopback_listeners() {
             .send()
             .unwrap();
         assert_eq!(r.status(), 403, "{method} {path}");
+        let text = r.text().unwrap();
         assert!(
-            r.text().unwrap().contains("--admin-token"),
-            "{method} {path}"
+            text.contains("--admin-token") && text.contains("loopback address (--admin-addr"),
+            "{method} {path}: {text}"
         );
     }
     let r = v

@@ -111,7 +111,7 @@ pub(super) fn authorize(s: &AppState, class: Class, headers: &HeaderMap) -> Resu
             None => {
                 s.server.metrics.auth_failure("admin", 403);
                 return Err(ApiError::Forbidden(
-                    "the control plane needs --admin-token, or a listener bound to a loopback                      address (--admin-addr 127.0.0.1:PORT)"
+                    "the control plane needs --admin-token, or a listener bound to a loopback address (--admin-addr 127.0.0.1:PORT)"
                         .into(),
                 ));
             }
