@@ -469,3 +469,41 @@ fn grpc_an_idle_connection_is_closed_but_an_open_watch_stays() {
     );
     assert_eq!(v.metric(open), Some(1.0));
 }
+
+/// A client that connects and sends nothing (no HTTP/2 preface), or only half a preface,
+/// holds no stream either: it is closed after `--grpc-idle-timeout` like any idle one.
+/// hyper answers the idle GOAWAY only once the preface has come, so such connections
+/// once held their `--max-connections` permits for good (shared with HTTP: enough of them
+/// and no HTTP client got in either).
+#[test]
+fn grpc_a_connection_that_never_says_its_preface_is_closed_when_idle() {
+    use std::io::{Read, Write};
+    let (v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--grpc-idle-timeout", "1s"],
+    );
+    let open = "vigil_http_connections{listener=\"grpc\"}";
+    let silent = std::net::TcpStream::connect(&grpc).unwrap();
+    let mut half = std::net::TcpStream::connect(&grpc).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    wait_for(20, "two gRPC connections open", || {
+        (v.metric(open) == Some(2.0)).then_some(())
+    });
+    for (name, mut s) in [("silent", silent), ("half a preface", half)] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = Vec::new();
+        let started = Instant::now();
+        // EOF (or a reset) within the idle timeout and the wait after GOAWAY.
+        let _ = s.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "the {name} connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    wait_for(20, "the permits given back", || {
+        (v.metric(open) == Some(0.0)).then_some(())
+    });
+}

@@ -43,6 +43,11 @@ impl Activity {
         u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// No stream open right now.
+    pub fn is_quiet(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
     /// Resolves once the connection has had no open stream for `after` (never if `None`).
     pub async fn idle(&self, after: Option<Duration>) {
         let Some(after) = after else {

@@ -322,7 +322,18 @@ where
             tokio::pin!(drained);
             let quiet = activity.idle(idle);
             tokio::pin!(quiet);
+            // After an idle GOAWAY: hyper closes the connection only once the client has
+            // said its preface and answered the GOAWAY's PING. One that never does (it
+            // connected and sent nothing, or half a preface) is dropped after
+            // `close_wait` (the idle timeout, within 1 to 20 s), unless a stream opened
+            // meanwhile.
+            let close_wait = idle
+                .unwrap_or(KEEPALIVE_TIMEOUT)
+                .clamp(Duration::from_secs(1), KEEPALIVE_TIMEOUT);
+            let abandon = tokio::time::sleep(close_wait);
+            tokio::pin!(abandon);
             let mut closing = false;
+            let mut idle_closing = false;
             loop {
                 tokio::select! {
                     r = &mut conn => {
@@ -338,7 +349,16 @@ where
                     () = &mut quiet, if !closing => {
                         tracing::debug!("gRPC connection idle for --grpc-idle-timeout; closing it");
                         closing = true;
+                        idle_closing = true;
+                        abandon.as_mut().reset(tokio::time::Instant::now() + close_wait);
                         conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut abandon, if idle_closing => {
+                        if activity.is_quiet() {
+                            tracing::debug!("gRPC connection did not close after GOAWAY; dropping it");
+                            break;
+                        }
+                        abandon.as_mut().reset(tokio::time::Instant::now() + close_wait);
                     }
                 }
             }
