@@ -153,8 +153,9 @@ pub struct ServeArgs {
 
     /// gRPC: a client connection with no call open (a Watch stream counts as open) for
     /// this long is closed with HTTP/2 GOAWAY, giving back its `--max-connections` permit;
-    /// clients reconnect on their next call. `0` keeps idle connections open.
-    #[arg(long, env = "VIGIL_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = crate::duration::parse_flag)]
+    /// clients reconnect on their next call. `0` keeps idle connections open; otherwise at
+    /// least 1s (shorter closes connections between a client's calls).
+    #[arg(long, env = "VIGIL_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = idle_timeout_flag)]
     pub grpc_idle_timeout: Duration,
 
     /// Where models come from: `local` (the repository directory as it is) or `mlflow`
@@ -288,17 +289,30 @@ pub struct ServeArgs {
     /// This replica's name when several share one --payload-dir (a fleet on a shared
     /// volume): its files go under DIR/NAME/<model>/, so replicas never touch each
     /// other's files (start-up recovery, rotation and retention stay within NAME). Letters,
-    /// digits, '.', '_' and '-' (a pod name, e.g. from the downward API).
+    /// digits, '.', '_' and '-', beginning with a letter or digit (a pod name, e.g. from the
+    /// downward API). Needs --payload-dir.
     #[arg(long, env = "VIGIL_PAYLOAD_REPLICA")]
     pub payload_replica: Option<String>,
 }
 
+/// `--grpc-idle-timeout`: 0 (off) or at least a second.
+fn idle_timeout_flag(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse_flag(s)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err(format!(
+            "{d:?} is shorter than 1s: connections would be closed between a client's calls \
+             (0 turns the idle timeout off)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Whether `name` can be a directory of its own under --payload-dir.
 fn valid_replica(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name != "."
-        && name != ".."
+    // A letter or digit first: a name starting with '.' is hidden from the documented
+    // fleet glob (`DIR/*/<model>/`), one starting with '-' reads as a flag in scripts.
+    name.len() <= 253
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -328,8 +342,13 @@ impl ServeArgs {
         if let Some(r) = &self.payload_replica {
             if !valid_replica(r) {
                 return Err(format!(
-                    "--payload-replica '{r}': use 1 to 253 letters, digits, '.', '_' or '-' \
-                     (not '.' or '..')"
+                    "--payload-replica '{r}': use 1 to 253 letters, digits, '.', '_' or '-', \
+                     beginning with a letter or digit"
+                ));
+            }
+            if self.payload_dir.is_none() {
+                return Err(format!(
+                    "--payload-replica '{r}' names a subdirectory of --payload-dir, which is not set"
                 ));
             }
         }
@@ -411,5 +430,28 @@ mod tests {
         assert_eq!(s.engine.worker_count(), 3);
         assert_eq!(s.max_body_bytes, 10);
         assert_eq!(s.http_addr.port(), 0);
+    }
+
+    #[test]
+    fn the_grpc_idle_timeout_is_off_or_at_least_a_second() {
+        assert_eq!(idle_timeout_flag("0"), Ok(Duration::ZERO));
+        assert_eq!(idle_timeout_flag("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(idle_timeout_flag("5m"), Ok(Duration::from_secs(300)));
+        for bad in ["1us", "0.0001", "999ms", "-1s", "abc"] {
+            assert!(idle_timeout_flag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_replica_name_is_a_visible_directory_name() {
+        for good in ["vigil-0", "r2", "pod.a_b-c", "0"] {
+            assert!(valid_replica(good), "{good}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "", ".", "..", ".r1", "....", "-rf", "_x", "a/b", "a b", "é", &long,
+        ] {
+            assert!(!valid_replica(bad), "{bad}");
+        }
     }
 }

@@ -431,10 +431,13 @@ fn grpc_an_idle_connection_is_closed_but_an_open_watch_stays() {
     let open = "vigil_http_connections{listener=\"grpc\"}";
     let mut watching = h2raw::connect(&grpc);
     h2raw::watch(&mut watching, &grpc);
-    // The first status (SERVING) arrives as a DATA frame on stream 1.
-    wait_for(20, "the Watch stream's first message", || {
+    // The status arrives in DATA frames on stream 1: wait for SERVING (a message whose
+    // HealthCheckResponse is `status = 1`: bytes 08 01 after the 5-byte gRPC prefix);
+    // one sent before the model is ready may say otherwise first, and then changes.
+    wait_for(20, "the Watch stream to say SERVING", || {
         h2raw::read_frame(&mut watching, Duration::from_secs(20))
             .filter(|f| f.kind == h2raw::DATA && f.stream == 1)
+            .filter(|f| f.payload.ends_with(&[0x08, 0x01]))
     });
     let mut idle = h2raw::connect(&grpc);
     wait_for(20, "two gRPC connections open", || {

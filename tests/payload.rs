@@ -536,8 +536,9 @@ fn replicas_sharing_a_payload_dir_never_touch_each_others_files() {
     assert_eq!(ids("pod-a"), want(&["a1", "a2"]));
     // Nothing of either at the shared root.
     assert!(!shared.path().join("iris").exists());
-    // A name that is not a single path segment is refused.
-    for bad in ["../x", "a/b", "..", ""] {
+    // A name that is not a single, visible path segment is refused (a '.r1' replica's
+    // files would be missed by the fleet glob `DIR/*/<model>/`).
+    for bad in ["../x", "a/b", "..", "", ".r1", "-rf"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args([
                 "serve",
