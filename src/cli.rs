@@ -364,6 +364,7 @@ impl ServeArgs {
         Ok(crate::payload::PayloadOptions {
             files: payload_dir.map(|dir| crate::payload::FileOptions {
                 dir,
+                replica: self.payload_replica.clone(),
                 max_file_bytes: self.payload_max_file_bytes,
                 max_file_age: self.payload_max_file_age,
                 retention_bytes: self.payload_retention_bytes,
