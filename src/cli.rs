@@ -283,7 +283,7 @@ pub struct ServeArgs {
     /// CloudEvents sink: pairs of events POSTed at once over its keep-alive connections
     /// (1 to 256). Beyond them records wait in the sink's queue, then are dropped
     /// (`sink_full`); inference never waits.
-    #[arg(long, env = "VIGIL_PAYLOAD_SINK_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "VIGIL_PAYLOAD_SINK_CONCURRENCY", default_value_t = 16)]
     pub payload_sink_concurrency: usize,
 
     /// This replica's name when several share one --payload-dir (a fleet on a shared
@@ -364,6 +364,7 @@ impl ServeArgs {
         Ok(crate::payload::PayloadOptions {
             files: payload_dir.map(|dir| crate::payload::FileOptions {
                 dir,
+                replica: self.payload_replica.clone(),
                 max_file_bytes: self.payload_max_file_bytes,
                 max_file_age: self.payload_max_file_age,
                 retention_bytes: self.payload_retention_bytes,

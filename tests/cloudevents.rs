@@ -297,6 +297,44 @@ fn the_sink_posts_up_to_its_concurrency_at_once_and_never_more() {
     });
 }
 
+/// The names of the server's threads that start with `prefix` (from /proc).
+fn threads(pid: i32, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Without the flag the sink POSTs up to 16 pairs at once (measured to deliver more than
+/// 4 at a lower CPU cost per pair: benches/RESULTS.md), from one thread of its own: the
+/// queue feeds the runtime that sends, with no second thread per pair.
+#[test]
+fn the_sink_defaults_to_16_at_once_from_one_thread() {
+    let (seen, url) = gated_receiver(16);
+    let repo = repo(&format!(
+        "[logging]\nsample = 1.0\ncloudevents_url = \"{url}\"\n"
+    ));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    for i in 0..40 {
+        infer(&v, &format!("d-{i}"), [5.1, 3.5, 1.4, 0.2]);
+    }
+    wait_for(30, "all 80 events", || {
+        (seen.lock().unwrap().2 == 80).then_some(())
+    });
+    let (in_flight, most, _) = *seen.lock().unwrap();
+    assert_eq!(in_flight, 0);
+    assert_eq!(most, 16, "events in flight at once");
+    assert_eq!(threads(v.pid(), "vigil-ce"), ["vigil-ce-sink"]);
+    wait_for(10, "the sink's bytes back to 0", || {
+        (v.metric("vigil_payload_sink_bytes") == Some(0.0)).then_some(())
+    });
+}
+
 #[test]
 fn a_bad_sink_concurrency_is_refused_at_start() {
     for bad in ["0", "257", "-1", "lots", "99999999999999999999999"] {

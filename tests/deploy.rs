@@ -1,6 +1,7 @@
 //! deploy/ checked offline: the Kubernetes manifests against the Kubernetes schemas
 //! (kubernetes-validate, strict), the KServe and PodMonitor objects structurally (their
-//! containers as core Pods), probes, grace periods, volumes, and every container's
+//! containers as core Pods), probes, grace periods, volumes (the payload log's shared
+//! one, each pod's subdirectory from the downward API), and every container's
 //! arguments accepted by this build of `vigil serve` (tests/python/deploy_check.py).
 
 mod common;
@@ -23,6 +24,10 @@ fn deploy_manifests_validate_and_match_the_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = stdout.lines().last().unwrap_or_default();
-    assert!(summary.contains("5 core resources valid"), "{summary}");
+    assert!(summary.contains("6 core resources valid"), "{summary}");
+    assert!(
+        summary.contains("payload log on a shared volume"),
+        "{summary}"
+    );
     assert!(summary.contains("KServe"), "{summary}");
 }

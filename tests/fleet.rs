@@ -243,10 +243,15 @@ fn nginx(dir: &Path, listener: TcpListener, replicas: &[&str]) -> Proc {
 fn test_rules(dir: &Path) -> PathBuf {
     let rules =
         std::fs::read_to_string(root().join("grafana/prometheus/vigil-fleet-rules.yml")).unwrap();
-    assert!(rules.contains("[10m]") && rules.contains("for: 1m"));
+    assert!(
+        rules.contains("[10m]")
+            && rules.contains("for: 1m")
+            && rules.contains("data_window: \"11m\"")
+    );
     let rules = rules
         .replace("[10m]", "[20s]")
-        .replace("for: 1m", "for: 2s");
+        .replace("for: 1m", "for: 2s")
+        .replace("data_window: \"11m\"", "data_window: \"22s\"");
     let path = dir.join("fleet-rules.yml");
     std::fs::write(&path, rules).unwrap();
     path
@@ -822,5 +827,188 @@ fn shipped_configs_load_the_fleet_rules_and_route_the_fleet_alert() {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(
         text.contains("/v2/retrain/alertmanager") && text.contains("group_by: [model, version]")
+    );
+}
+
+/// The JSON lines of a gzipped payload-log file.
+fn gz_records(path: &Path) -> Vec<Value> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `root/*/<model>/*.jsonl.gz` as a shell expands it (hidden names skipped), relative to
+/// `root`.
+fn expand(root: &Path, glob: &str) -> Vec<String> {
+    let parts: Vec<&str> = glob.split('/').collect();
+    let mut found = vec![String::new()];
+    for (i, part) in parts.iter().enumerate() {
+        let last = i == parts.len() - 1;
+        let mut next = Vec::new();
+        for base in &found {
+            let dir = root.join(base);
+            let join = |n: &str| {
+                if base.is_empty() {
+                    n.to_string()
+                } else {
+                    format!("{base}/{n}")
+                }
+            };
+            if part.contains('*') {
+                let (pre, post) = part.split_once('*').unwrap();
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    let fits = !n.starts_with('.') && n.starts_with(pre) && n.ends_with(post);
+                    if fits && (last || e.path().is_dir()) {
+                        next.push(join(&n));
+                    }
+                }
+            } else if dir.join(part).exists() {
+                next.push(join(part));
+            }
+        }
+        found = next;
+    }
+    found.sort();
+    found
+}
+
+/// Issue #21: a fleet event (Alertmanager -> one replica -> one event) says where the
+/// fleet's data for the alert is: the shared --payload-dir, the range from `startsAt`
+/// less the rule's `data_window` to now, the globs of every replica's files, and the
+/// files finished when it was created. Two replicas on one shared directory: pod-b's file
+/// rotates by age (1 s) before the alert, pod-a's (1 h) only because the event seals it;
+/// the listed files exist and hold both replicas' records, all within the range.
+#[test]
+fn a_fleet_event_points_at_every_replicas_payload_files_for_the_alerts_range() {
+    let hook = receiver();
+    let repo = TempDir::new("fleet-data-repo");
+    let v1 = repo.path().join("iris/1");
+    std::fs::create_dir_all(&v1).unwrap();
+    for f in ["model.onnx", "reference.json"] {
+        std::fs::copy(root().join("models/iris/1").join(f), v1.join(f)).unwrap();
+    }
+    std::fs::write(
+        repo.path().join("iris/config.toml"),
+        format!(
+            "[logging]\nsample = 1.0\n\n[drift]\nwindow_rows = 1000000\n\n\
+             [retrain]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{SECRET}\"\n\
+             trigger = \"fleet\"\n",
+            hook.port
+        ),
+    )
+    .unwrap();
+    let shared = TempDir::new("fleet-payload");
+    let dir = shared.path().to_str().unwrap().to_string();
+    let states = [TempDir::new("fleet-data-a"), TempDir::new("fleet-data-b")];
+    let start = |i: usize, name: &str, age: &str| {
+        Vigil::start(
+            repo.path(),
+            Engine::Tract,
+            &[
+                "--state-dir",
+                states[i].path().to_str().unwrap(),
+                "--payload-dir",
+                &dir,
+                "--payload-replica",
+                name,
+                "--payload-max-file-age",
+                age,
+            ],
+        )
+    };
+    let a = start(0, "pod-a", "1h");
+    let b = start(1, "pod-b", "1s");
+    let t0 = vigil::retrain::now_unix().floor() - 60.0;
+    let mut want = Vec::new();
+    for (v, tag) in [(&a, "a"), (&b, "b")] {
+        for i in 0..5 {
+            let id = format!("{tag}-{i}");
+            let body = json!({"id": id, "inputs": [{"name": "X", "shape": [1, 4],
+                "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+            assert_eq!(v.post_json("/v2/models/iris/infer", &body).0, 200);
+            want.push(id);
+        }
+    }
+    want.sort();
+    // pod-b's records are in a finished file; pod-a's are still in its active one.
+    wait_for(30, "pod-b's rotated file", || {
+        (expand(shared.path(), "pod-b/iris/*.jsonl.gz")
+            .iter()
+            .map(|f| gz_records(&shared.path().join(f)).len())
+            .sum::<usize>()
+            == 5)
+            .then_some(())
+    });
+    assert!(expand(shared.path(), "pod-a/iris/*.jsonl.gz").is_empty());
+
+    let alert = |fingerprint: &str, starts: &str| {
+        json!({"version": "4", "status": "firing", "alerts": [{"status": "firing",
+            "labels": {"alertname": "VigilFleetDrift", "model": "iris", "version": "1"},
+            "annotations": {"summary": "fleet PSI high", "data_window": "2m"},
+            "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": fingerprint}]})
+    };
+    let starts = vigil::retrain::rfc3339(t0);
+    let (status, body) = a.post_json("/v2/retrain/alertmanager", &alert("f1ee7", &starts));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alerts"][0]["outcome"], "created", "{body}");
+    let id = body["alerts"][0]["event_id"].as_str().unwrap().to_string();
+    let ev = wait_for(30, "the fleet event", || {
+        let got = hook.delivered.lock().unwrap();
+        got.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+    });
+    let data = &ev["data"]["data"];
+    assert_eq!(data["payload_dir"], dir.as_str(), "{ev}");
+    assert_eq!(data["requests_glob"], "*/iris/*.jsonl.gz", "{data}");
+    assert_eq!(data["labels_glob"], "*/iris/labels/*.jsonl.gz", "{data}");
+    assert_eq!(data["from"], vigil::retrain::rfc3339(t0 - 120.0), "{data}");
+    assert_eq!(data["labels_joined"], Value::Null, "{data}");
+    let (from, to) = (data["from"].as_str().unwrap(), data["to"].as_str().unwrap());
+
+    // The listed files exist and hold both replicas' records, all in the range; the glob
+    // finds the same files.
+    let listed: Vec<String> = data["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, expand(shared.path(), "*/iris/*.jsonl.gz"), "{data}");
+    let mut ids = Vec::new();
+    for f in &listed {
+        assert!(
+            f.starts_with("pod-a/iris/") || f.starts_with("pod-b/iris/"),
+            "{f}"
+        );
+        for r in gz_records(&shared.path().join(f)) {
+            let t = r["time"].as_str().unwrap();
+            assert!(
+                from <= t && t <= to,
+                "{} at {t} outside [{from}, {to}]",
+                r["id"]
+            );
+            ids.push(r["id"].as_str().unwrap().to_string());
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, want, "{data}");
+    // An unreadable startsAt is refused with the reason, and creates nothing.
+    let (status, body) = a.post_json("/v2/retrain/alertmanager", &alert("bad", "yesterday"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alerts"][0]["outcome"], "skipped", "{body}");
+    assert!(
+        body["alerts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("startsAt 'yesterday'"),
+        "{body}"
     );
 }

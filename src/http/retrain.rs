@@ -77,7 +77,9 @@ pub(super) async fn retrain_alertmanager(
             version: text(labels.and_then(|l| l.get("version"))),
             fingerprint: text(a.get("fingerprint")),
             starts_at: text(a.get("startsAt")),
+            ends_at: text(a.get("endsAt")),
             summary: text(a.get("annotations").and_then(|n| n.get("summary"))),
+            data_window: text(a.get("annotations").and_then(|n| n.get("data_window"))),
         };
         let status = text(a.get("status"));
         let skip = if status != "firing" {
@@ -89,17 +91,27 @@ pub(super) async fn retrain_alertmanager(
         } else {
             None
         };
-        if let Some(why) = skip {
-            results.push(
-                json!({"fingerprint": alert.fingerprint, "model": alert.model,
-                "outcome": "skipped", "reason": why}),
-            );
-            continue;
-        }
+        // The range of the data behind the alert (its event's `data`).
+        let range = match skip {
+            Some(why) => Err(why),
+            None => alert
+                .range(crate::retrain::now_unix())
+                .map_err(|e| e.to_string()),
+        };
+        let range = match range {
+            Ok(range) => range,
+            Err(why) => {
+                results.push(
+                    json!({"fingerprint": alert.fingerprint, "model": alert.model,
+                    "outcome": "skipped", "reason": why}),
+                );
+                continue;
+            }
+        };
         let cooldown = s.server.retrain_config(&alert.model).cooldown();
-        let retrainer = s.server.retrainer.clone();
+        let server = s.server.clone();
         let a2 = alert.clone();
-        let outcome = blocking(move || retrainer.fleet_alert(&a2, cooldown))
+        let outcome = blocking(move || server.fleet_retrain(&a2, range, cooldown))
             .await?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         use crate::retrain::AlertOutcome;

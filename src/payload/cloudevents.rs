@@ -8,8 +8,10 @@
 //!
 //! The writer thread hands each record's pair to this sink's own bounded queue (1024
 //! pairs, and at most `--payload-queue-bytes` of bodies queued or in flight) and never
-//! waits for it; a sender thread POSTs up to `--payload-sink-concurrency` pairs at once
-//! over one client's keep-alive connections. A slow sink fills the queue
+//! waits for it; the sink's thread drives a current-thread runtime that takes pairs off
+//! that queue (no other thread in between) and POSTs up to `--payload-sink-concurrency`
+//! pairs at once over one client's keep-alive connections, each pair's headers built
+//! once and its URL parsed once per sink. A slow sink fills the queue
 //! (`vigil_payload_dropped_total{reason="sink_full"}`), a dead one fails its POSTs
 //! (`reason="sink_error"`) and is then skipped for a growing pause (1 s doubling to 30 s,
 //! every record of the pause counted the same way), so neither slows the payload files or
@@ -20,7 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::mpsc::{error::TrySendError, Receiver, Sender};
 
 use super::record::Record;
 use crate::metrics::PayloadFamilies;
@@ -38,10 +41,10 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 pub(super) struct Pair {
     model: String,
     url: Arc<str>,
-    headers: Vec<(&'static str, String)>,
+    /// Every header but `ce-type`, built once for both events.
+    headers: HeaderMap,
     request: bytes::Bytes,
     response: bytes::Bytes,
-    id: String,
 }
 
 impl Pair {
@@ -53,29 +56,35 @@ impl Pair {
         };
         // Header values are visible ASCII; anything else in a client's id or a model's
         // name is replaced (the bodies keep them exactly).
-        let visible = |s: &str| -> String {
-            s.chars()
+        let visible = |s: &str| -> HeaderValue {
+            let v: String = s
+                .chars()
                 .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-                .collect()
+                .collect();
+            HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("?"))
         };
+        let mut headers = HeaderMap::with_capacity(10);
+        let mut put = |name: &'static str, value: HeaderValue| {
+            headers.insert(HeaderName::from_static(name), value);
+        };
+        put("content-type", HeaderValue::from_static("application/json"));
+        put("ce-specversion", HeaderValue::from_static("1.0"));
+        put("ce-id", visible(&r.id));
+        put(
+            "ce-source",
+            visible(&format!("/v2/models/{}/versions/{}", r.model, r.version)),
+        );
+        put("ce-time", visible(&crate::retrain::rfc3339(r.time)));
+        put("ce-inferenceservicename", visible(&r.model));
+        put("ce-component", HeaderValue::from_static("predictor"));
+        put("ce-endpoint", HeaderValue::from_static(endpoint));
+        put("ce-modelversion", HeaderValue::from(r.version));
         Pair {
             model: r.model.clone(),
             url,
-            headers: vec![
-                ("ce-specversion", "1.0".to_string()),
-                (
-                    "ce-source",
-                    visible(&format!("/v2/models/{}/versions/{}", r.model, r.version)),
-                ),
-                ("ce-time", crate::retrain::rfc3339(r.time)),
-                ("ce-inferenceservicename", visible(&r.model)),
-                ("ce-component", "predictor".to_string()),
-                ("ce-endpoint", endpoint.to_string()),
-                ("ce-modelversion", r.version.to_string()),
-            ],
+            headers,
             request: request.into(),
             response: response.into(),
-            id: visible(&r.id),
         }
     }
 }
@@ -98,12 +107,12 @@ pub struct SinkOptions {
 
 impl Sink {
     pub(super) fn start(metrics: PayloadFamilies, opts: SinkOptions) -> Sink {
-        let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(SINK_QUEUE);
         let bytes = Arc::new(AtomicUsize::new(0));
         let (m, b) = (metrics.clone(), bytes.clone());
         let n = opts.concurrency.max(1);
         crate::supervise::spawn_thread("payload_sink", "vigil-ce-sink", move || {
-            send_loop(&rx, &m, n, &b)
+            send_loop(&mut rx, &m, n, &b)
         });
         Sink {
             tx,
@@ -125,7 +134,7 @@ impl Sink {
         }
         self.metrics.sink_bytes.add(w as i64);
         if let Err(e) = self.tx.try_send(pair) {
-            let (TrySendError::Full(p) | TrySendError::Disconnected(p)) = e;
+            let (TrySendError::Full(p) | TrySendError::Closed(p)) = e;
             release(&self.bytes, &self.metrics, w);
             super::count_drop(&self.metrics, &p.model, super::DropReason::SinkFull, 1);
         }
@@ -161,24 +170,24 @@ impl Drop for Held {
 type Down = Arc<Mutex<HashMap<Arc<str>, (Instant, Duration)>>>;
 
 /// Takes pairs off the queue and POSTs up to `concurrency` of them at once, over one
-/// client's keep-alive connections, on a runtime of its own (one worker thread). While
-/// all are busy the queue fills, and the writer's offers are dropped as `sink_full`.
+/// client's keep-alive connections, on a current-thread runtime that this thread drives
+/// (the queue is the runtime's own channel: no hand-off to another thread per pair).
+/// While all are busy the queue fills, and the writer's offers are dropped as
+/// `sink_full`.
 fn send_loop(
-    rx: &Receiver<Pair>,
+    rx: &mut Receiver<Pair>,
     metrics: &PayloadFamilies,
     concurrency: usize,
     bytes: &Arc<AtomicUsize>,
 ) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("vigil-ce-post")
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the CloudEvents sink; its records are dropped");
-            for p in rx {
+            while let Some(p) = rx.blocking_recv() {
                 release(bytes, metrics, p.weight());
                 super::count_drop(metrics, &p.model, super::DropReason::SinkError, 1);
             }
@@ -193,77 +202,101 @@ fn send_loop(
         .expect("an HTTP client with default settings");
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let down: Down = Arc::default();
-    for p in rx {
-        let held = Held {
-            bytes: bytes.clone(),
-            metrics: metrics.clone(),
-            w: p.weight(),
-        };
-        let skipped = down
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&p.url)
-            .is_some_and(|(until, _)| Instant::now() < *until);
-        if skipped {
-            super::count_drop(metrics, &p.model, super::DropReason::SinkError, 1);
-            continue;
-        }
-        let Ok(slot) = rt.block_on(slots.clone().acquire_owned()) else {
-            return; // the semaphore is never closed
-        };
-        let (client, down, metrics) = (client.clone(), down.clone(), metrics.clone());
-        rt.spawn(async move {
-            let result = async {
-                post(&client, &p, CE_REQUEST, &p.request).await?;
-                post(&client, &p, CE_RESPONSE, &p.response).await
+    // Each sink URL parsed once (a model's `cloudevents_url` is checked at load).
+    let mut urls: HashMap<Arc<str>, Result<reqwest::Url, String>> = HashMap::new();
+    rt.block_on(async {
+        while let Some(p) = rx.recv().await {
+            let held = Held {
+                bytes: bytes.clone(),
+                metrics: metrics.clone(),
+                w: p.weight(),
+            };
+            let skipped = down
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&p.url)
+                .is_some_and(|(until, _)| Instant::now() < *until);
+            if skipped {
+                super::count_drop(metrics, &p.model, super::DropReason::SinkError, 1);
+                continue;
             }
-            .await;
-            drop((slot, held));
-            let mut down = down.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match result {
-                Ok(()) => {
-                    if down.remove(&p.url).is_some() {
-                        tracing::info!(url = %p.url, "the CloudEvents sink answers again");
+            if urls.len() > 64 && !urls.contains_key(&p.url) {
+                urls.clear(); // URLs of reloaded configs, never many
+            }
+            let url = urls
+                .entry(p.url.clone())
+                .or_insert_with(|| reqwest::Url::parse(&p.url).map_err(|e| e.to_string()))
+                .clone();
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return; // the semaphore is never closed
+            };
+            let (client, down, metrics) = (client.clone(), down.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let result = match url {
+                    Ok(url) => {
+                        let Pair {
+                            headers,
+                            request,
+                            response,
+                            ..
+                        } = &p;
+                        async {
+                            post(&client, &url, headers.clone(), CE_REQUEST, request.clone())
+                                .await?;
+                            post(&client, &url, headers.clone(), CE_RESPONSE, response.clone())
+                                .await
+                        }
+                        .await
                     }
-                }
-                Err(e) => {
-                    super::count_drop(&metrics, &p.model, super::DropReason::SinkError, 1);
-                    let now = Instant::now();
-                    match down.get(&p.url) {
-                        // Failures of POSTs that were in flight together pause it once.
-                        Some((until, _)) if now < *until => {}
-                        last => {
-                            if last.is_none() {
-                                tracing::warn!(url = %p.url, error = %e, "the CloudEvents sink fails; its records are dropped and counted until it answers");
+                    Err(e) => Err(e),
+                };
+                drop((slot, held));
+                let mut down = down.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match result {
+                    Ok(()) => {
+                        if down.remove(&p.url).is_some() {
+                            tracing::info!(url = %p.url, "the CloudEvents sink answers again");
+                        }
+                    }
+                    Err(e) => {
+                        super::count_drop(&metrics, &p.model, super::DropReason::SinkError, 1);
+                        let now = Instant::now();
+                        match down.get(&p.url) {
+                            // Failures of POSTs that were in flight together pause it once.
+                            Some((until, _)) if now < *until => {}
+                            last => {
+                                if last.is_none() {
+                                    tracing::warn!(url = %p.url, error = %e, "the CloudEvents sink fails; its records are dropped and counted until it answers");
+                                }
+                                let pause = last
+                                    .map_or(Duration::from_secs(1), |(_, d)| (*d * 2).min(MAX_PAUSE));
+                                down.insert(p.url.clone(), (now + pause, pause));
                             }
-                            let pause =
-                                last.map_or(Duration::from_secs(1), |(_, d)| (*d * 2).min(MAX_PAUSE));
-                            down.insert(p.url.clone(), (now + pause, pause));
                         }
                     }
                 }
-            }
-        });
-    }
+            });
+        }
+    });
     // The writer stopped: what is in flight gets its timeout to finish.
     rt.shutdown_timeout(POST_TIMEOUT);
 }
 
 async fn post(
     client: &reqwest::Client,
-    p: &Pair,
-    kind: &str,
-    body: &bytes::Bytes,
+    url: &reqwest::Url,
+    mut headers: HeaderMap,
+    kind: &'static str,
+    body: bytes::Bytes,
 ) -> Result<(), String> {
-    let mut req = client
-        .post(&*p.url)
-        .header("content-type", "application/json")
-        .header("ce-id", &p.id)
-        .header("ce-type", kind)
-        .body(body.clone());
-    for (k, v) in &p.headers {
-        req = req.header(*k, v);
-    }
+    headers.insert(
+        HeaderName::from_static("ce-type"),
+        HeaderValue::from_static(kind),
+    );
+    let req = client
+        .request(reqwest::Method::POST, url.clone())
+        .headers(headers)
+        .body(body);
     match req.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),

@@ -24,6 +24,9 @@ use flate2::Compression;
 #[derive(Clone, Debug)]
 pub struct FileOptions {
     pub dir: PathBuf,
+    /// `--payload-replica`: `dir` is then `<--payload-dir>/<replica>`, one of the fleet's
+    /// subdirectories of a shared directory.
+    pub replica: Option<String>,
     pub max_file_bytes: u64,
     pub max_file_age: Duration,
     pub retention_bytes: u64,
@@ -168,29 +171,7 @@ impl Files {
     /// directory: those opened (their name's time) by `to` and finished (their mtime, no
     /// earlier than their last record) at or after `from`.
     pub fn finished(&self, stream: &str, from: f64, to: f64) -> Vec<String> {
-        let dir = self.model_dir(stream);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_str()?.to_string();
-                let stem = name.strip_suffix(".jsonl.gz")?;
-                let opened = stem.split('-').next()?.parse::<u64>().ok()? as f64 / 1000.0;
-                let finished = e
-                    .metadata()
-                    .ok()?
-                    .modified()
-                    .ok()?
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()?
-                    .as_secs_f64();
-                (opened <= to && finished >= from).then(|| format!("{stream}/{name}"))
-            })
-            .collect();
-        out.sort();
-        out
+        finished_in(&self.model_dir(stream), stream, from, to)
     }
 
     /// Rotates every file that has been open `max_file_age` (called when idle).
@@ -366,6 +347,57 @@ fn enforce_retention(dir: &Path, cap: u64, active: &[&Path]) {
     }
 }
 
+/// The finished (`.jsonl.gz`) files in `dir` that may hold records of `[from, to]` (Unix
+/// seconds), oldest first, as `<prefix>/<name>`: those opened (their name's time) by `to`
+/// and finished (their mtime, no earlier than their last record) at or after `from`.
+fn finished_in(dir: &Path, prefix: &str, from: f64, to: f64) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let stem = name.strip_suffix(".jsonl.gz")?;
+            let opened = stem.split('-').next()?.parse::<u64>().ok()? as f64 / 1000.0;
+            let finished = e
+                .metadata()
+                .ok()?
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64();
+            (opened <= to && finished >= from).then(|| format!("{prefix}/{name}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The finished files of `stream` (a model, or `<model>/labels`) in every replica's
+/// subdirectory of a shared `--payload-dir` (`root/*/<stream>/*.jsonl.gz`, the fleet
+/// layout) that may hold records of `[from, to]`, relative to `root`: by replica name,
+/// then oldest first. Hidden entries are skipped, as the shell's glob does.
+pub fn fleet_finished(root: &Path, stream: &str, from: f64, to: f64) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut replicas: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    replicas.sort();
+    replicas
+        .iter()
+        .flat_map(|r| {
+            let prefix = format!("{r}/{stream}");
+            finished_in(&root.join(&prefix), &prefix, from, to)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +436,7 @@ mod tests {
             std::fs::write(dir.join("m/000000000000000-000001.jsonl.gz.tmp"), b"junk").unwrap();
             Files::new(FileOptions {
                 dir: dir.clone(),
+                replica: None,
                 max_file_bytes: 1 << 20,
                 max_file_age: Duration::from_secs(3600),
                 retention_bytes: 1 << 30,
@@ -430,6 +463,7 @@ mod tests {
         let dir = tmp("retention");
         let mut f = Files::new(FileOptions {
             dir: dir.clone(),
+            replica: None,
             max_file_bytes: 1000,
             max_file_age: Duration::from_secs(3600),
             retention_bytes: 3000,

@@ -290,7 +290,7 @@ const BATCH_BYTES: usize = 1 << 20;
 /// How long before a file was opened its records may have been run: a record is queued
 /// when its request is answered, and written soon after; the file list of a sealed range
 /// errs on the side of one file too many.
-const SEAL_SLACK_SECONDS: f64 = 120.0;
+pub const SEAL_SLACK_SECONDS: f64 = 120.0;
 
 /// The writer thread: takes what is queued, encodes it, appends it per model in one
 /// write, rotates aged files when idle, and seals a model's files when asked.

@@ -137,8 +137,18 @@ pub struct DataRefs {
     /// Gzipped JSON Lines of joined labels (`<model>/labels/<ms>-<seq>.jsonl.gz`), each
     /// with the request's `id`, its prediction and its truth.
     pub labels: Vec<String>,
-    /// Labelled rows joined for the version so far (`null`: no feedback is kept).
+    /// Labelled rows joined for the version so far (`null`: no feedback is kept, or a
+    /// fleet event: each replica counts its own).
     pub labels_joined: Option<u64>,
+    /// A fleet event's layout: the glob, relative to `payload_dir`, of every replica's
+    /// finished request files of the model (`*/<model>/*.jsonl.gz`). `requests` lists those
+    /// finished when the event was created; another replica's latest records reach a file
+    /// the glob matches within its `--payload-max-file-age`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_glob: Option<String>,
+    /// The same for the label files (`*/<model>/labels/*.jsonl.gz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_glob: Option<String>,
 }
 
 /// Builds an event's [`DataRefs`] once the event is sure to be created (it seals the
@@ -245,7 +255,63 @@ pub struct FleetAlert {
     pub version: String,
     pub fingerprint: String,
     pub starts_at: String,
+    /// `endsAt`: Alertmanager's zero time, or a time to come, while the alert fires.
+    pub ends_at: String,
     pub summary: String,
+    /// The `data_window` annotation: how far before `startsAt` the rule's data reaches
+    /// (its range plus its `for:`), so the event's range covers what tripped it.
+    pub data_window: String,
+}
+
+/// Why a fleet alert cannot be turned into an event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AlertError {
+    #[error("startsAt '{0}' is not an RFC 3339 time")]
+    StartsAt(String),
+    #[error("the data_window annotation: {0}")]
+    DataWindow(String),
+}
+
+/// Unix seconds of an RFC 3339 time (`Z` or a `±HH:MM` offset, as Go writes them);
+/// `None` for anything else and for times before 1970 (Alertmanager's zero `endsAt`).
+fn unix_of_rfc3339(t: &str) -> Option<f64> {
+    let t = t.trim();
+    if !t.is_ascii() || t.len() < 20 {
+        return None;
+    }
+    let (utc, offset) = match t.as_bytes()[t.len() - 6] {
+        sign @ (b'+' | b'-') if t.as_bytes()[t.len() - 3] == b':' => {
+            let (h, m) = (t.get(t.len() - 5..t.len() - 3)?, t.get(t.len() - 2..)?);
+            let secs = h.parse::<u8>().ok()? as f64 * 3600.0 + m.parse::<u8>().ok()? as f64 * 60.0;
+            let secs = if sign == b'+' { secs } else { -secs };
+            (format!("{}Z", &t[..t.len() - 6]), secs)
+        }
+        _ => (t.to_string(), 0.0),
+    };
+    let time = humantime::parse_rfc3339_weak(&utc).ok()?;
+    Some(time.duration_since(UNIX_EPOCH).ok()?.as_secs_f64() - offset)
+}
+
+impl FleetAlert {
+    /// The time range (Unix seconds) of the data behind the alert, as of `now`: from
+    /// `startsAt` less `data_window` to `endsAt` when that has passed (a resolved alert),
+    /// else to `now`. A `startsAt` ahead of `now` (clock skew) is taken as `now`.
+    pub fn range(&self, now: f64) -> Result<(f64, f64), AlertError> {
+        let start = unix_of_rfc3339(&self.starts_at)
+            .ok_or_else(|| AlertError::StartsAt(self.starts_at.chars().take(100).collect()))?;
+        let lookback = if self.data_window.trim().is_empty() {
+            0.0
+        } else {
+            crate::duration::parse(self.data_window.trim())
+                .map_err(|e| AlertError::DataWindow(e.to_string()))?
+                .as_secs_f64()
+        };
+        let start = start.min(now);
+        let to = unix_of_rfc3339(&self.ends_at)
+            .filter(|&end| end >= start && end <= now)
+            .unwrap_or(now);
+        Ok(((start - lookback).max(0.0), to))
+    }
 }
 
 /// What became of a drift trip or a fleet alert.
@@ -409,16 +475,6 @@ impl Retrainer {
         self.trigger_event(QUALITY_KIND, data, cooldown, refs)
     }
 
-    /// Creates a drift event unless the model has no hook, the outbox already holds the
-    /// event (same id), or the model had a drift event within `cooldown`.
-    fn drift_event(
-        &self,
-        data: EventData,
-        cooldown: Duration,
-    ) -> Result<AlertOutcome, RetrainError> {
-        self.trigger_event(DRIFT_KIND, data, cooldown, &|| None)
-    }
-
     fn trigger_event(
         &self,
         kind: &str,
@@ -456,10 +512,12 @@ impl Retrainer {
     /// A firing fleet alert (Alertmanager): one drift event per alert. Its id comes from
     /// the alert's fingerprint and `startsAt`, so every notification of the same alert, on
     /// any replica, names the same event, and this replica creates it once.
+    /// `refs` gives the data pointer of the alert's range (see [`FleetAlert::range`]).
     pub fn fleet_alert(
         &self,
         alert: &FleetAlert,
         cooldown: Duration,
+        refs: DataSource<'_>,
     ) -> Result<AlertOutcome, RetrainError> {
         let id = event_id(&format!(
             "alertmanager\n{}\n{}",
@@ -487,7 +545,7 @@ impl Retrainer {
             quality: None,
             data: None,
         };
-        self.drift_event(data, cooldown)
+        self.trigger_event(DRIFT_KIND, data, cooldown, refs)
     }
 
     /// An operator's request: always accepted when a hook is configured.
@@ -795,6 +853,76 @@ mod tests {
         assert_eq!(backoff(3, 1.0), Duration::from_secs(4));
         assert_eq!(backoff(30, 1.0), Duration::from_secs(300));
         assert_eq!(backoff(3, 0.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_fleet_alerts_range() {
+        let alert = |starts: &str, ends: &str, window: &str| FleetAlert {
+            alertname: "VigilFleetDrift".into(),
+            model: "iris".into(),
+            version: String::new(),
+            fingerprint: "f".into(),
+            starts_at: starts.into(),
+            ends_at: ends.into(),
+            summary: String::new(),
+            data_window: window.into(),
+        };
+        let t0 = 1_796_292_000.0; // 2026-12-03T10:00:00Z
+        let now = t0 + 600.0;
+        let firing = alert("2026-12-03T10:00:00Z", "0001-01-01T00:00:00Z", "11m");
+        assert_eq!(firing.range(now), Ok((t0 - 660.0, now)));
+        // Go's offsets, nanoseconds, no window, an endsAt to come (still firing).
+        let a = alert(
+            "2026-12-03T11:00:00.500000000+01:00",
+            "2026-12-03T10:20:00Z",
+            "",
+        );
+        assert_eq!(a.range(now), Ok((t0 + 0.5, now)));
+        // Resolved: up to its end.
+        let a = alert("2026-12-03T10:00:00Z", "2026-12-03T10:05:00.000Z", "1m");
+        assert_eq!(a.range(now), Ok((t0 - 60.0, t0 + 300.0)));
+        // An end before the start, or unreadable: up to now.
+        for end in [
+            "2026-12-03T09:00:00Z",
+            "yesterday",
+            "",
+            "2026-12-03T10:05:00\u{e9}",
+        ] {
+            assert_eq!(
+                alert("2026-12-03T10:00:00Z", end, "").range(now),
+                Ok((t0, now))
+            );
+        }
+        // A start ahead of the clock is now; a window past the epoch starts at it.
+        assert_eq!(
+            alert("2030-01-01T00:00:00Z", "", "").range(now),
+            Ok((now, now))
+        );
+        assert_eq!(
+            alert("2026-12-03T10:00:00Z", "", "60y").range(now),
+            Ok((0.0, now))
+        );
+        for bad in [
+            "",
+            "1970",
+            "2026-13-45T99:00:00Z",
+            "2026-12-03T10:00:00+1:00",
+            "\u{1F600}",
+        ] {
+            assert!(
+                matches!(alert(bad, "", "").range(now), Err(AlertError::StartsAt(_))),
+                "{bad}"
+            );
+        }
+        for bad in ["-5m", "soon", "1e300", "NaN"] {
+            assert!(
+                matches!(
+                    alert("2026-12-03T10:00:00Z", "", bad).range(now),
+                    Err(AlertError::DataWindow(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

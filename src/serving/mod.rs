@@ -188,6 +188,8 @@ fn data_refs(
         requests: sealed.requests,
         labels: sealed.labels,
         labels_joined,
+        requests_glob: None,
+        labels_glob: None,
     }
 }
 
@@ -489,6 +491,56 @@ impl Server {
             Some(r)
         };
         self.retrainer.manual(model, version, reason, &refs)
+    }
+
+    /// A firing fleet alert (Alertmanager) for `range` (Unix seconds, from
+    /// [`crate::retrain::FleetAlert::range`]): its data is the fleet's payload log, every
+    /// replica's files on the shared `--payload-dir` (blocking: the outbox fsyncs).
+    pub fn fleet_retrain(
+        &self,
+        alert: &crate::retrain::FleetAlert,
+        (from, to): (f64, f64),
+        cooldown: std::time::Duration,
+    ) -> Result<crate::retrain::AlertOutcome, crate::retrain::RetrainError> {
+        let model = alert.model.as_str();
+        let refs = || {
+            let mut r = data_refs(&self.payload, self.payload_dir(), model, (from, to), None);
+            let Some(files) = self.options.payload.files.as_ref() else {
+                return Some(r);
+            };
+            // This replica's files are sealed above; the fleet's are read from the
+            // shared directory, whose layout the globs state.
+            let root = match (&files.replica, files.dir.parent()) {
+                (Some(_), Some(root)) => root,
+                _ => files.dir.as_path(),
+            };
+            let (requests, labels, prefix) = if files.replica.is_some() {
+                let labels = format!("{model}/labels");
+                (
+                    crate::payload::files::fleet_finished(
+                        root,
+                        model,
+                        from - crate::payload::SEAL_SLACK_SECONDS,
+                        to,
+                    ),
+                    crate::payload::files::fleet_finished(root, &labels, from, f64::INFINITY),
+                    "*/",
+                )
+            } else {
+                (
+                    std::mem::take(&mut r.requests),
+                    std::mem::take(&mut r.labels),
+                    "",
+                )
+            };
+            r.payload_dir = Some(root.display().to_string());
+            r.requests = requests;
+            r.labels = labels;
+            r.requests_glob = Some(format!("{prefix}{model}/*.jsonl.gz"));
+            r.labels_glob = Some(format!("{prefix}{model}/labels/*.jsonl.gz"));
+            Some(r)
+        };
+        self.retrainer.fleet_alert(alert, cooldown, &refs)
     }
 
     pub fn retrain_config(&self, model: &str) -> RetrainConfig {

@@ -2,7 +2,8 @@
 (kubernetes-validate, strict), the KServe and Prometheus-Operator objects (CRDs, whose
 schemas are not bundled) structurally with their containers validated as core Pods, and
 vigil-specific promises: probes on the V2 health endpoints, a termination grace above
-preStop + --shutdown-grace, a volume for --state-dir, every container's arguments
+preStop + --shutdown-grace, a volume for --state-dir, the payload log on a shared
+ReadWriteMany volume with VIGIL_PAYLOAD_REPLICA from the pod's name, every container's arguments
 accepted by the real `vigil serve`, the Dockerfile's COPY sources present.
 
 usage: deploy_check.py VIGIL_BINARY   (prints what it checked; exits non-zero on a failure)
@@ -84,6 +85,22 @@ def main():
     state = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--state-dir="))
     if state not in mounts:
         fail(f"no volume mounted at the state dir {state}")
+    # The payload log: on a mounted volume, each pod in its own subdirectory named by the
+    # downward API, on a claim every replica can write (or the files are per pod).
+    payload = next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--payload-dir=")), None)
+    if payload is None:
+        fail("the Deployment does not configure the payload log (--payload-dir)")
+    payload_mount = next((m for m in c["volumeMounts"] if m["mountPath"] == payload), None)
+    if payload_mount is None or payload_mount.get("readOnly"):
+        fail(f"no writable volume mounted at the payload dir {payload}")
+    replica = [e for e in c.get("env", []) if e["name"] == "VIGIL_PAYLOAD_REPLICA"]
+    if not replica or replica[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+        fail("VIGIL_PAYLOAD_REPLICA must come from the pod's name (downward API)")
+    volume = next(v for v in pod["volumes"] if v["name"] == payload_mount["name"])
+    claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+    pvc = next((d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim), None)
+    if pvc is None or "ReadWriteMany" not in pvc["spec"]["accessModes"]:
+        fail(f"the payload volume must be a ReadWriteMany claim defined here (got {volume})")
     if "requests" not in c["resources"]:
         fail("no resource requests")
     if not pod["securityContext"].get("runAsNonRoot"):
@@ -98,7 +115,8 @@ def main():
     if pdb_sel != dep["spec"]["selector"]["matchLabels"]:
         fail("the PodDisruptionBudget selects other pods")
     check_args(vigil, c["args"], "Deployment")
-    checked.append("Deployment: probes, grace, state volume, scrape annotations, Service, PDB, arguments")
+    checked.append("Deployment: probes, grace, state volume, payload log on a shared volume, scrape annotations, "
+                   "Service, PDB, arguments")
 
     with open(os.path.join(DEPLOY, "kubernetes", "podmonitor.yaml")) as f:
         pm = yaml.safe_load(f)
