@@ -510,3 +510,82 @@ fn grpc_a_connection_that_never_says_its_preface_is_closed_when_idle() {
         (v.metric(open) == Some(0.0)).then_some(())
     });
 }
+
+/// A gRPC ModelInfer takes the execution decision HTTP takes on the same version (one
+/// `serving` path, `Execution::inline_for`): on an inline version it never touches the
+/// worker pool (no queue time, on either front), on a pooled one it does. The pool hops
+/// seen in the gRPC profile (benches/RESULTS.md) were iris on the pool for both fronts.
+#[test]
+fn grpc_infer_takes_the_same_execution_path_as_http() {
+    let repo = TempDir::new("grpc-exec");
+    for (name, mode) in [("inl", "inline"), ("pooled", "pool")] {
+        let dir = repo.path().join(name).join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            root().join("models/iris/2/model.onnx"),
+            dir.join("model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(
+            repo.path().join(name).join("config.toml"),
+            format!("[execution]\nmode = \"{mode}\"\n"),
+        )
+        .unwrap();
+    }
+    let (v, grpc) = start(
+        repo.path(),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--poll-interval", "0"],
+    );
+    let script = r#"
+import sys, numpy as np, tritonclient.grpc as g
+c = g.InferenceServerClient(sys.argv[1])
+x = g.InferInput("X", [1, 4], "FP32")
+x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32))
+for model in ("inl", "pooled"):
+    for _ in range(20):
+        assert c.infer(model, [x]).as_numpy("label") is not None
+print("sent")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, &grpc])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queue = |model: &str| {
+        v.metric(&format!(
+            "vigil_inference_queue_duration_seconds_sum{{model=\"{model}\",version=\"1\"}}"
+        ))
+        .unwrap_or(f64::NAN)
+    };
+    let count = |model: &str| {
+        v.metric(&format!(
+            "vigil_protocol_requests_total{{model=\"{model}\",outcome=\"success\",protocol=\"grpc\"}}"
+        ))
+    };
+    assert_eq!(count("inl"), Some(20.0));
+    assert_eq!(count("pooled"), Some(20.0));
+    assert_eq!(
+        queue("inl"),
+        0.0,
+        "a gRPC request on an inline version was queued"
+    );
+    assert!(
+        queue("pooled") > 0.0,
+        "the pooled version's requests were not queued"
+    );
+    // HTTP on the same versions: the same decision.
+    for model in ["inl", "pooled"] {
+        let (status, body) = v.post_json(
+            &format!("/v2/models/{model}/infer"),
+            &json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(queue("inl"), 0.0);
+}
