@@ -589,3 +589,63 @@ print("sent")
     }
     assert_eq!(queue("inl"), 0.0);
 }
+
+/// A connection that never says its whole HTTP/2 preface (nothing, half the magic, the
+/// magic without its SETTINGS frame) is dropped after `--header-timeout` even with
+/// `--grpc-idle-timeout 0`, giving back its `--max-connections` permit (shared with
+/// HTTP); one that said it stays open (idle connections are kept with 0). Before, hyper
+/// waited for the preface forever and, with the idle timeout off, so did vigil.
+#[test]
+fn grpc_a_connection_without_its_preface_is_dropped_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let (v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--grpc-idle-timeout", "0", "--header-timeout", "2s"],
+    );
+    let open = "vigil_http_connections{listener=\"grpc\"}";
+    let mut talked = h2raw::connect(&grpc);
+    let silent = std::net::TcpStream::connect(&grpc).unwrap();
+    let mut half = std::net::TcpStream::connect(&grpc).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let mut no_settings = std::net::TcpStream::connect(&grpc).unwrap();
+    no_settings
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00")
+        .unwrap();
+    wait_for(20, "four gRPC connections open", || {
+        (v.metric(open) == Some(4.0)).then_some(())
+    });
+    for (name, mut s) in [
+        ("silent", silent),
+        ("half a preface", half),
+        ("the magic without SETTINGS", no_settings),
+    ] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = Vec::new();
+        let started = Instant::now();
+        // EOF (or a reset) once the header timeout is up.
+        let _ = s.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the {name} connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    wait_for(20, "their permits given back", || {
+        (v.metric(open) == Some(1.0)).then_some(())
+    });
+    // The one that said its preface is still served, past the header timeout.
+    talked
+        .write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
+    let answered = (0..10).any(|_| {
+        let f = h2raw::read_frame(&mut talked, Duration::from_secs(10)).expect("a PING answer");
+        f.kind == h2raw::PING && f.flags == 1 && f.payload == [1, 2, 3, 4, 5, 6, 7, 8]
+    });
+    assert!(
+        answered,
+        "no PING answer on the connection that said its preface"
+    );
+    assert_eq!(v.metric(open), Some(1.0));
+}
