@@ -130,7 +130,8 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
 
     /// How long a client may take to send a request's headers (the connection is closed
-    /// after that: slowloris); also how long an idle keep-alive connection stays open.
+    /// after that: slowloris); also how long an idle keep-alive connection stays open,
+    /// and how long a gRPC connection may take to say its HTTP/2 preface.
     #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_flag)]
     pub header_timeout: Duration,
 

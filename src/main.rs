@@ -266,6 +266,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 keepalive: args.grpc_keepalive,
                 max_streams: args.grpc_max_streams,
                 idle_timeout: Some(args.grpc_idle_timeout).filter(|d| !d.is_zero()),
+                preface_timeout: args.header_timeout,
             });
             tokio::spawn(vigil::grpc::serve(
                 l,

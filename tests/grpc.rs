@@ -510,3 +510,142 @@ fn grpc_a_connection_that_never_says_its_preface_is_closed_when_idle() {
         (v.metric(open) == Some(0.0)).then_some(())
     });
 }
+
+/// A gRPC ModelInfer takes the execution decision HTTP takes on the same version (one
+/// `serving` path, `Execution::inline_for`): on an inline version it never touches the
+/// worker pool (no queue time, on either front), on a pooled one it does. The pool hops
+/// seen in the gRPC profile (benches/RESULTS.md) were iris on the pool for both fronts.
+#[test]
+fn grpc_infer_takes_the_same_execution_path_as_http() {
+    let repo = TempDir::new("grpc-exec");
+    for (name, mode) in [("inl", "inline"), ("pooled", "pool")] {
+        let dir = repo.path().join(name).join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            root().join("models/iris/2/model.onnx"),
+            dir.join("model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(
+            repo.path().join(name).join("config.toml"),
+            format!("[execution]\nmode = \"{mode}\"\n"),
+        )
+        .unwrap();
+    }
+    let (v, grpc) = start(
+        repo.path(),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--poll-interval", "0"],
+    );
+    let script = r#"
+import sys, numpy as np, tritonclient.grpc as g
+c = g.InferenceServerClient(sys.argv[1])
+x = g.InferInput("X", [1, 4], "FP32")
+x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32))
+for model in ("inl", "pooled"):
+    for _ in range(20):
+        assert c.infer(model, [x]).as_numpy("label") is not None
+print("sent")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, &grpc])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queue = |model: &str| {
+        v.metric(&format!(
+            "vigil_inference_queue_duration_seconds_sum{{model=\"{model}\",version=\"1\"}}"
+        ))
+        .unwrap_or(f64::NAN)
+    };
+    let count = |model: &str| {
+        v.metric(&format!(
+            "vigil_protocol_requests_total{{model=\"{model}\",outcome=\"success\",protocol=\"grpc\"}}"
+        ))
+    };
+    assert_eq!(count("inl"), Some(20.0));
+    assert_eq!(count("pooled"), Some(20.0));
+    assert_eq!(
+        queue("inl"),
+        0.0,
+        "a gRPC request on an inline version was queued"
+    );
+    assert!(
+        queue("pooled") > 0.0,
+        "the pooled version's requests were not queued"
+    );
+    // HTTP on the same versions: the same decision.
+    for model in ["inl", "pooled"] {
+        let (status, body) = v.post_json(
+            &format!("/v2/models/{model}/infer"),
+            &json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(queue("inl"), 0.0);
+}
+
+/// A connection that never says its whole HTTP/2 preface (nothing, half the magic, the
+/// magic without its SETTINGS frame) is dropped after `--header-timeout` even with
+/// `--grpc-idle-timeout 0`, giving back its `--max-connections` permit (shared with
+/// HTTP); one that said it stays open (idle connections are kept with 0). Before, hyper
+/// waited for the preface forever and, with the idle timeout off, so did vigil.
+#[test]
+fn grpc_a_connection_without_its_preface_is_dropped_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let (v, grpc) = start(
+        &root().join("models"),
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--grpc-idle-timeout", "0", "--header-timeout", "2s"],
+    );
+    let open = "vigil_http_connections{listener=\"grpc\"}";
+    let mut talked = h2raw::connect(&grpc);
+    let silent = std::net::TcpStream::connect(&grpc).unwrap();
+    let mut half = std::net::TcpStream::connect(&grpc).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let mut no_settings = std::net::TcpStream::connect(&grpc).unwrap();
+    no_settings
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00")
+        .unwrap();
+    wait_for(20, "four gRPC connections open", || {
+        (v.metric(open) == Some(4.0)).then_some(())
+    });
+    for (name, mut s) in [
+        ("silent", silent),
+        ("half a preface", half),
+        ("the magic without SETTINGS", no_settings),
+    ] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = Vec::new();
+        let started = Instant::now();
+        // EOF (or a reset) once the header timeout is up.
+        let _ = s.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the {name} connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    wait_for(20, "their permits given back", || {
+        (v.metric(open) == Some(1.0)).then_some(())
+    });
+    // The one that said its preface is still served, past the header timeout.
+    talked
+        .write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
+    let answered = (0..10).any(|_| {
+        let f = h2raw::read_frame(&mut talked, Duration::from_secs(10)).expect("a PING answer");
+        f.kind == h2raw::PING && f.flags == 1 && f.payload == [1, 2, 3, 4, 5, 6, 7, 8]
+    });
+    assert!(
+        answered,
+        "no PING answer on the connection that said its preface"
+    );
+    assert_eq!(v.metric(open), Some(1.0));
+}

@@ -213,6 +213,102 @@ pub fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// The client connection preface (RFC 9113 §3.4): these 24 octets, then a SETTINGS frame.
+const PREFACE_MAGIC: usize = 24;
+/// The magic and the SETTINGS frame's 9-octet header (whose first 3 octets are its length).
+const PREFACE_HEAD: usize = PREFACE_MAGIC + 9;
+
+/// A connection's socket, watching for the end of the client's connection preface (the
+/// magic and its first SETTINGS frame) as hyper reads it. A client that has not said it
+/// within `--header-timeout` is dropped, whatever `--grpc-idle-timeout` is (hyper waits for
+/// the preface forever, and its permit of `--max-connections` is shared with HTTP). After
+/// the preface, one branch per read.
+pub struct Preface<T> {
+    io: T,
+    /// The magic and the SETTINGS header, as far as read.
+    head: [u8; PREFACE_HEAD],
+    read: usize,
+    said: Arc<std::sync::atomic::AtomicBool>,
+    done: bool,
+}
+
+impl<T> Preface<T> {
+    /// The socket, and a flag that turns true once the preface has been read.
+    pub fn new(io: T) -> (Preface<T>, Arc<std::sync::atomic::AtomicBool>) {
+        let said = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = Preface {
+            io,
+            head: [0; PREFACE_HEAD],
+            read: 0,
+            said: said.clone(),
+            done: false,
+        };
+        (p, said)
+    }
+
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.read < PREFACE_HEAD {
+            let copy = bytes.len().min(PREFACE_HEAD - self.read);
+            self.head[self.read..self.read + copy].copy_from_slice(&bytes[..copy]);
+        }
+        self.read = self.read.saturating_add(bytes.len());
+        if self.read >= PREFACE_HEAD {
+            let h = &self.head[PREFACE_MAGIC..];
+            let settings = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            if self.read >= PREFACE_HEAD + settings {
+                self.done = true;
+                self.said.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Preface<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if !self.done && r.is_ready() {
+            let this = &mut *self;
+            this.saw(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Preface<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +366,33 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_said_after_the_magic_and_the_whole_settings_frame() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let magic = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        // SETTINGS with one 6-octet setting, fed a byte at a time.
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0, 3, 0, 0, 0, 100]);
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut p, said) = Preface::new(server);
+        let mut one = [0u8; 1];
+        for (i, b) in bytes.iter().enumerate() {
+            client.write_all(&[*b]).await.unwrap();
+            p.read_exact(&mut one).await.unwrap();
+            let whole = i + 1 == bytes.len();
+            assert_eq!(said.load(Ordering::Acquire), whole, "after {} bytes", i + 1);
+        }
+        // An empty SETTINGS, in one read with what follows.
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0xff]);
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut p, said) = Preface::new(server);
+        client.write_all(&bytes).await.unwrap();
+        let mut all = [0u8; 34];
+        p.read_exact(&mut all).await.unwrap();
+        assert!(said.load(Ordering::Acquire));
     }
 }

@@ -73,6 +73,10 @@ pub struct GrpcLimits {
     /// `--grpc-idle-timeout`: a connection with no open stream for this long is closed
     /// (GOAWAY); `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// `--header-timeout`: how long a new connection may take to say its HTTP/2 preface
+    /// (the magic and its first SETTINGS frame); it is dropped after that, whatever the
+    /// idle timeout (hyper waits for the preface forever).
+    pub preface_timeout: Duration,
 }
 
 /// `--grpc-idle-timeout`'s default (grpc-go's `MaxConnectionIdle` is a common setting of
@@ -90,6 +94,7 @@ impl Default for GrpcLimits {
             keepalive: Duration::from_secs(60),
             max_streams: 128,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            preface_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -233,6 +238,7 @@ pub async fn serve(
         app,
         h2: Arc::new(h2),
         idle: opts.limits.idle_timeout,
+        preface: opts.limits.preface_timeout,
         drain: drain_rx,
         alive: alive_rx,
     };
@@ -276,6 +282,8 @@ struct ConnSettings<A> {
     app: A,
     h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     idle: Option<Duration>,
+    /// `--header-timeout`, for the client's connection preface.
+    preface: Duration,
     /// Turns true at shutdown: every connection says GOAWAY and finishes its streams.
     drain: tokio::sync::watch::Receiver<bool>,
     /// Held by every connection's task: the sender's `closed()` is "all connections ended".
@@ -314,10 +322,17 @@ where
                 resp.map(|r| r.map(|body| limits::Tracked { body, _busy: busy }))
             }
         });
+        let (tcp, said) = limits::Preface::new(tcp);
         let conn = self.h2.serve_connection(TokioIo::new(tcp), service);
         let (mut drain, alive, idle) = (self.drain.clone(), self.alive.clone(), self.idle);
+        let preface = self.preface;
         tokio::spawn(async move {
             tokio::pin!(conn);
+            // A client that has not said its preface by then is dropped, idle timeout or
+            // not: until it does, hyper neither serves nor closes the connection.
+            let unsaid = tokio::time::sleep(preface);
+            tokio::pin!(unsaid);
+            let mut preface_due = true;
             let drained = drain.wait_for(|&d| d);
             tokio::pin!(drained);
             let quiet = activity.idle(idle);
@@ -352,6 +367,13 @@ where
                         idle_closing = true;
                         abandon.as_mut().reset(tokio::time::Instant::now() + close_wait);
                         conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut unsaid, if preface_due => {
+                        if !said.load(std::sync::atomic::Ordering::Acquire) {
+                            tracing::debug!("gRPC client did not say its HTTP/2 preface within --header-timeout; dropping the connection");
+                            break;
+                        }
+                        preface_due = false;
                     }
                     () = &mut abandon, if idle_closing => {
                         if activity.is_quiet() {
