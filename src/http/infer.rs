@@ -117,9 +117,9 @@ where
         Err(InferOnError::Api(_)) => crate::metrics::Outcome::BadRequest,
         Err(InferOnError::Serving(e)) => e.outcome(),
     };
-    s.server
+    served
         .metrics
-        .count_protocol(crate::metrics::Protocol::Http, &served.model, outcome);
+        .count_protocol(crate::metrics::Protocol::Http, outcome);
     match &result {
         Ok(_) => {
             served.metrics.count(crate::metrics::Outcome::Success);
