@@ -872,6 +872,11 @@ impl Metrics {
             compute: self.compute_duration.with_label_values(&labels),
             batch: self.batch_size.with_label_values(&labels),
             inline: self.execution_inline.with_label_values(&labels),
+            protocol: ProtocolCounters {
+                family: self.protocol_requests.clone(),
+                model: model.to_string(),
+                cells: Default::default(),
+            },
         }
     }
 
@@ -903,6 +908,19 @@ pub struct VersionMetrics {
     pub batch: Histogram,
     /// Set when `/metrics` is rendered: the mode can change between scrapes.
     pub inline: IntGauge,
+    protocol: ProtocolCounters,
+}
+
+/// The version's model's `vigil_protocol_requests_total` series, resolved on first use
+/// (a series appears once a request was counted on it, as with `with_label_values` per
+/// request, which hashed the labels and took the family's lock on every request). The
+/// family is per model, and its series are never removed, so a handle kept by a
+/// version that is swapped out still counts into the exposed series.
+struct ProtocolCounters {
+    family: IntCounterVec,
+    model: String,
+    /// Indexed by protocol * 4 + outcome.
+    cells: [std::sync::OnceLock<IntCounter>; 8],
 }
 
 /// A copy of one version's cumulative request counters and latency histogram.
@@ -956,6 +974,27 @@ impl VersionMetrics {
         }
     }
 
+    /// One answered inference request of this version's model on the front `protocol`
+    /// (what [`Metrics::count_protocol`] counts, without its label lookup).
+    pub fn count_protocol(&self, protocol: Protocol, outcome: Outcome) {
+        let p = &self.protocol;
+        let i = match protocol {
+            Protocol::Http => 0,
+            Protocol::Grpc => 4,
+        } + match outcome {
+            Outcome::Success => 0,
+            Outcome::BadRequest => 1,
+            Outcome::Overloaded => 2,
+            Outcome::Error => 3,
+        };
+        p.cells[i]
+            .get_or_init(|| {
+                p.family
+                    .with_label_values(&[protocol.as_str(), &p.model, outcome.as_str()])
+            })
+            .inc();
+    }
+
     pub fn count(&self, outcome: Outcome) {
         match outcome {
             Outcome::Success => &self.success,
@@ -987,6 +1026,35 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_versions_protocol_counter_is_the_models_series() {
+        let m = Metrics::new();
+        let v1 = m.version("iris", 1);
+        let v2 = m.version("iris", 2);
+        let line = |protocol: &str, outcome: &str| {
+            let want = format!(
+                "vigil_protocol_requests_total{{model=\"iris\",outcome=\"{outcome}\",protocol=\"{protocol}\"}} "
+            );
+            m.render()
+                .lines()
+                .find_map(|l| l.strip_prefix(want.as_str()).map(str::to_string))
+        };
+        assert_eq!(line("http", "success"), None, "no series before a request");
+        v1.count_protocol(Protocol::Http, Outcome::Success);
+        v2.count_protocol(Protocol::Http, Outcome::Success);
+        m.count_protocol(Protocol::Http, "iris", Outcome::Success);
+        v1.count_protocol(Protocol::Grpc, Outcome::Overloaded);
+        v2.count_protocol(Protocol::Http, Outcome::BadRequest);
+        assert_eq!(line("http", "success").as_deref(), Some("3"));
+        assert_eq!(line("grpc", "overloaded").as_deref(), Some("1"));
+        assert_eq!(line("http", "bad_request").as_deref(), Some("1"));
+        assert_eq!(line("grpc", "success"), None);
+        // A removed version's handle still counts into the model's series.
+        m.remove_version("iris", 1);
+        v1.count_protocol(Protocol::Http, Outcome::Success);
+        assert_eq!(line("http", "success").as_deref(), Some("4"));
+    }
 
     #[test]
     fn families_render_with_labels() {

@@ -20,6 +20,13 @@ use std::sync::Arc;
 
 use crate::serving::{InferError, PendingRoute, Refused, Route, ServedVersion};
 
+/// An answer's body as built here: the encoded bytes, unboxed.
+type Encoded = http_body_util::Full<bytes::Bytes>;
+
+/// What the fast path in front of the router (`listen`) answers: this room's answers
+/// unboxed, its refusals in axum's `Body` (they are rare).
+pub(super) type FrontBody = http_body_util::Either<Encoded, Body>;
+
 /// The header that says how long the JSON part of a binary-tensor body is.
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
@@ -45,7 +52,9 @@ pub(super) async fn infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (model, version) = target(&p)?;
-    infer_target(&s, model, version, &headers, body).await
+    infer_target(&s, model, version, &headers, body)
+        .await
+        .map(|r| r.map(Body::new))
 }
 
 /// The infer routes' paths, matched by hand for the fast path in front of the router
@@ -74,22 +83,25 @@ pub(super) async fn infer_direct<B>(
     version: Option<&str>,
     headers: &HeaderMap,
     body: B,
-) -> Response
+) -> axum::http::Response<FrontBody>
 where
     B: http_body::Body<Data = axum::body::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     use axum::response::IntoResponse;
-    if let Err(refused) = super::auth::authorize(s, super::auth::Class::Infer, headers) {
-        return refused.into_response();
+    use http_body_util::Either;
+    let refused = |r: Response| r.map(Either::Right);
+    if let Err(e) = super::auth::authorize(s, super::auth::Class::Infer, headers) {
+        return refused(e.into_response());
     }
     let version = match version.map(parse_version).transpose() {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(e.into_response()),
     };
-    infer_target(s, model, version, headers, body)
-        .await
-        .into_response()
+    match infer_target(s, model, version, headers, body).await {
+        Ok(answer) => answer.map(Either::Left),
+        Err(e) => refused(e.into_response()),
+    }
 }
 
 async fn infer_target<B>(
@@ -98,7 +110,7 @@ async fn infer_target<B>(
     version: Option<u64>,
     headers: &HeaderMap,
     body: B,
-) -> Result<Response, ApiError>
+) -> Result<axum::http::Response<Encoded>, ApiError>
 where
     B: http_body::Body<Data = axum::body::Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -117,9 +129,9 @@ where
         Err(InferOnError::Api(_)) => crate::metrics::Outcome::BadRequest,
         Err(InferOnError::Serving(e)) => e.outcome(),
     };
-    s.server
+    served
         .metrics
-        .count_protocol(crate::metrics::Protocol::Http, &served.model, outcome);
+        .count_protocol(crate::metrics::Protocol::Http, outcome);
     match &result {
         Ok(_) => {
             served.metrics.count(crate::metrics::Outcome::Success);
@@ -217,7 +229,10 @@ async fn infer_on(
     plan: PendingRoute,
     body: BodyBuffer,
     header_len: Option<usize>,
-) -> (Arc<ServedVersion>, Result<Response, InferOnError>) {
+) -> (
+    Arc<ServedVersion>,
+    Result<axum::http::Response<Encoded>, InferOnError>,
+) {
     let max = s.opts.max_tensor_elements;
     let (served, settled) = plan.settle(|v| accept(body.bytes(), header_len, v, max));
     let result = match settled {
@@ -233,7 +248,7 @@ async fn run(
     route: &Route,
     accepted: Accepted,
     mut body: BodyBuffer,
-) -> Result<Response, InferOnError> {
+) -> Result<axum::http::Response<Encoded>, InferOnError> {
     let served = &route.version;
     let api = InferOnError::Api;
     let Accepted { req, chosen } = accepted;
@@ -252,7 +267,7 @@ async fn run(
         .map_err(InferOnError::Serving)?;
     let selected: Vec<_> = chosen.iter().map(|&(i, b)| (&outputs[i], b)).collect();
     let encoded = v2::encode_response(&served.model, served.version, id.as_deref(), &selected);
-    let mut resp = Response::new(Body::from(encoded.body));
+    let mut resp = axum::http::Response::new(Encoded::new(encoded.body.into()));
     let h = resp.headers_mut();
     match encoded.header_len {
         Some(n) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use super::infer::{infer_direct, infer_route};
+use super::infer::{infer_direct, infer_route, FrontBody};
 use super::router::app;
 use super::state::{AppState, HttpOptions, Surface};
 use crate::console::traffic::Traffic;
@@ -173,7 +173,7 @@ async fn respond(
     front: Arc<Front>,
     peer: std::net::SocketAddr,
     mut req: hyper::Request<hyper::body::Incoming>,
-) -> Result<axum::response::Response, std::convert::Infallible> {
+) -> Result<axum::http::Response<FrontBody>, std::convert::Infallible> {
     if front.state.surface != Surface::Admin && req.method() == axum::http::Method::POST {
         let (parts, body) = req.into_parts();
         if let Some((model, version)) = infer_route(parts.uri.path()) {
@@ -183,7 +183,8 @@ async fn respond(
     }
     req.extensions_mut()
         .insert(axum::extract::ConnectInfo(peer));
-    tower::ServiceExt::oneshot(front.router.clone(), req).await
+    let answer = tower::ServiceExt::oneshot(front.router.clone(), req).await;
+    answer.map(|r| r.map(http_body_util::Either::Right))
 }
 
 #[cfg(test)]
@@ -276,7 +277,8 @@ mod tests {
     /// connection, the router or the fast path, the gate, the handler, the codec, the
     /// engine and the answer) on one thread, counted. Through the router it took 66
     /// (its parameter map, boxed middleware futures, extensions, axum's boxed body); the
-    /// fast path leaves 42.
+    /// fast path left 42, and 41 since its answers are not boxed into axum's `Body`. The
+    /// count is exact (one thread, fixed dependencies): the bound is the count.
     #[test]
     fn a_one_row_inference_takes_few_allocations_through_the_http_front() {
         let dir = std::env::temp_dir().join(format!("vigil-front-allocs-{}", std::process::id()));
@@ -344,7 +346,7 @@ mod tests {
         drop(rt);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
-            per_request <= 45.0,
+            per_request <= 41.0,
             "{per_request:.1} allocations per one-row request"
         );
     }
