@@ -300,3 +300,106 @@ fn a_cheap_model_stays_inline_on_a_busy_machine_and_a_heavy_one_on_the_pool() {
     assert_eq!(heavy_mode, "pool");
     assert_eq!(queue_sum(&v, "lookup"), 0.0, "a request went to the pool");
 }
+
+/// iris (a tree model) served from the sample repository with `config`.
+fn add_iris(repo: &TempDir, config: &str) {
+    let v1 = repo.path().join("iris").join("1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy(
+        root().join("models/iris/2/model.onnx"),
+        v1.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(repo.path().join("iris").join("config.toml"), config).unwrap();
+}
+
+fn iris_row() -> Value {
+    json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
+}
+
+/// A version on the pool (its compute over the threshold, under ten times it) still runs a
+/// lone request inline: one client's requests, one after the other, never wait in the
+/// queue; many clients at once do use the pool; a version whose `[batching]` asks for
+/// batches sends even lone requests to the batcher.
+#[test]
+fn a_lone_request_to_a_pooled_version_runs_inline() {
+    // The threshold is set from this machine's own warm-up of the model: at most half its
+    // compute (so auto puts it on the pool), and more than a tenth of it.
+    let warm = {
+        let repo = TempDir::new("exec-lone-probe");
+        add_iris(&repo, "");
+        let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+        v.get("/v2/models/iris/stats").1["model_stats"][0]["execution"]["warmup_cpu_p90_us"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        warm >= 2.0,
+        "iris computes in {warm} µs: too fast to test this here"
+    );
+    let threshold = ((warm / 2.0).floor() as u64).max(1);
+    let repo = TempDir::new("exec-lone");
+    add_iris(
+        &repo,
+        &format!("[execution]\ninline_max_compute_us = {threshold}\n"),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    assert_eq!(
+        mode(&v, "iris"),
+        "pool",
+        "warm-up {warm} µs, threshold {threshold}"
+    );
+    let e = v.get("/v2/models/iris/stats").1["model_stats"][0]["execution"].clone();
+    let lone_max = e["lone_inline_max_elements"].as_u64();
+    assert!(lone_max.is_some_and(|m| m >= 4), "{e}");
+
+    for _ in 0..30 {
+        let (status, body) = v.post_json("/v2/models/iris/infer", &iris_row());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["outputs"][0]["data"], json!([0]), "{body}");
+    }
+    assert_eq!(
+        queue_sum(&v, "iris"),
+        0.0,
+        "a lone request went to the pool"
+    );
+    assert_eq!(mode(&v, "iris"), "pool", "lone requests change no decision");
+
+    // Many at once: requests that find another in flight take the pool.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    let (status, body) = v.post_json("/v2/models/iris/infer", &iris_row());
+                    assert_eq!(status, 200, "{body}");
+                }
+            });
+        }
+    });
+    assert!(
+        queue_sum(&v, "iris") > 0.0,
+        "concurrent requests never used the pool"
+    );
+    assert_eq!(v.metric("vigil_inference_in_flight"), Some(0.0));
+    drop(v);
+
+    // Batching asked for: the batcher gets every request, lone or not.
+    let repo = TempDir::new("exec-lone-batched");
+    add_iris(
+        &repo,
+        &format!(
+            "[execution]\ninline_max_compute_us = {threshold}\n[batching]\nmax_batch_size = 8\n"
+        ),
+    );
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let e = v.get("/v2/models/iris/stats").1["model_stats"][0]["execution"].clone();
+    assert!(e["lone_inline_max_elements"].is_null(), "{e}");
+    for _ in 0..5 {
+        let (status, body) = v.post_json("/v2/models/iris/infer", &iris_row());
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        queue_sum(&v, "iris") > 0.0,
+        "a batched version ran a request inline"
+    );
+}

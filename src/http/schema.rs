@@ -311,6 +311,9 @@ pub struct ExecutionReport {
     pub mode: String,
     pub inline_max_compute_us: u64,
     pub inline_max_elements: Option<u64>,
+    /// On the pool in auto mode: a request this size or smaller that arrives while
+    /// nothing else of the version is in flight runs inline (`null`: it does not).
+    pub lone_inline_max_elements: Option<u64>,
     pub warmup_cpu_p90_us: Option<f64>,
     pub cpu_p50_us: Option<f64>,
     pub cpu_p90_us: Option<f64>,

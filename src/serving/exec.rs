@@ -34,10 +34,18 @@
 //! machine a preempted run takes milliseconds of wall time whichever thread it is on,
 //! and the hop would not have spared the async thread anything.
 //!
+//! A version on the pool still runs a *lone* request inline: one that arrives while no
+//! other request of the version is running or queued, when the version's typical compute
+//! (the last window's median, or the warm-up's p90 before one) is under
+//! [`LONE_FACTOR`] times the threshold. The pool's worth is batching and keeping the
+//! async threads free under concurrency; a lone request has nothing to batch with, and
+//! the hop (two thread wake-ups, measured at 70-80 µs of CPU per request at one
+//! connection with iris on tract, benches/RESULTS.md) costs it several times its compute.
+//!
 //! `mode = "pool"` and `mode = "inline"` force the choice (inline then ignores the
 //! element guard and the estimate: the operator decided). The hot path reads one atomic.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -55,6 +63,12 @@ pub const P90_FACTOR: u64 = 5;
 /// The served p99 may be this many times the threshold (rare slow runs are tolerated,
 /// a hundredth of requests that each stall an async thread for 200 µs is not).
 pub const P99_FACTOR: u64 = 20;
+
+/// A lone request (nothing else of its version running or queued) runs inline in auto
+/// mode while the version's typical compute is under this many times the threshold
+/// (100 µs with the default 10 µs): a stall that short of one async thread, with nothing
+/// else of the version to serve, costs less than the hop.
+pub const LONE_FACTOR: u32 = 10;
 
 /// Consecutive slow windows that move an inline version to the pool (one fast window
 /// brings it back).
@@ -122,6 +136,10 @@ pub struct ExecReport {
     pub inline_max_compute_us: u64,
     /// Requests with more elements than this go to the pool (auto only).
     pub inline_max_elements: Option<usize>,
+    /// A lone request (nothing else of the version in flight) with at most this many
+    /// elements runs inline while the version is on the pool (auto only; `None` when
+    /// lone requests go to the pool too).
+    pub lone_inline_max_elements: Option<usize>,
     pub warmup_cpu_p90_us: Option<f64>,
     /// CPU time of the last full window of sampled (unbatched) executions.
     pub cpu_p50_us: Option<f64>,
@@ -148,6 +166,28 @@ pub struct Execution {
     last_p50: AtomicU64,
     last_p90: AtomicU64,
     last_p99: AtomicU64,
+    /// Requests of this version between [`Execution::enter`] and their answer.
+    busy: AtomicUsize,
+}
+
+/// A request's place among its version's requests in flight (see [`Execution::enter`]);
+/// dropping it (the answer, or a client gone mid-request) leaves.
+pub struct InFlight<'a> {
+    exec: &'a Execution,
+    lone: bool,
+}
+
+impl InFlight<'_> {
+    /// Whether nothing else of the version was in flight when this request entered.
+    pub fn lone(&self) -> bool {
+        self.lone
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.exec.busy.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Execution {
@@ -163,6 +203,7 @@ impl Execution {
             last_p50: AtomicU64::new(0),
             last_p90: AtomicU64::new(0),
             last_p99: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
         };
         e.estimate_inline.store(e.warmup_says_inline(), Relaxed);
         e
@@ -235,6 +276,33 @@ impl Execution {
                         .is_some_and(|max| elements <= max)
             }
         }
+    }
+
+    /// Counts a request in until the returned guard drops.
+    pub fn enter(&self) -> InFlight<'_> {
+        let before = self.busy.fetch_add(1, Relaxed);
+        InFlight {
+            exec: self,
+            lone: before == 0,
+        }
+    }
+
+    /// Whether a lone request (see [`InFlight::lone`]) with `elements` input elements runs
+    /// inline although the version is on the pool: auto mode, no `[batching]` asked for,
+    /// and a typical compute under [`LONE_FACTOR`] times the threshold.
+    pub fn lone_inline_for(&self, elements: usize) -> bool {
+        let s = self.settings.load();
+        if s.mode != ExecutionMode::Auto || s.batching_requested {
+            return false;
+        }
+        let bound = s.threshold.saturating_mul(LONE_FACTOR);
+        let typical = if self.measured.load(Relaxed) {
+            let t = bound.as_nanos().min(u64::MAX as u128) as u64;
+            bucket_lower(self.last_p50.load(Relaxed) as usize) < t
+        } else {
+            self.warmup.is_some_and(|w| w.p90 < bound)
+        };
+        typical && self.max_elements(bound).is_some_and(|max| elements <= max)
     }
 
     /// Records the CPU time of one unbatched execution of a request with `elements` input
@@ -319,6 +387,10 @@ impl Execution {
                 ExecutionMode::Auto => self.max_elements(s.threshold),
                 _ => None,
             },
+            lone_inline_max_elements: self
+                .warmup
+                .filter(|w| self.lone_inline_for(w.elements))
+                .and_then(|_| self.max_elements(s.threshold.saturating_mul(LONE_FACTOR))),
             warmup_cpu_p90_us: self.warmup.map(|w| w.p90.as_nanos() as f64 / 1e3),
             cpu_p50_us: measured.then(|| us(&self.last_p50)),
             cpu_p90_us: measured.then(|| us(&self.last_p90)),

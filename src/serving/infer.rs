@@ -150,7 +150,10 @@ impl Server {
             .and_then(|t| t.shape.first().copied())
             .unwrap_or(1);
         let elements: usize = ordered.iter().map(|t| t.data.len()).sum();
-        if version.exec.inline_for(elements) {
+        let in_flight = version.exec.enter();
+        if version.exec.inline_for(elements)
+            || (in_flight.lone() && version.exec.lone_inline_for(elements))
+        {
             // Cheaper than the hop to a worker: run here, on the async thread. The same
             // execution as a worker's (panics caught, drift observed, batch size counted).
             let pool::Executed {
