@@ -1012,3 +1012,134 @@ fn a_fleet_event_points_at_every_replicas_payload_files_for_the_alerts_range() {
         "{body}"
     );
 }
+
+/// Issue #21: a model's name is a directory name, so it may hold glob metacharacters.
+/// The fleet event's globs escape them as Python's `glob.escape` does: Python's
+/// `glob.glob(os.path.join(payload_dir, requests_glob))` on the real files finds exactly
+/// model `m[1]*?`'s files, not those of `m1x` beside it (which the unescaped pattern
+/// matches). An alert whose `model` label is a path is skipped with the reason.
+#[test]
+fn a_fleet_events_globs_match_only_its_models_files_whatever_the_name() {
+    let hook = receiver();
+    let repo = TempDir::new("fleet-glob-repo");
+    let odd = "m[1]*?";
+    for model in [odd, "m1x"] {
+        let v1 = repo.path().join(model).join("1");
+        std::fs::create_dir_all(&v1).unwrap();
+        for f in ["model.onnx", "reference.json"] {
+            std::fs::copy(root().join("models/iris/1").join(f), v1.join(f)).unwrap();
+        }
+        std::fs::write(
+            repo.path().join(model).join("config.toml"),
+            format!(
+                "[logging]\nsample = 1.0\n\n[retrain]\nurl = \"http://127.0.0.1:{}/hook\"\n\
+                 secret = \"{SECRET}\"\ntrigger = \"fleet\"\n",
+                hook.port
+            ),
+        )
+        .unwrap();
+    }
+    let shared = TempDir::new("fleet-glob-payload");
+    let dir = shared.path().to_str().unwrap().to_string();
+    let state = TempDir::new("fleet-glob-state");
+    let a = Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &[
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--payload-dir",
+            &dir,
+            "--payload-replica",
+            "pod-a",
+            "--payload-max-file-age",
+            "1s",
+        ],
+    );
+    let t0 = vigil::retrain::now_unix().floor() - 60.0;
+    for (path, n) in [("m%5B1%5D%2A%3F", 3), ("m1x", 4)] {
+        for i in 0..n {
+            let body = json!({"id": format!("{path}-{i}"), "inputs": [{"name": "X",
+                "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+            let (status, got) = a.post_json(&format!("/v2/models/{path}/infer"), &body);
+            assert_eq!(status, 200, "{path}: {got}");
+        }
+    }
+    // m1x's records are in a finished file the unescaped glob would match.
+    wait_for(30, "m1x's rotated file", || {
+        (!expand(shared.path(), "pod-a/m1x/*.jsonl.gz").is_empty()).then_some(())
+    });
+    let alert = |model: &str, fingerprint: &str| {
+        json!({"version": "4", "status": "firing", "alerts": [{"status": "firing",
+            "labels": {"alertname": "VigilFleetDrift", "model": model, "version": "1"},
+            "annotations": {"summary": "fleet PSI high", "data_window": "2m"},
+            "startsAt": vigil::retrain::rfc3339(t0), "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": fingerprint}]})
+    };
+    let (status, body) = a.post_json("/v2/retrain/alertmanager", &alert(odd, "0dd"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alerts"][0]["outcome"], "created", "{body}");
+    let id = body["alerts"][0]["event_id"].as_str().unwrap().to_string();
+    let ev = wait_for(30, "the fleet event", || {
+        let got = hook.delivered.lock().unwrap();
+        got.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+    });
+    let data = &ev["data"]["data"];
+    assert_eq!(data["requests_glob"], "*/m[[]1][*][?]/*.jsonl.gz", "{data}");
+    assert_eq!(
+        data["labels_glob"], "*/m[[]1][*][?]/labels/*.jsonl.gz",
+        "{data}"
+    );
+    let listed: Vec<String> = data["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    assert!(!listed.is_empty(), "{data}");
+    let records: usize = listed
+        .iter()
+        .inspect(|f| assert!(f.starts_with("pod-a/m[1]*?/"), "{f}"))
+        .map(|f| gz_records(&shared.path().join(f)).len())
+        .sum();
+    assert_eq!(records, 3, "{data}");
+    // What the pipeline's first step does with the event, on the real files.
+    let script = "import glob, json, os, sys\n\
+        d, g, model = sys.argv[1], sys.argv[2], sys.argv[3]\n\
+        found = sorted(os.path.relpath(p, d) for p in glob.glob(os.path.join(d, g)))\n\
+        print(json.dumps({'found': found, 'escaped': glob.escape(model)}))\n";
+    let out = Command::new(python())
+        .args([
+            "-c",
+            script,
+            &dir,
+            data["requests_glob"].as_str().unwrap(),
+            odd,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py["found"], json!(listed), "{py}");
+    assert_eq!(
+        format!("*/{}/*.jsonl.gz", py["escaped"].as_str().unwrap()),
+        data["requests_glob"].as_str().unwrap()
+    );
+    // A `model` label that is a path names no model and reaches no path.
+    for bad in ["../m1x", "pod-a/m1x", ".hidden", "m1x\\x"] {
+        let (status, body) = a.post_json("/v2/retrain/alertmanager", &alert(bad, "ba"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["alerts"][0]["outcome"], "skipped", "{bad}: {body}");
+        assert!(
+            body["alerts"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not a model name"),
+            "{body}"
+        );
+    }
+}

@@ -86,6 +86,12 @@ pub(super) async fn retrain_alertmanager(
             Some(format!("status is '{status}', not 'firing'"))
         } else if alert.model.is_empty() {
             Some("the alert has no 'model' label".to_string())
+        } else if !crate::repository::is_model_name(&alert.model) {
+            // It would reach the payload directory's paths and the event's globs.
+            Some(format!(
+                "the 'model' label {:?} is not a model name (a leading '.', '/' or '\\')",
+                alert.model
+            ))
         } else if alert.fingerprint.is_empty() || alert.starts_at.is_empty() {
             Some("the alert has no fingerprint or startsAt".to_string())
         } else {

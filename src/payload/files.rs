@@ -375,6 +375,25 @@ fn finished_in(dir: &Path, prefix: &str, from: f64, to: f64) -> Vec<String> {
     out
 }
 
+/// `name` as a glob pattern that matches exactly `name`, the way Python's `glob.escape`
+/// writes it: each of `*`, `?` and `[` becomes a one-character class (`[*]`, `[?]`,
+/// `[[]`). A model's name is a directory name, so it may hold any of them; unescaped in
+/// an event's `requests_glob`, `m[1]*?` would also match model `m1x`'s files.
+pub fn glob_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// The finished files of `stream` (a model, or `<model>/labels`) in every replica's
 /// subdirectory of a shared `--payload-dir` (`root/*/<stream>/*.jsonl.gz`, the fleet
 /// layout) that may hold records of `[from, to]`, relative to `root`: by replica name,
@@ -401,6 +420,13 @@ pub fn fleet_finished(root: &Path, stream: &str, from: f64, to: f64) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_escape_writes_what_pythons_glob_escape_writes() {
+        assert_eq!(glob_escape("iris"), "iris");
+        assert_eq!(glob_escape("m[1]*?"), "m[[]1][*][?]");
+        assert_eq!(glob_escape("]a b\u{e9}"), "]a b\u{e9}");
+    }
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vigil-payload-{tag}-{}", std::process::id()));

@@ -108,9 +108,16 @@ pub fn scan(root: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
         .collect()
 }
 
+/// Whether `name` can name a model: a directory name the scan does not skip (not empty,
+/// no leading `.`, no `/` or `\\`). A name from outside (a URL, an alert's label) that is
+/// not one names no model and must not reach a path.
+pub fn is_model_name(name: &str) -> bool {
+    !(name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']))
+}
+
 /// Describes one model of the repository; `Ok(None)` if there is no such directory.
 pub fn scan_model(root: &Path, name: &str) -> Result<Option<ModelSource>, RepositoryError> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+    if !is_model_name(name) {
         return Ok(None);
     }
     let dir = root.join(name);

@@ -536,8 +536,9 @@ impl Server {
             r.payload_dir = Some(root.display().to_string());
             r.requests = requests;
             r.labels = labels;
-            r.requests_glob = Some(format!("{prefix}{model}/*.jsonl.gz"));
-            r.labels_glob = Some(format!("{prefix}{model}/labels/*.jsonl.gz"));
+            let pattern = crate::payload::files::glob_escape(model);
+            r.requests_glob = Some(format!("{prefix}{pattern}/*.jsonl.gz"));
+            r.labels_glob = Some(format!("{prefix}{pattern}/labels/*.jsonl.gz"));
             Some(r)
         };
         self.retrainer.fleet_alert(alert, cooldown, &refs)
