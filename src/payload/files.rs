@@ -375,6 +375,24 @@ fn finished_in(dir: &Path, prefix: &str, from: f64, to: f64) -> Vec<String> {
     out
 }
 
+/// `name` as a glob that matches it literally: `*`, `?` and `[` each in a bracket of its
+/// own (as Python's `glob.escape` writes them), so that a model named `ir*s` does not
+/// name `iris`'s files too.
+pub fn glob_literal(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The finished files of `stream` (a model, or `<model>/labels`) in every replica's
 /// subdirectory of a shared `--payload-dir` (`root/*/<stream>/*.jsonl.gz`, the fleet
 /// layout) that may hold records of `[from, to]`, relative to `root`: by replica name,
@@ -401,6 +419,13 @@ pub fn fleet_finished(root: &Path, stream: &str, from: f64, to: f64) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_glob_of_a_name_matches_it_alone() {
+        assert_eq!(glob_literal("iris"), "iris");
+        assert_eq!(glob_literal("ir*s"), "ir[*]s");
+        assert_eq!(glob_literal("a?[b]"), "a[?][[]b]");
+    }
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vigil-payload-{tag}-{}", std::process::id()));

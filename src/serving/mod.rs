@@ -536,8 +536,10 @@ impl Server {
             r.payload_dir = Some(root.display().to_string());
             r.requests = requests;
             r.labels = labels;
-            r.requests_glob = Some(format!("{prefix}{model}/*.jsonl.gz"));
-            r.labels_glob = Some(format!("{prefix}{model}/labels/*.jsonl.gz"));
+            // A model's name may hold glob characters (`ir*s`): the glob names it alone.
+            let name = crate::payload::files::glob_literal(model);
+            r.requests_glob = Some(format!("{prefix}{name}/*.jsonl.gz"));
+            r.labels_glob = Some(format!("{prefix}{name}/labels/*.jsonl.gz"));
             Some(r)
         };
         self.retrainer.fleet_alert(alert, cooldown, &refs)
