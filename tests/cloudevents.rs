@@ -209,6 +209,84 @@ fn a_dead_sink_drops_and_counts_while_inference_answers_200_and_files_keep_every
     assert_eq!(dropped("queue_full"), 0.0);
 }
 
+/// A sink URL that redirects (`303 See Other`, as a trailing-slash or http-to-https
+/// redirect does): followed, the POST became a bodiless GET whose 202 counted the pair as
+/// sent. Nothing is followed: every record is counted as dropped, and no GET is made.
+#[test]
+fn a_redirecting_sink_is_a_failing_sink() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let methods: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = methods.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let method = first.split(' ').next().unwrap_or("").to_string();
+                    let answer: &[u8] = if method == "POST" {
+                        b"HTTP/1.1 303 See Other\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"
+                    };
+                    seen.lock().unwrap().push(method);
+                    let _ = reader.get_mut().write_all(answer);
+                }
+            });
+        }
+    });
+    let repo = repo(&format!(
+        "[logging]\nsample = 1.0\ncloudevents_url = \"{url}\"\n"
+    ));
+    let logs = TempDir::new("cloudevents-redirect");
+    let dir = logs.path().to_str().unwrap().to_string();
+    let v = Vigil::start(repo.path(), Engine::Tract, &["--payload-dir", &dir]);
+    for i in 0..10 {
+        infer(&v, &format!("redirected-{i}"), [5.1, 3.5, 1.4, 0.2]);
+    }
+    let dropped = |reason: &str| {
+        v.metric(&format!(
+            "vigil_payload_dropped_total{{model=\"iris\",reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    wait_for(
+        20,
+        "every record to be counted as dropped by the sink",
+        || (dropped("sink_error") + dropped("sink_full") == 10.0).then_some(()),
+    );
+    let methods = methods.lock().unwrap();
+    assert!(!methods.is_empty());
+    assert!(
+        methods.iter().all(|m| m == "POST"),
+        "the redirect was followed: {methods:?}"
+    );
+}
+
 /// (events in flight now, most in flight at once, events answered)
 type Seen = (usize, usize, usize);
 

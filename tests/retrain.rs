@@ -596,6 +596,38 @@ fn retryable_answers_are_retried_up_to_max_attempts_honouring_retry_after() {
     );
 }
 
+/// A hook that answers `303 See Other` (a proxy's http-to-https or trailing-slash
+/// redirect) has not received the event: followed, the POST became a bodiless, unsigned GET
+/// whose 2xx marked the event delivered. Redirects are not followed; the event stays
+/// pending, the answer in its `last_error`.
+#[test]
+fn a_redirect_is_not_a_delivery() {
+    let rx = Held::start();
+    let repo = repo(&format!(
+        "url = \"{}\"\nsecret = \"{SECRET}\"\nmax_attempts = 2\n",
+        rx.url
+    ));
+    let v = Vigil::start(repo.path(), Engine::Tract, &[]);
+    let id = trigger(&v, "redirected");
+    // Each attempt is redirected; a followed redirect would come as a GET of /elsewhere.
+    for n in 1..=2 {
+        let (seen, stream) = rx.next(&format!("attempt {n}, to be redirected"));
+        assert_eq!(seen.path, "/hook", "the redirect was followed");
+        assert_eq!(seen.headers["webhook-id"], id);
+        answer(stream, 303, "location: /elsewhere\r\n");
+    }
+    let dead = wait_for(10, "the dead letter", || {
+        let e = events(&v);
+        e["dead_letters"].as_array()?.first().cloned()
+    });
+    assert_eq!(dead["id"], id.as_str(), "{dead}");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("303"),
+        "{dead}"
+    );
+    assert!(events(&v)["delivered"].as_array().unwrap().is_empty());
+}
+
 #[test]
 fn dead_letter_and_replay() {
     let rx = Receiver::start(&[(400, 0)], 200);

@@ -198,6 +198,10 @@ fn send_loop(
         .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
         .timeout(POST_TIMEOUT)
         .pool_max_idle_per_host(concurrency)
+        // A redirect is not a delivery: followed, a 301/302/303 turns the POST into a
+        // bodiless GET whose 2xx counted the pair as sent (a sink URL missing its
+        // trailing slash lost every event, unseen).
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client with default settings");
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));

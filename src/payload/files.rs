@@ -426,6 +426,8 @@ mod tests {
         assert_eq!(glob_escape("iris"), "iris");
         assert_eq!(glob_escape("m[1]*?"), "m[[]1][*][?]");
         assert_eq!(glob_escape("]a b\u{e9}"), "]a b\u{e9}");
+        assert_eq!(glob_escape("ir*s"), "ir[*]s");
+        assert_eq!(glob_escape("a?[b]"), "a[?][[]b]");
     }
 
     fn tmp(tag: &str) -> PathBuf {

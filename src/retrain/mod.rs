@@ -432,6 +432,9 @@ impl Retrainer {
             wake: tokio::sync::Notify::new(),
             client: reqwest::Client::builder()
                 .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+                // A redirect is not a delivery: followed, a 301/302/303 turns the POST
+                // into a bodiless, unsigned GET whose 2xx marked the event delivered.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("an HTTP client with default settings"),
         });
@@ -492,21 +495,29 @@ impl Retrainer {
             return Ok(AlertOutcome::NoHook);
         }
         let now = now_unix();
-        {
-            let ob = self.lock();
-            if ob.knows(&data.event_id) {
-                return Ok(AlertOutcome::Duplicate(data.event_id));
+        let (id, model) = (data.event_id.clone(), data.model.clone());
+        let gate = |ob: &outbox::Outbox| {
+            if ob.knows(&id) {
+                return Some(AlertOutcome::Duplicate(id.clone()));
             }
-            if let Some(last) = ob.last_drift_event(&data.model) {
+            if let Some(last) = ob.last_drift_event(&model) {
                 if now - last < cooldown.as_secs_f64() {
-                    tracing::info!(model = %data.model, cooldown_s = cooldown.as_secs(),
+                    tracing::info!(model = %model, cooldown_s = cooldown.as_secs(),
                         "{what} during the retrain cooldown; no new event");
-                    return Ok(AlertOutcome::Cooldown);
+                    return Some(AlertOutcome::Cooldown);
                 }
             }
+            None
+        };
+        if let Some(outcome) = gate(&self.lock()) {
+            return Ok(outcome);
         }
+        // Finding the data (sealing files, listing a fleet's directory) takes a while and
+        // is done outside the lock: the checks are made again with the creation, under
+        // one lock, or concurrent notifications of one alert (or two alerts of a model in
+        // its cooldown) would each create it.
         data.data = refs();
-        self.create(kind, data, now).map(AlertOutcome::Created)
+        self.create_gated(kind, data, now, &gate)
     }
 
     /// A firing fleet alert (Alertmanager): one drift event per alert. Its id comes from
@@ -624,7 +635,21 @@ impl Retrainer {
         self.create(kind, data, now_unix()).map(Some)
     }
 
-    fn create(&self, kind: &str, mut data: EventData, now: f64) -> Result<String, RetrainError> {
+    fn create(&self, kind: &str, data: EventData, now: f64) -> Result<String, RetrainError> {
+        match self.create_gated(kind, data, now, &|_| None)? {
+            AlertOutcome::Created(id) => Ok(id),
+            _ => unreachable!("an ungated event is created"),
+        }
+    }
+
+    /// Creates the event unless `gate`, asked under the outbox's lock, says otherwise.
+    fn create_gated(
+        &self,
+        kind: &str,
+        mut data: EventData,
+        now: f64,
+        gate: &dyn Fn(&outbox::Outbox) -> Option<AlertOutcome>,
+    ) -> Result<AlertOutcome, RetrainError> {
         data.server = self.server.clone();
         let reason_label = if kind == DRIFT_KIND {
             "drift"
@@ -642,14 +667,19 @@ impl Retrainer {
         };
         let id = event.data.event_id.clone();
         let model = event.data.model.clone();
-        self.lock()
-            .create(event, now)
-            .map_err(|e| RetrainError::Io(e.to_string()))?;
+        {
+            let mut ob = self.lock();
+            if let Some(outcome) = gate(&ob) {
+                return Ok(outcome);
+            }
+            ob.create(event, now)
+                .map_err(|e| RetrainError::Io(e.to_string()))?;
+        }
         tracing::info!(model = %model, event_id = %id, kind, "retrain event created");
         self.metrics.event(&model, reason_label);
         self.export_gauges();
         self.wake.notify_one();
-        Ok(id)
+        Ok(AlertOutcome::Created(id))
     }
 
     /// Pending, recently delivered and dead-lettered events.
@@ -815,6 +845,12 @@ impl Retrainer {
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let location = resp.headers().get("location").map(|l| {
+                    String::from_utf8_lossy(l.as_bytes())
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                });
                 // Clamped, never trusted: a receiver's `Retry-After: 1e20` means "later".
                 let retry_after = resp
                     .headers()
@@ -824,6 +860,13 @@ impl Retrainer {
                     200..=299 => Attempt::Delivered,
                     409 if target.format == Format::Airflow => Attempt::Delivered,
                     408 | 409 | 429 => Attempt::Retry(format!("HTTP {status}"), retry_after),
+                    300..=399 => Attempt::Retry(
+                        format!(
+                            "HTTP {status}: redirects are not followed (location: {})",
+                            location.as_deref().unwrap_or("none")
+                        ),
+                        retry_after,
+                    ),
                     400..=499 => Attempt::GiveUp(format!("HTTP {status} (not retried)")),
                     _ => Attempt::Retry(format!("HTTP {status}"), retry_after),
                 }
@@ -853,6 +896,84 @@ mod tests {
         assert_eq!(backoff(3, 1.0), Duration::from_secs(4));
         assert_eq!(backoff(30, 1.0), Duration::from_secs(300));
         assert_eq!(backoff(3, 0.0), Duration::from_secs(2));
+    }
+
+    struct NoMetrics;
+    impl RetrainMetrics for NoMetrics {
+        fn event(&self, _: &str, _: &str) {}
+        fn delivery(&self, _: &str, _: &str) {}
+        fn gauges(&self, _: &HashMap<String, i64>, _: &HashMap<String, i64>) {}
+    }
+
+    /// Concurrent notifications of one fleet alert, or two alerts of a model within its
+    /// cooldown, find the data at the same time (slow: a fleet's directory is listed) and
+    /// must still make one event: the checks are repeated under the outbox's lock.
+    #[test]
+    fn concurrent_alerts_make_one_event() {
+        let dir = std::env::temp_dir().join(format!("vigil-retrain-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let resolver: Resolver = Arc::new(|_: &str| {
+            Some(Target {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: None,
+                timeout: Duration::from_secs(1),
+                max_attempts: 1,
+                format: Format::Standard,
+                dag_id: None,
+                token: None,
+            })
+        });
+        let r = Retrainer::open(&dir, resolver, Arc::new(NoMetrics), "test".into()).unwrap();
+        let alert = |model: &str, fingerprint: &str| FleetAlert {
+            alertname: "VigilFleetDrift".into(),
+            model: model.into(),
+            version: "1".into(),
+            fingerprint: fingerprint.into(),
+            starts_at: "2026-12-03T10:00:00Z".into(),
+            ends_at: String::new(),
+            summary: String::new(),
+            data_window: String::new(),
+        };
+        // Both notifications are past the first check when either looks for its data.
+        for (model, a, b, cooldown) in [
+            ("iris", "same", "same", Duration::ZERO),
+            ("mlp", "one", "two", Duration::from_secs(3600)),
+        ] {
+            let met = std::sync::Barrier::new(2);
+            let refs = || {
+                met.wait();
+                None
+            };
+            let outcomes: Vec<AlertOutcome> = std::thread::scope(|s| {
+                let t: Vec<_> = [a, b]
+                    .into_iter()
+                    .map(|f| {
+                        let (r, refs, alert) = (&r, &refs, alert(model, f));
+                        s.spawn(move || r.fleet_alert(&alert, cooldown, refs).unwrap())
+                    })
+                    .collect();
+                t.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let created = outcomes
+                .iter()
+                .filter(|o| matches!(o, AlertOutcome::Created(_)))
+                .count();
+            assert_eq!(created, 1, "{a}/{b}: {outcomes:?}");
+            let other = if a == b {
+                matches!(
+                    outcomes
+                        .iter()
+                        .find(|o| !matches!(o, AlertOutcome::Created(_))),
+                    Some(AlertOutcome::Duplicate(_))
+                )
+            } else {
+                outcomes.contains(&AlertOutcome::Cooldown)
+            };
+            assert!(other, "{a}/{b}: {outcomes:?}");
+        }
+        assert_eq!(r.list().len(), 2);
+        drop(r);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
