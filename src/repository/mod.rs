@@ -112,7 +112,11 @@ pub fn scan(root: &Path) -> Result<Vec<ModelSource>, RepositoryError> {
 /// no leading `.`, no `/` or `\\`). A name from outside (a URL, an alert's label) that is
 /// not one names no model and must not reach a path.
 pub fn is_model_name(name: &str) -> bool {
-    !(name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']))
+    // NAME_MAX: no file system holds a longer directory name, nor one with a NUL.
+    !(name.is_empty()
+        || name.len() > 255
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0']))
 }
 
 /// Describes one model of the repository; `Ok(None)` if there is no such directory.
@@ -157,6 +161,16 @@ fn scan_model_dir(name: String, dir: PathBuf) -> Result<ModelSource, RepositoryE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_names_are_directory_names() {
+        for good in ["iris", "m[1]*?", "a b", "\u{e9}t\u{e9}", &"x".repeat(255)] {
+            assert!(is_model_name(good), "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "/", "a\\b", "iris\0x", &"x".repeat(256)] {
+            assert!(!is_model_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn version_names() {

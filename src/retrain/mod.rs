@@ -282,7 +282,12 @@ fn unix_of_rfc3339(t: &str) -> Option<f64> {
     let (utc, offset) = match t.as_bytes()[t.len() - 6] {
         sign @ (b'+' | b'-') if t.as_bytes()[t.len() - 3] == b':' => {
             let (h, m) = (t.get(t.len() - 5..t.len() - 3)?, t.get(t.len() - 2..)?);
-            let secs = h.parse::<u8>().ok()? as f64 * 3600.0 + m.parse::<u8>().ok()? as f64 * 60.0;
+            // RFC 3339's time-numoffset: hours 00-23, minutes 00-59.
+            let (h, m) = (h.parse::<u8>().ok()?, m.parse::<u8>().ok()?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = f64::from(h) * 3600.0 + f64::from(m) * 60.0;
             let secs = if sign == b'+' { secs } else { -secs };
             (format!("{}Z", &t[..t.len() - 6]), secs)
         }
@@ -1028,6 +1033,9 @@ mod tests {
             "1970",
             "2026-13-45T99:00:00Z",
             "2026-12-03T10:00:00+1:00",
+            "2026-12-07T17:00:00+99:99",
+            "2026-12-07T17:00:00-24:00",
+            "2026-12-07T17:00:00+05:60",
             "\u{1F600}",
         ] {
             assert!(
