@@ -167,7 +167,17 @@ mod tests {
         for good in ["iris", "m[1]*?", "a b", "\u{e9}t\u{e9}", &"x".repeat(255)] {
             assert!(is_model_name(good), "{good}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "/", "a\\b", "iris\0x", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "/",
+            "a\\b",
+            "iris\0x",
+            &"x".repeat(256),
+        ] {
             assert!(!is_model_name(bad), "{bad:?}");
         }
     }
