@@ -480,7 +480,7 @@ fn grpc_an_idle_connection_is_closed_but_an_open_watch_stays() {
 /// and no HTTP client got in either).
 #[test]
 fn grpc_a_connection_that_never_says_its_preface_is_closed_when_idle() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let (v, grpc) = start(
         &root().join("models"),
         Engine::Tract,
@@ -494,17 +494,9 @@ fn grpc_a_connection_that_never_says_its_preface_is_closed_when_idle() {
     wait_for(20, "two gRPC connections open", || {
         (v.metric(open) == Some(2.0)).then_some(())
     });
-    for (name, mut s) in [("silent", silent), ("half a preface", half)] {
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut sink = Vec::new();
-        let started = Instant::now();
-        // EOF (or a reset) within the idle timeout and the wait after GOAWAY.
-        let _ = s.read_to_end(&mut sink);
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "the {name} connection was still open after {:?}",
-            started.elapsed()
-        );
+    // EOF (or a reset) within the idle timeout and the wait after GOAWAY.
+    for (name, s) in [("silent", silent), ("half a preface", half)] {
+        assert_closed_within(name, s, 25);
     }
     wait_for(20, "the permits given back", || {
         (v.metric(open) == Some(0.0)).then_some(())
@@ -597,7 +589,7 @@ print("sent")
 /// waited for the preface forever and, with the idle timeout off, so did vigil.
 #[test]
 fn grpc_a_connection_without_its_preface_is_dropped_after_the_header_timeout() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let (v, grpc) = start(
         &root().join("models"),
         Engine::Tract,
@@ -616,21 +608,13 @@ fn grpc_a_connection_without_its_preface_is_dropped_after_the_header_timeout() {
     wait_for(20, "four gRPC connections open", || {
         (v.metric(open) == Some(4.0)).then_some(())
     });
-    for (name, mut s) in [
+    for (name, s) in [
         ("silent", silent),
         ("half a preface", half),
         ("the magic without SETTINGS", no_settings),
     ] {
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut sink = Vec::new();
-        let started = Instant::now();
         // EOF (or a reset) once the header timeout is up.
-        let _ = s.read_to_end(&mut sink);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the {name} connection was still open after {:?}",
-            started.elapsed()
-        );
+        assert_closed_within(name, s, 20);
     }
     wait_for(20, "their permits given back", || {
         (v.metric(open) == Some(1.0)).then_some(())
@@ -648,4 +632,16 @@ fn grpc_a_connection_without_its_preface_is_dropped_after_the_header_timeout() {
         "no PING answer on the connection that said its preface"
     );
     assert_eq!(v.metric(open), Some(1.0));
+}
+
+/// Reads `s` to its end (EOF or a reset), failing unless vigil closed it within `secs`.
+fn assert_closed_within(name: &str, mut s: std::net::TcpStream, secs: u64) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+    assert!(
+        started.elapsed() < Duration::from_secs(secs),
+        "the {name} connection was still open after {:?}",
+        started.elapsed()
+    );
 }
