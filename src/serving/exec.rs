@@ -166,7 +166,7 @@ pub struct Execution {
     last_p50: AtomicU64,
     last_p90: AtomicU64,
     last_p99: AtomicU64,
-    /// Requests of this version between [`Execution::enter`] and their answer.
+    /// Requests of this version (on the pool) between [`Execution::enter`] and their answer.
     busy: AtomicUsize,
 }
 

@@ -150,9 +150,13 @@ impl Server {
             .and_then(|t| t.shape.first().copied())
             .unwrap_or(1);
         let elements: usize = ordered.iter().map(|t| t.data.len()).sum();
-        let in_flight = version.exec.enter();
-        if version.exec.inline_for(elements)
-            || (in_flight.lone() && version.exec.lone_inline_for(elements))
+        // A request to a pooled version counts itself in flight until answered, so that a
+        // lone one can skip the hop; an inline version's requests need not count.
+        let pooled = !version.exec.inline_for(elements);
+        let in_flight = pooled.then(|| version.exec.enter());
+        if !pooled
+            || (in_flight.as_ref().is_some_and(|f| f.lone())
+                && version.exec.lone_inline_for(elements))
         {
             // Cheaper than the hop to a worker: run here, on the async thread. The same
             // execution as a worker's (panics caught, drift observed, batch size counted).
