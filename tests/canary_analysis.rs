@@ -330,7 +330,22 @@ fn stopped_in_step_two(settings: &str) -> (TempDir, TempDir) {
     let state = TempDir::new("state");
     let v = Vigil::start(repo.path(), Engine::Tract, &state_args(&state));
     let traffic = Traffic::start(&v);
-    wait_for(60, "step 2", || (analysis(&v)["step"] == 2).then_some(()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let a = analysis(&v);
+        if a["step"] == 2 {
+            break;
+        }
+        assert!(
+            a["status"] == "running" || a["status"] == "none",
+            "decided before step 2: {a:#}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no step 2 after 60 s: {a:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(traffic);
     drop(v);
     (repo, state)

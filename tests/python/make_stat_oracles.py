@@ -1,6 +1,6 @@
 """Writes tests/data/oracle/stats.json: random inputs and what scipy 1.17 computes for them
 (ks_2samp, wasserstein_distance, chisquare, jensenshannon, PSI, quantiles, mannwhitneyu and
-the two-proportion z-test). The Rust
+the two-proportion z-test, Fisher's exact test). The Rust
 tests compare vigil's statistics with these: 1e-9 on statistics, p-values relatively
 (|ln p - ln p_scipy|, which is the relative difference and still means something when
 p is 1e-200).
@@ -180,6 +180,23 @@ while len(out["two_proportions"]) < 120:
     z = float(np.sign(x1 / n1 - x2 / n2) * np.sqrt(chi2))
     out["two_proportions"].append({"x1": x1, "n1": n1, "x2": x2, "n2": n2, "z": z,
                                    "pvalue": float(stats.norm.sf(z))})
+
+# Fisher's exact test, one-sided: small counts (a canary step's errors, its slow tail) and
+# large ones (millions of requests), events rare and common.
+out["fisher_exact"] = []
+frng = np.random.default_rng(22)
+while len(out["fisher_exact"]) < 150:
+    n1 = int(frng.choice([1, 3, 30, 46, 200, 416, 2048, 100000, 3000000]))
+    n2 = int(frng.choice([1, 3, 30, 46, 200, 416, 2048, 100000, 3000000]))
+    r1 = float(frng.choice([0.0, 0.001, 0.01, 0.05, 0.3, 1.0]))
+    r2 = r1 if frng.uniform() < 0.4 else float(frng.choice([0.0, 0.001, 0.01, 0.05, 0.3, 1.0]))
+    x1, x2 = int(frng.binomial(n1, r1)), int(frng.binomial(n2, r2))
+    p = stats.fisher_exact([[x1, n1 - x1], [x2, n2 - x2]], alternative="greater")[1]
+    out["fisher_exact"].append({"x1": x1, "n1": n1, "x2": x2, "n2": n2, "pvalue": float(p)})
+# The cases named in compare.rs's doc comment.
+for x1, n1, x2, n2 in [(2, 46, 1, 416), (1, 32, 0, 286), (33, 33, 0, 0 + 1), (5, 46, 0, 416)]:
+    p = stats.fisher_exact([[x1, n1 - x1], [x2, n2 - x2]], alternative="greater")[1]
+    out["fisher_exact"].append({"x1": x1, "n1": n1, "x2": x2, "n2": n2, "pvalue": float(p)})
 
 path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "oracle", "stats.json")
 with open(path, "w") as f:

@@ -220,3 +220,18 @@ fn two_proportions_match_scipy() {
     }
     println!("two-proportion p-values: largest |ln p - ln p_scipy| {worst:.2e}");
 }
+
+#[test]
+fn fisher_exact_matches_scipy() {
+    use super::compare::fisher_exact_greater;
+    let cases = oracle()["fisher_exact"].as_array().unwrap().clone();
+    assert!(cases.len() >= 150);
+    let mut worst: f64 = 0.0;
+    for (i, c) in cases.iter().enumerate() {
+        let n = |k: &str| c[k].as_u64().unwrap();
+        let what = format!("fisher_exact case {i}: {c}");
+        let got = fisher_exact_greater(n("x1"), n("n1"), n("x2"), n("n2"));
+        worst = worst.max(close_p(got, c["pvalue"].as_f64().unwrap(), 1e-7, &what));
+    }
+    println!("Fisher exact p-values: largest |ln p - ln p_scipy| {worst:.2e}");
+}
