@@ -1,7 +1,9 @@
 //! gRPC against HTTP on one model, in one run: `vigil serve` (iris, tract) with both
 //! fronts, driven by this client at 1 and 64 concurrent streams (gRPC: streams on one
 //! HTTP/2 connection, raw_input_contents; HTTP: keep-alive connections, JSON), rounds
-//! interleaved. Reports req/s, p50 and the server's CPU per request (utime+stime of the
+//! interleaved. gRPC twice: with tonic's client (`grpc`), and written straight onto the
+//! `h2` crate (`h2grpc`): tonic's `Channel` hands every call to a buffer task, a hop the
+//! server is not to blame for and that grpcio or Triton's C++ client do not make. Reports req/s, p50 and the server's CPU per request (utime+stime of the
 //! vigil process over the requests it served), the stable figure on a shared machine.
 //! Catches a gRPC front that costs more per request than HTTP (issue #22's target: gRPC
 //! at least as many req/s as HTTP, no worse p50 at one stream).
@@ -11,7 +13,8 @@
 //! answering a fixed JSON body, both in a process of their own (this binary, re-run with
 //! `--serve-peers`), so their CPU per request is measured the same way as vigil's.
 //!
-//!     cargo bench --bench grpc_load -- [--seconds 5] [--rounds 3] [--peers] [--only grpc1]
+//!     cargo bench --bench grpc_load -- [--seconds 5] [--rounds 3] [--peers]
+//!         [--only grpc1,h2grpc1,http1,grpc64,h2grpc64,http64]
 //!         [--vigil PATH]
 
 use std::io::{BufRead, BufReader};
@@ -34,8 +37,76 @@ fn server_cpu(pid: u32) -> f64 {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Front {
+    /// tonic's client (a `Channel`: requests reach HTTP/2 through a buffer task).
     Grpc,
+    /// The same calls written straight onto the `h2` crate's client: no task between the
+    /// caller and the connection, as grpcio's and Triton's C++ clients (one shared channel).
+    GrpcH2,
     Http,
+}
+
+impl Front {
+    fn tag(self) -> &'static str {
+        match self {
+            Front::Grpc => "grpc",
+            Front::GrpcH2 => "h2grpc",
+            Front::Http => "http",
+        }
+    }
+}
+
+/// One connection's `h2` client, shared by every stream.
+async fn h2_connect(addr: &str) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("gRPC connect");
+    tcp.set_nodelay(true).unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// A unary call on `h2`: the message framed (5-byte prefix), the answer's data frames read
+/// and their capacity released, `grpc-status` 0 required from the trailers.
+async fn h2_unary(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    authority: &str,
+    framed: bytes::Bytes,
+) -> ModelInferResponse {
+    use prost::Message;
+    let mut send = send.ready().await.expect("h2 ready");
+    let req = axum::http::Request::post(format!(
+        "http://{authority}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (resp, mut stream) = send.send_request(req, false).expect("send_request");
+    stream.send_data(framed, true).expect("send_data");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers");
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .map(|v| v.as_bytes().to_vec());
+    assert_eq!(status.as_deref(), Some(&b"0"[..]), "{trailers:?}");
+    ModelInferResponse::decode(&buf[5..]).expect("ModelInferResponse")
 }
 
 struct Run {
@@ -49,13 +120,21 @@ struct Run {
 struct Target {
     name: &'static str,
     grpc: tonic::transport::Channel,
+    h2: h2::client::SendRequest<bytes::Bytes>,
+    grpc_addr: String,
     url: String,
     pid: u32,
 }
 
 impl Target {
-    async fn connect(name: &'static str, grpc: &str, http: &str, pid: u32, path: &str) -> Target {
-        let grpc = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+    async fn connect(
+        name: &'static str,
+        grpc_addr: &str,
+        http: &str,
+        pid: u32,
+        path: &str,
+    ) -> Target {
+        let grpc = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
             .unwrap()
             .connect()
             .await
@@ -63,6 +142,8 @@ impl Target {
         Target {
             name,
             grpc,
+            h2: h2_connect(grpc_addr).await,
+            grpc_addr: grpc_addr.to_string(),
             url: format!("http://{http}{path}"),
             pid,
         }
@@ -94,6 +175,14 @@ async fn drive(
     req.raw_input_contents.push(raw.into());
     let body =
         r#"{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+    let framed: bytes::Bytes = {
+        use prost::Message;
+        let mut b = vec![0u8; 5];
+        req.encode(&mut b).unwrap();
+        let len = (b.len() - 5) as u32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        b.into()
+    };
     let req = Arc::new(req);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let cpu0 = server_cpu(pid);
@@ -106,6 +195,7 @@ async fn drive(
             http.clone(),
             http_url.to_string(),
         );
+        let (h2, authority, framed) = (target.h2.clone(), target.grpc_addr.clone(), framed.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut client = tonic::client::Grpc::new(grpc);
@@ -120,6 +210,10 @@ async fn drive(
                             .unary(tonic::Request::new((*req).clone()), path, codec)
                             .await
                             .expect("ModelInfer");
+                    }
+                    Front::GrpcH2 => {
+                        let r = h2_unary(h2.clone(), &authority, framed.clone()).await;
+                        assert_eq!(r.raw_output_contents.len(), r.outputs.len());
                     }
                     Front::Http => {
                         let r = http
@@ -372,7 +466,7 @@ fn main() {
         }
         // Warm every path.
         for t in &targets {
-            for front in [Front::Grpc, Front::Http] {
+            for front in [Front::Grpc, Front::GrpcH2, Front::Http] {
                 drive(front, 4, 1.0, t, &http).await;
             }
         }
@@ -385,12 +479,14 @@ fn main() {
             for t in &targets {
                 for (front, streams) in [
                     (Front::Grpc, 1),
+                    (Front::GrpcH2, 1),
                     (Front::Http, 1),
                     (Front::Grpc, 64),
+                    (Front::GrpcH2, 64),
                     (Front::Http, 64),
                 ] {
-                    let tag = format!("{}{streams}", if front == Front::Grpc { "grpc" } else { "http" });
-                    if only.as_deref().is_none_or(|o| o == tag) {
+                    let tag = format!("{}{streams}", front.tag());
+                    if only.as_deref().is_none_or(|o| o.split(',').any(|o| o == tag)) {
                         order.push((t, front, streams));
                     }
                 }
