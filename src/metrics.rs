@@ -181,6 +181,9 @@ pub struct CanaryFamilies {
     /// `vigil_shadow_agreement{model,version}`: share of rows where the shadow canary
     /// gave the stable version's label, over the step so far.
     pub agreement: GaugeVec,
+    /// `vigil_shadow_skipped_total{model}`: requests whose shadow copy was not sent, every
+    /// shadow slot being busy (four per inference worker).
+    pub shadow_skipped: IntCounterVec,
 }
 
 /// The drift families a version's monitor exports to (`monitor::metrics` resolves its
@@ -547,11 +550,20 @@ impl Metrics {
                 &["model", "version"],
             )
             .expect("valid gauge definition"),
+            shadow_skipped: IntCounterVec::new(
+                Opts::new(
+                    "vigil_shadow_skipped_total",
+                    "Requests whose shadow copy was not sent because every shadow slot was busy (the shadow canary fell behind the stable version), by model.",
+                ),
+                &["model"],
+            )
+            .expect("valid counter definition"),
         };
         for c in [
             Box::new(canary.step.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(canary.decisions.clone()),
             Box::new(canary.agreement.clone()),
+            Box::new(canary.shadow_skipped.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -688,6 +700,11 @@ impl Metrics {
     /// The payload log's families.
     pub fn payload(&self) -> PayloadFamilies {
         self.payload.clone()
+    }
+
+    /// A request whose shadow copy found no free slot.
+    pub fn count_shadow_skipped(&self, model: &str) {
+        self.canary.shadow_skipped.with_label_values(&[model]).inc();
     }
 
     /// The canary judge's families.

@@ -527,13 +527,19 @@ fn shadow_canary_never_changes_or_fails_the_answer() {
         assert_eq!(body["model_version"], "1");
         common::assert_outputs_close(&body["outputs"], want["outputs"].as_array().unwrap(), 1e-5);
     }
-    wait_for(10, "shadow successes", || {
-        let text = v.client.get(v.url("/metrics")).send().ok()?.text().ok()?;
-        text.contains(
-            r#"vigil_inference_requests_total{model="iris",outcome="success",version="2"} 30"#,
-        )
-        .then_some(())
+    // Every copy either ran (a success under version 2) or found every shadow slot busy
+    // and was counted as skipped: a fast client on a busy machine outruns a shadow on the
+    // pool, and copies are bounded so that the caller never waits for one.
+    let (ran, skipped) = wait_for(10, "every shadow copy run or counted as skipped", || {
+        let ran = v.metric(
+            r#"vigil_inference_requests_total{model="iris",outcome="success",version="2"}"#,
+        )?;
+        let skipped = v
+            .metric(r#"vigil_shadow_skipped_total{model="iris"}"#)
+            .unwrap_or(0.0);
+        (ran + skipped == 30.0).then_some((ran, skipped))
     });
+    assert!(ran >= 1.0, "{ran} ran, {skipped} skipped");
 }
 
 #[test]

@@ -54,8 +54,13 @@ impl Server {
             .filter(|_| route.version.sampler.take(route.sample))
             .map(|id| (id.to_string(), inputs.clone()));
         let shadow_copy = route.shadow.as_ref().and_then(|canary| {
-            let permit = self.shadow_slots.clone().try_acquire_owned().ok()?;
-            Some((canary.clone(), inputs.clone(), permit))
+            match self.shadow_slots.clone().try_acquire_owned() {
+                Ok(permit) => Some((canary.clone(), inputs.clone(), permit)),
+                Err(_) => {
+                    self.metrics.count_shadow_skipped(&canary.model);
+                    None
+                }
+            }
         });
         let time = crate::retrain::now_unix();
         let start = Instant::now();
