@@ -725,6 +725,19 @@ mod tests {
         }
         assert!(e.lone_inline_for(1024));
         assert!(!e.lone_inline_for(2047));
+        // The ends: 0 elements and usize::MAX have classes of their own, and no overflow.
+        let e = Execution::new(auto(false), warmup(500));
+        assert!(!e.lone_inline_for(0) && !e.lone_inline_for(usize::MAX));
+        for _ in 0..3 {
+            e.record(0, Duration::from_micros(5));
+            e.record(usize::MAX, Duration::from_micros(40));
+        }
+        assert!(e.lone_inline_for(0) && e.lone_inline_for(usize::MAX));
+        assert!(!e.lone_inline_for(1) && !e.lone_inline_for(usize::MAX / 2));
+        for _ in 0..3 {
+            e.record(usize::MAX, Duration::from_secs(u64::MAX));
+        }
+        assert!(!e.lone_inline_for(usize::MAX));
     }
 
     // review6: `record` counts a run in before its time is stored; a class read in between
