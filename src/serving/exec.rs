@@ -186,6 +186,15 @@ const SIZE_CLASSES: usize = usize::BITS as usize + 1;
 const SIZE_RUNS: usize = 5;
 const SIZE_TRUST: u64 = 3;
 
+/// The fewest elements of a size class.
+fn class_smallest(class: usize) -> u128 {
+    if class == 0 {
+        1
+    } else {
+        1u128 << (class - 1)
+    }
+}
+
 fn size_class(elements: usize) -> usize {
     ((usize::BITS - elements.leading_zeros()) as usize).min(SIZE_CLASSES - 1)
 }
@@ -364,10 +373,13 @@ impl Execution {
         let bound = s.threshold.saturating_mul(LONE_FACTOR);
         let class = size_class(elements);
         if let Some(typical) = self.by_size[class].typical() {
-            // The class's runs may have been of its smallest size: a request is charged
-            // its share of its size over that one (at most twice the runs' time).
-            let smallest = if class == 0 { 1 } else { 1u128 << (class - 1) };
-            let scaled = u128::from(typical) * (elements as u128).max(1) / smallest;
+            // Runs are kept per element of the class's smallest size (see `record`): a
+            // request is charged for its own size, so one twice the runs' size (within the
+            // class) costs twice their time, and one of the runs' size costs theirs. (Charged
+            // against the smallest size instead, iris's 3-row requests, 12 elements in the
+            // 8-15 class, paid 1.5 times their measured 40-60 µs and crossed the lone
+            // bound on one front and not the other.)
+            let scaled = u128::from(typical) * (elements as u128).max(1) / class_smallest(class);
             return scaled < bound.as_nanos();
         }
         let typical = if self.measured.load(Relaxed) {
@@ -387,7 +399,9 @@ impl Execution {
             return;
         }
         let ns = compute.as_nanos().min(u64::MAX as u128) as u64;
-        self.by_size[size_class(elements)].record(ns);
+        let class = size_class(elements);
+        let per_smallest = u128::from(ns) * class_smallest(class) / (elements as u128).max(1);
+        self.by_size[class].record(per_smallest.min(u128::from(u64::MAX)) as u64);
         if self
             .max_elements(s.threshold)
             .is_none_or(|max| elements > max)
@@ -699,6 +713,16 @@ mod tests {
         assert!(e.lone_inline_for(12));
         e.record(12, Duration::from_micros(400));
         assert!(!e.lone_inline_for(12));
+        // A request is charged for its own size: runs of 12 elements at 82 µs keep lone
+        // 12-element requests inline (charged 82, not 1.5 x 82 as the class's smallest
+        // size, 8, would have it), and 14 elements (96 µs); 15 (102 µs) go to the pool.
+        let e = Execution::new(auto(false), warmup(60));
+        for _ in 0..3 {
+            e.record(12, Duration::from_micros(82));
+        }
+        assert!(e.lone_inline_for(12));
+        assert!(e.lone_inline_for(14));
+        assert!(!e.lone_inline_for(15));
         // Forced modes and [batching] ignore the measurements.
         let b = Execution::new(auto(true), warmup(3));
         b.record(12, Duration::from_micros(5));
