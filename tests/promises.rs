@@ -156,33 +156,37 @@ fn a_failed_batch_is_run_again_so_a_bad_request_fails_alone() {
 fn a_queued_request_whose_client_left_never_runs() {
     let repo = repo(&[("cnn", "models/cnn", &[1], "")]);
     let v = Vigil::start(repo.path(), Engine::Tract, &["--workers", "1"]);
-    let batch = 512;
-    let body = json!({"inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32", "data": vec![0.25f32; batch * 784]}]}).to_string();
-    let head = format!(
-        "POST /v2/models/cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
+    // A blocker of 2048 rows holds the one worker for hundreds of milliseconds while five
+    // 64-row requests (a few ms each to parse, far too heavy to run inline) queue behind it.
+    let send = |rows: usize| {
+        let body = json!({"inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32", "data": vec![0.25f32; rows * 784]}]}).to_string();
+        let mut s = TcpStream::connect(&v.addr).unwrap();
+        write!(
+            s,
+            "POST /v2/models/cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        s
+    };
     let executions = || {
         v.metric(r#"vigil_inference_batch_size_count{model="cnn",version="1"}"#)
             .unwrap_or(0.0)
     };
-    let mut conns = Vec::new();
-    for _ in 0..6 {
-        let mut s = TcpStream::connect(&v.addr).unwrap();
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body.as_bytes()).unwrap();
-        conns.push(s);
-    }
-    // One worker: one request runs, the others wait in the queue.
+    let in_flight = || v.metric("vigil_inference_in_flight ");
+    let mut conns = vec![send(2048)];
+    wait_for(60, "the blocker to be in flight", || {
+        (in_flight()? >= 1.0).then_some(())
+    });
+    conns.extend((0..5).map(|_| send(64)));
     wait_for(60, "the six requests to be in flight", || {
-        (v.metric("vigil_inference_in_flight ")? >= 6.0).then_some(())
+        (in_flight()? >= 6.0).then_some(())
     });
     let ran_before = executions();
     drop(conns);
     wait_for(60, "the queue to empty", || {
-        let idle = v.metric("vigil_inference_in_flight ")? == 0.0
-            && v.metric("vigil_inference_queue_depth ")? == 0.0;
+        let idle = in_flight()? == 0.0 && v.metric("vigil_inference_queue_depth ")? == 0.0;
         idle.then_some(())
     });
     // The one running when the clients left finishes; at most one more had been taken
