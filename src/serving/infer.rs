@@ -171,7 +171,7 @@ impl Server {
                 cpu,
             } = pool::execute(version, &ordered, rows);
             drop(ordered);
-            if let Some(cpu) = cpu {
+            if let (Some(cpu), true) = (cpu, outputs.is_ok()) {
                 version.exec.record(elements, cpu);
             }
             version.metrics.queue.observe(0.0);

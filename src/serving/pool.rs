@@ -371,8 +371,9 @@ fn run_one(job: Job) {
         compute,
         cpu,
     } = execute(&job.version, &job.inputs, job.rows().unwrap_or(1));
-    // Unbatched runs tell whether the version could run inline.
-    if let Some(cpu) = cpu {
+    // Unbatched runs tell whether the version could run inline; a failed run (an input
+    // the engine refused early) says nothing of what a good one costs.
+    if let (Some(cpu), true) = (cpu, outputs.is_ok()) {
         let elements = job.inputs.iter().map(|t| t.data.len()).sum();
         job.version.exec.record(elements, cpu);
     }
