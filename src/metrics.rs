@@ -100,6 +100,9 @@ pub struct Metrics {
     pub http_connections: IntGaugeVec,
     /// Times a listener stopped accepting because `--max-connections` were open.
     pub http_connection_limit_waits: IntCounterVec,
+    /// Inference requests whose client closed the connection before the body arrived
+    /// (not counted in `vigil_inference_requests_total`).
+    pub requests_abandoned: IntCounter,
     /// Failed syncs with a model registry, by source.
     pub registry_errors: IntCounterVec,
     /// 1 while the last sync with a model registry succeeded.
@@ -351,6 +354,11 @@ impl Metrics {
                 "Times a listener stopped accepting because --max-connections connections were open.",
             ),
             &["listener"],
+        )
+        .expect("valid counter definition");
+        let requests_abandoned = IntCounter::new(
+            "vigil_http_requests_abandoned_total",
+            "Inference requests whose client closed the connection before the body arrived (not counted as requests).",
         )
         .expect("valid counter definition");
         let registry_errors = IntCounterVec::new(
@@ -645,6 +653,7 @@ impl Metrics {
             Box::new(protocol_requests.clone()),
             Box::new(http_connections.clone()),
             Box::new(http_connection_limit_waits.clone()),
+            Box::new(requests_abandoned.clone()),
             Box::new(registry_errors.clone()),
             Box::new(registry_up.clone()),
             Box::new(registry_model_up.clone()),
@@ -677,6 +686,7 @@ impl Metrics {
             protocol_requests,
             http_connections,
             http_connection_limit_waits,
+            requests_abandoned,
             registry_errors,
             registry_up,
             registry_model_up,

@@ -1044,6 +1044,59 @@ fn gauges_return_to_idle_when_clients_hang_up() {
 }
 
 #[test]
+fn a_client_that_hangs_up_mid_body_is_not_a_bad_request() {
+    let v = Vigil::start(&root().join("models"), Engine::Tract, &[]);
+    let counted = |outcome: &str| {
+        v.metric(&format!(
+            // Labels in name order; the one version served (the latest).
+            r#"vigil_inference_requests_total{{model="iris",outcome="{outcome}","#
+        ))
+        .unwrap_or(0.0)
+    };
+    // Half a body, then the connection closes (FIN), three times; and once an RST.
+    for reset in [false, false, false, true] {
+        let mut s = TcpStream::connect(&v.addr).unwrap();
+        write!(
+            s,
+            "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 100000\r\n\r\n{{\"inputs\": [{{\"name\""
+        )
+        .unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        if reset {
+            // SO_LINGER 0: close sends RST instead of FIN.
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &l as *const libc::linger as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        drop(s);
+    }
+    common::wait_for(20, "four abandoned requests", || {
+        (v.metric("vigil_http_requests_abandoned_total ")? >= 4.0).then_some(())
+    });
+    assert_eq!(counted("bad_request"), 0.0, "a hang-up is no bad request");
+    // A body that really is bad still is one, and the server answers as before.
+    let (status, _) = v.post_json("/v2/models/iris/infer", &json!({"inputs": 5}));
+    assert_eq!(status, 400);
+    assert_eq!(counted("bad_request"), 1.0);
+    assert_eq!(v.post_json("/v2/models/iris/infer", &iris_body()).0, 200);
+    assert_eq!(v.metric("vigil_http_requests_abandoned_total "), Some(4.0));
+    assert_eq!(v.metric("vigil_inference_in_flight "), Some(0.0));
+}
+
+#[test]
 fn one_bad_config_costs_only_its_model() {
     let dir = TempDir::new("badcfg");
     for name in ["iris", "late", "huge", "negative"] {

@@ -33,7 +33,7 @@ pub(super) async fn read_request_body<B>(
 ) -> Result<BodyBuffer, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     let mut buf = BodyBuffer::with_capacity(declared_length(headers, limit)?);
     read_frames(body, limit, |data| buf.extend_from_slice(data)).await?;
@@ -75,12 +75,17 @@ async fn read_frames<B>(
 ) -> Result<(), ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     let mut read = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            if went_away(&e) {
+                ApiError::ClientClosed(format!("the client closed the connection mid-body: {e}"))
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {e}"))
+            }
+        })?;
         if let Ok(data) = frame.into_data() {
             if data.len() > limit - read {
                 return Err(ApiError::PayloadTooLarge(limit));
@@ -90,4 +95,29 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether a body's error is the client going away (the connection closed or reset before
+/// the declared length arrived, or the HTTP/2 stream was cancelled) rather than a body
+/// that broke the protocol.
+fn went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }

@@ -17,6 +17,10 @@ pub enum ApiError {
     Forbidden(String),
     PayloadTooLarge(usize),
     RequestTimeout(String),
+    /// The client closed the connection before its request's body was read: no one will
+    /// read the answer (499, nginx's code for it, in the access log), and it is no
+    /// request's fault.
+    ClientClosed(String),
     Unavailable(String),
     Internal(String),
 }
@@ -87,6 +91,10 @@ impl IntoResponse for ApiError {
                 format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
             ),
             ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
+            ApiError::ClientClosed(m) => (
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                m,
+            ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

@@ -86,7 +86,7 @@ pub(super) async fn infer_direct<B>(
 ) -> axum::http::Response<FrontBody>
 where
     B: http_body::Body<Data = axum::body::Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     use axum::response::IntoResponse;
     use http_body_util::Either;
@@ -113,7 +113,7 @@ async fn infer_target<B>(
 ) -> Result<axum::http::Response<Encoded>, ApiError>
 where
     B: http_body::Body<Data = axum::body::Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     let plan = s.server.plan_route(model, version, |name| {
         headers.get(name).map(|v| v.as_bytes().to_vec())
@@ -124,6 +124,13 @@ where
         Err(e) => (plan.primary().clone(), Err(InferOnError::Api(e))),
         Ok((body, header_len)) => infer_on(s, plan, body, header_len).await,
     };
+    if let Err(InferOnError::Api(ApiError::ClientClosed(why))) = &result {
+        // No one is left to answer, and the request did nothing wrong: neither a
+        // bad_request nor a failure in the version's statistics.
+        tracing::debug!(model, reason = %why, "client left before its body arrived");
+        s.server.metrics.requests_abandoned.inc();
+        return Err(ApiError::ClientClosed(why.clone()));
+    }
     let outcome = match &result {
         Ok(_) => crate::metrics::Outcome::Success,
         Err(InferOnError::Api(_)) => crate::metrics::Outcome::BadRequest,
@@ -166,7 +173,7 @@ async fn read_infer_body<B>(
 ) -> Result<(BodyBuffer, Option<usize>), ApiError>
 where
     B: http_body::Body<Data = axum::body::Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     let header_len = header_len(headers)?;
     let body = tokio::time::timeout(
