@@ -1097,6 +1097,70 @@ fn a_client_that_hangs_up_mid_body_is_not_a_bad_request() {
 }
 
 #[test]
+fn every_body_limit_is_max_body_bytes_and_answers_json() {
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &["--max-body-bytes", "5000000", "--admin-token", "t"],
+    );
+    let post = |path: &str, body: Vec<u8>| {
+        let r = v
+            .client
+            .post(v.url(path))
+            .bearer_auth("t")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .map(|c| c.to_str().unwrap().to_string());
+        (status, kind, r.text().unwrap())
+    };
+    // 3 MB of valid JSON: over axum's 2 MB default, under the flag.
+    let pad = "x".repeat(3_000_000);
+    let alert = json!({"version": "4", "status": "firing", "alerts": [], "pad": pad});
+    for path in ["/v2/retrain/alertmanager", "/v2/repository/index"] {
+        let (status, kind, text) = post(path, alert.to_string().into_bytes());
+        assert_ne!(status, 413, "{path}: {text:.200}");
+        assert_eq!(
+            kind.as_deref(),
+            Some("application/json"),
+            "{path}: {text:.200}"
+        );
+    }
+    // Over the flag: 413 with a JSON error naming it, on every kind of route, answered
+    // from the declared length (a client still writing would see its pipe closed).
+    for path in [
+        "/v2/retrain/alertmanager",
+        "/v2/repository/index",
+        "/v2/repository/models/iris/load",
+        "/v2/models/iris/infer",
+    ] {
+        let mut s = TcpStream::connect(&v.addr).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\
+             Content-Type: application/json\r\nContent-Length: 6000000\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{path}: {answer}"
+        );
+        assert!(answer.contains("--max-body-bytes"), "{path}: {answer}");
+    }
+}
+
+#[test]
 fn one_bad_config_costs_only_its_model() {
     let dir = TempDir::new("badcfg");
     for name in ["iris", "late", "huge", "negative"] {

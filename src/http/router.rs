@@ -151,6 +151,9 @@ pub(super) fn app(
         .method_not_allowed_fallback(move |req: axum::extract::Request| async move {
             unrouted(surface, req.method(), req.uri().path(), true)
         })
+        // The gate reads every body within --max-body-bytes (413 in JSON); axum's own 2 MB
+        // default for `Bytes` would refuse control bodies between the two in plain text.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state.clone());
     (routes, state)
