@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
-/// The longest duration accepted anywhere (100 years): far beyond any sensible setting,
-/// far below where `Instant` or `SystemTime` arithmetic could overflow.
-pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// The longest duration accepted anywhere (100 years of humantime's 365.25 days, so that
+/// "100y" itself is accepted): far beyond any sensible setting, far below where `Instant`
+/// or `SystemTime` arithmetic could overflow.
+pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400 + 25 * 86_400);
 
 /// Why a duration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,6 +176,15 @@ mod tests {
             Err(DurationError::TooLong(_))
         ));
         assert!(matches!(parse("200y"), Err(DurationError::TooLong(_))));
+        // The bound itself is accepted, however it is written; a second more is not.
+        assert_eq!(parse("100y"), Ok(MAX));
+        assert_eq!(parse("100 years"), Ok(MAX));
+        assert_eq!(parse(&MAX.as_secs().to_string()), Ok(MAX));
+        assert!(matches!(
+            parse(&(MAX.as_secs() + 1).to_string()),
+            Err(DurationError::TooLong(_))
+        ));
+        assert!(matches!(parse("100y 1s"), Err(DurationError::TooLong(_))));
         // An error quotes at most 64 characters of what it was given.
         let long = "x".repeat(10_000);
         assert!(parse(&long).unwrap_err().to_string().len() < 200);
