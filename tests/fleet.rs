@@ -1143,3 +1143,100 @@ fn a_fleet_events_globs_match_only_its_models_files_whatever_the_name() {
         );
     }
 }
+
+/// A shared payload directory keeps every replaced pod's files, so a fleet event's lists
+/// are bounded: the newest 10 000 files, and how many older ones were left out (the glob
+/// still finds them). The event is stored in the outbox and sent on every retry.
+#[test]
+fn a_fleet_events_file_lists_are_bounded_and_say_what_they_leave_out() {
+    let hook = receiver();
+    let repo = TempDir::new("fleet-many-repo");
+    let v1 = repo.path().join("iris").join("1");
+    std::fs::create_dir_all(&v1).unwrap();
+    for f in ["model.onnx", "reference.json"] {
+        std::fs::copy(root().join("models/iris/1").join(f), v1.join(f)).unwrap();
+    }
+    std::fs::write(
+        repo.path().join("iris").join("config.toml"),
+        format!(
+            "[retrain]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{SECRET}\"\n\
+             trigger = \"fleet\"\n",
+            hook.port
+        ),
+    )
+    .unwrap();
+    let shared = TempDir::new("fleet-many-payload");
+    let dir = shared.path().to_str().unwrap().to_string();
+    // Pods long gone left 10 050 finished files of the alert's range.
+    let t0 = vigil::retrain::now_unix().floor() - 60.0;
+    let first_ms = (t0 as u64 - 90) * 1000;
+    for (pod, n) in [("pod-old1", 6000u64), ("pod-old2", 4050)] {
+        let d = shared.path().join(pod).join("iris");
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            // Interleaved in time across the two pods.
+            let ms = first_ms + 2 * i + u64::from(pod == "pod-old2");
+            std::fs::write(d.join(format!("{ms}-0.jsonl.gz")), b"").unwrap();
+        }
+    }
+    let state = TempDir::new("fleet-many-state");
+    let a = Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &[
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--payload-dir",
+            &dir,
+            "--payload-replica",
+            "pod-a",
+        ],
+    );
+    let alert = json!({"version": "4", "status": "firing", "alerts": [{"status": "firing",
+        "labels": {"alertname": "VigilFleetDrift", "model": "iris", "version": "1"},
+        "annotations": {"summary": "fleet PSI high", "data_window": "2m"},
+        "startsAt": vigil::retrain::rfc3339(t0), "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": "many"}]});
+    let (status, body) = a.post_json("/v2/retrain/alertmanager", &alert);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alerts"][0]["outcome"], "created", "{body}");
+    let id = body["alerts"][0]["event_id"].as_str().unwrap().to_string();
+    let ev = wait_for(30, "the fleet event", || {
+        let got = hook.delivered.lock().unwrap();
+        got.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+    });
+    let data = &ev["data"]["data"];
+    let listed: Vec<&str> = data["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 10_000);
+    assert_eq!(data["requests_omitted"], 50, "{}", data["requests_omitted"]);
+    assert_eq!(
+        data.get("labels_omitted"),
+        None,
+        "no label files, nothing left out"
+    );
+    // The 50 oldest are the ones left out, from both pods; the newest are kept.
+    let oldest_kept = first_ms + 50;
+    let opened = |f: &str| -> u64 {
+        f.rsplit('/')
+            .next()
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(listed.iter().map(|f| opened(f)).min(), Some(oldest_kept));
+    assert!(listed.contains(&format!("pod-old1/iris/{}-0.jsonl.gz", first_ms + 2 * 5999).as_str()));
+    assert!(
+        listed.contains(&format!("pod-old2/iris/{}-0.jsonl.gz", first_ms + 2 * 4049 + 1).as_str())
+    );
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "in path order");
+}

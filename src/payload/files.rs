@@ -417,9 +417,54 @@ pub fn fleet_finished(root: &Path, stream: &str, from: f64, to: f64) -> Vec<Stri
         .collect()
 }
 
+/// Most files one list of a retrain event names: a fleet's shared directory keeps every
+/// replaced pod's files too, and an event is stored in the outbox and sent on every retry.
+pub const EVENT_LIST_MAX: usize = 10_000;
+
+/// The newest `max` of `files` (relative paths whose file names begin with the Unix ms the
+/// file was opened), in path order, and how many older ones were left out.
+pub fn newest(mut files: Vec<String>, max: usize) -> (Vec<String>, u64) {
+    if files.len() <= max {
+        return (files, 0);
+    }
+    let name = |p: &String| -> (u64, String) {
+        let base = p.rsplit('/').next().unwrap_or(p);
+        let opened = base.split(['-', '.']).next().and_then(|n| n.parse().ok());
+        (opened.unwrap_or(0), base.to_string())
+    };
+    files.sort_by_cached_key(name);
+    let omitted = files.len() - max;
+    let mut kept = files.split_off(omitted);
+    kept.sort();
+    (kept, omitted as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_keeps_the_newest_files_whichever_replica_wrote_them() {
+        let files: Vec<String> = [
+            "pod-b/iris/1700000000300-0.jsonl.gz",
+            "pod-a/iris/1700000000100-0.jsonl.gz",
+            "pod-c/iris/1700000000050-0.jsonl.gz",
+            "pod-a/iris/1700000000400-3.jsonl.gz",
+            "pod-b/iris/999999999999-0.jsonl.gz",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(newest(files.clone(), 5), (files.clone(), 0));
+        let (kept, omitted) = newest(files, 2);
+        assert_eq!(omitted, 3);
+        assert_eq!(
+            kept,
+            [
+                "pod-a/iris/1700000000400-3.jsonl.gz",
+                "pod-b/iris/1700000000300-0.jsonl.gz"
+            ]
+        );
+    }
 
     #[test]
     fn glob_escape_writes_what_pythons_glob_escape_writes() {

@@ -149,6 +149,13 @@ pub struct DataRefs {
     /// The same for the label files (`*/<model>/labels/*.jsonl.gz`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_glob: Option<String>,
+    /// A fleet event whose range held more than 10 000 request files: how many older ones
+    /// `requests` leaves out (it keeps the newest); the glob finds them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_omitted: Option<u64>,
+    /// The same for `labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_omitted: Option<u64>,
 }
 
 /// Builds an event's [`DataRefs`] once the event is sure to be created (it seals the

@@ -190,6 +190,8 @@ fn data_refs(
         labels_joined,
         requests_glob: None,
         labels_glob: None,
+        requests_omitted: None,
+        labels_omitted: None,
     }
 }
 
@@ -534,8 +536,13 @@ impl Server {
                 )
             };
             r.payload_dir = Some(root.display().to_string());
+            let max = crate::payload::files::EVENT_LIST_MAX;
+            let (requests, requests_omitted) = crate::payload::files::newest(requests, max);
+            let (labels, labels_omitted) = crate::payload::files::newest(labels, max);
             r.requests = requests;
             r.labels = labels;
+            r.requests_omitted = (requests_omitted > 0).then_some(requests_omitted);
+            r.labels_omitted = (labels_omitted > 0).then_some(labels_omitted);
             let pattern = crate::payload::files::glob_escape(model);
             r.requests_glob = Some(format!("{prefix}{pattern}/*.jsonl.gz"));
             r.labels_glob = Some(format!("{prefix}{pattern}/labels/*.jsonl.gz"));
