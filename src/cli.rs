@@ -276,6 +276,12 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_PAYLOAD_RETENTION_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub payload_retention_bytes: u64,
 
+    /// Finished payload log files older than this are deleted (off unless given). With
+    /// --payload-replica, every replica sweeps the whole shared directory, so a replaced
+    /// pod's files go too. Longer than --payload-max-file-age.
+    #[arg(long, env = "VIGIL_PAYLOAD_RETENTION_AGE", value_parser = crate::duration::parse_flag)]
+    pub payload_retention_age: Option<Duration>,
+
     /// Tensor bytes waiting for the payload writer, at most; beyond, records are dropped
     /// (counted as `queue_full`) rather than slowing inference.
     #[arg(long, env = "VIGIL_PAYLOAD_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -334,6 +340,15 @@ impl ServeArgs {
                 self.payload_retention_bytes, self.payload_max_file_bytes
             ));
         }
+        if let Some(age) = self.payload_retention_age {
+            if age <= self.payload_max_file_age {
+                return Err(format!(
+                    "--payload-retention-age ({age:?}) must be longer than --payload-max-file-age \
+                     ({:?}): a file would be deleted as soon as it is finished",
+                    self.payload_max_file_age
+                ));
+            }
+        }
         if !(1..=256).contains(&self.payload_sink_concurrency) {
             return Err(format!(
                 "--payload-sink-concurrency must be between 1 and 256, got {}",
@@ -369,6 +384,7 @@ impl ServeArgs {
                 max_file_bytes: self.payload_max_file_bytes,
                 max_file_age: self.payload_max_file_age,
                 retention_bytes: self.payload_retention_bytes,
+                retention_age: self.payload_retention_age,
             }),
             queue_bytes: self.payload_queue_bytes,
             sink_concurrency: self.payload_sink_concurrency,

@@ -1240,3 +1240,94 @@ fn a_fleet_events_file_lists_are_bounded_and_say_what_they_leave_out() {
     sorted.sort();
     assert_eq!(listed, sorted, "in path order");
 }
+
+/// `--payload-retention-age` on a shared payload directory: every replica deletes the
+/// files older than the age, its own finished ones and, in the fleet's other
+/// subdirectories, a replaced pod's leftovers of every kind and then its emptied
+/// directories. Recent files, a live pod's active file, hidden entries (an NFS
+/// `.snapshot`) and what a symbolic link points to are kept.
+#[test]
+fn a_retention_age_clears_replaced_pods_directories_from_a_shared_payload_dir() {
+    let shared = TempDir::new("fleet-age-payload");
+    let dir = shared.path().to_str().unwrap().to_string();
+    let outside = TempDir::new("fleet-age-outside");
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 3600);
+    let file = |rel: &str, aged: bool| {
+        let p = shared.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(&p).unwrap();
+        if aged {
+            f.set_modified(old).unwrap();
+        }
+        p
+    };
+    let gone = [
+        file("pod-a/iris/1700000000000-0.jsonl.gz", true),
+        file("pod-a/iris/labels/1700000000000-1.jsonl.gz", true),
+        file("pod-old/iris/1700000000000-0.jsonl.gz", true),
+        file("pod-old/iris/1700000000001-1.jsonl", true),
+        file("pod-old/iris/1700000000002-2.jsonl.gz.tmp", true),
+        file("pod-gone/iris/labels/1700000000000-0.jsonl.gz", true),
+    ];
+    let kept = [
+        file("pod-old/iris/1800000000000-0.jsonl.gz", false),
+        file("pod-live/iris/1800000000000-0.jsonl", false),
+        file("pod-live/iris/notes.txt", true),
+        file(".snapshot/pod-x/iris/1700000000000-0.jsonl.gz", true),
+    ];
+    // A link to a directory outside, holding an old file of the right name.
+    let target = outside.path().join("iris");
+    std::fs::create_dir_all(&target).unwrap();
+    let linked = target.join("1700000000000-0.jsonl.gz");
+    std::fs::File::create(&linked)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::os::unix::fs::symlink(outside.path(), shared.path().join("pod-link")).unwrap();
+
+    let v = Vigil::start(
+        &root().join("models"),
+        Engine::Tract,
+        &[
+            "--payload-dir",
+            &dir,
+            "--payload-replica",
+            "pod-a",
+            "--payload-max-file-age",
+            "1h",
+            "--payload-retention-age",
+            "2h",
+        ],
+    );
+    wait_for(30, "the expired files deleted", || {
+        gone.iter().all(|p| !p.exists()).then_some(())
+    });
+    for p in &kept {
+        assert!(p.exists(), "{} was deleted", p.display());
+    }
+    assert!(linked.exists(), "a file behind a symbolic link was deleted");
+    assert!(
+        !shared.path().join("pod-gone").exists(),
+        "a replaced pod's emptied directory is removed"
+    );
+    assert!(
+        shared.path().join("pod-a/iris").is_dir(),
+        "its own directories stay"
+    );
+    assert_eq!(v.get("/v2/health/ready").0, 200);
+    // An age no longer than the file age is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["serve", "--repository", "models", "--payload-dir", &dir])
+        .args([
+            "--payload-retention-age",
+            "1h",
+            "--payload-max-file-age",
+            "1h",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--payload-retention-age"), "{err}");
+}

@@ -30,7 +30,15 @@ pub struct FileOptions {
     pub max_file_bytes: u64,
     pub max_file_age: Duration,
     pub retention_bytes: u64,
+    /// `--payload-retention-age`: finished files older than this are deleted; with
+    /// `replica`, in every replica's subdirectory of the shared directory (a replaced
+    /// pod's are capped by no one else), whose emptied directories are removed too.
+    pub retention_age: Option<Duration>,
 }
+
+/// How often the age sweep lists the directories, at most (a quarter of the age when
+/// that is shorter).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The active file of one model.
 struct Active {
@@ -46,6 +54,7 @@ pub struct Files {
     opts: FileOptions,
     active: HashMap<String, Active>,
     seq: u64,
+    last_sweep: Option<Instant>,
 }
 
 /// Why a batch was not written.
@@ -63,6 +72,7 @@ impl Files {
             opts,
             active: HashMap::new(),
             seq: 0,
+            last_sweep: None,
         }
     }
 
@@ -226,6 +236,45 @@ impl Files {
         enforce_retention(dir, cap, &active);
     }
 
+    /// Deletes the files older than `--payload-retention-age` (at most every
+    /// [`SWEEP_EVERY`]; called by the writer between batches and when idle). In this
+    /// replica's directory only finished files go. In another replica's (the fleet
+    /// layout), whose writer rotates any file within `--payload-max-file-age` (shorter
+    /// than the age), a `.jsonl` or `.gz.tmp` that old is a dead pod's leftover and goes
+    /// too, and directories left empty are removed. Hidden entries (an NFS `.snapshot`)
+    /// and symbolic links are never followed.
+    pub fn sweep_expired(&mut self) {
+        let Some(age) = self.opts.retention_age else {
+            return;
+        };
+        let every = SWEEP_EVERY.min(age / 4);
+        if self.last_sweep.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(age) else {
+            return;
+        };
+        let active: Vec<&Path> = self.active.values().map(|a| a.path.as_path()).collect();
+        let own = self.opts.dir.as_path();
+        let mut removed = expire_replica(own, cutoff, &active, false);
+        if let (Some(_), Some(root)) = (&self.opts.replica, own.parent()) {
+            for other in subdirs(root) {
+                if other != own {
+                    removed += expire_replica(&other, cutoff, &active, true);
+                    let _ = std::fs::remove_dir(&other);
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                age_s = age.as_secs_f64(),
+                "deleted payload log files older than --payload-retention-age"
+            );
+        }
+    }
+
     /// Closes and compresses every active file (shutdown).
     pub fn close_all(&mut self) {
         let models: Vec<String> = self.active.keys().cloned().collect();
@@ -345,6 +394,72 @@ fn enforce_retention(dir: &Path, cap: u64, active: &[&Path]) {
             }
         }
     }
+}
+
+/// The directories in `dir`: not hidden, not symbolic links.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// [`Files::sweep_expired`] on one replica's directory (`<model>/` and `<model>/labels/`):
+/// the number of files deleted. `gone` is another replica's directory.
+fn expire_replica(
+    dir: &Path,
+    cutoff: std::time::SystemTime,
+    active: &[&Path],
+    gone: bool,
+) -> usize {
+    let mut removed = 0;
+    for model in subdirs(dir) {
+        let labels = model.join("labels");
+        removed += expire_files(&labels, cutoff, active, gone);
+        removed += expire_files(&model, cutoff, active, gone);
+        if gone {
+            // Only when empty.
+            let _ = std::fs::remove_dir(&labels);
+            let _ = std::fs::remove_dir(&model);
+        }
+    }
+    removed
+}
+
+fn expire_files(dir: &Path, cutoff: std::time::SystemTime, active: &[&Path], gone: bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.as_encoded_bytes();
+        let ours = name.ends_with(b".jsonl.gz")
+            || (gone && (name.ends_with(b".jsonl") || name.ends_with(b".gz.tmp")));
+        if !ours || active.contains(&e.path().as_path()) {
+            continue;
+        }
+        // Not following links: a link's target is not ours to delete.
+        let old = e
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok());
+        if old.is_some_and(|t| t < cutoff) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => tracing::warn!(file = %e.path().display(), error = %err,
+                    "cannot delete an expired payload log file"),
+            }
+        }
+    }
+    removed
 }
 
 /// The finished (`.jsonl.gz`) files in `dir` that may hold records of `[from, to]` (Unix
@@ -513,6 +628,7 @@ mod tests {
                 max_file_bytes: 1 << 20,
                 max_file_age: Duration::from_secs(3600),
                 retention_bytes: 1 << 30,
+                retention_age: None,
             })
             .recover();
             let left = names(&dir.join("m"));
@@ -540,6 +656,7 @@ mod tests {
             max_file_bytes: 1000,
             max_file_age: Duration::from_secs(3600),
             retention_bytes: 3000,
+            retention_age: None,
         });
         // Incompressible-ish lines so each rotated file keeps some size.
         let mut rng = crate::rng::Rng::new(7);

@@ -306,8 +306,9 @@ fn write_loop(
             .clamp(Duration::from_millis(50), Duration::from_secs(1))
     });
     let mut files = opts.map(files::Files::new);
-    if let Some(f) = &files {
+    if let Some(f) = &mut files {
         f.recover();
+        f.sweep_expired();
     }
     // Started with the first record whose model has a `cloudevents_url`.
     let mut sink: Option<cloudevents::Sink> = None;
@@ -320,6 +321,7 @@ fn write_loop(
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(f) = &mut files {
                     f.rotate_aged();
+                    f.sweep_expired();
                 }
                 continue;
             }
@@ -410,6 +412,8 @@ fn write_loop(
             bytes.clear();
             *n = 0;
         }
+        // A writer that is never idle sweeps too.
+        files.sweep_expired();
         if let Some(Msg::Seal {
             model,
             from,
