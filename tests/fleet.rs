@@ -1244,8 +1244,8 @@ fn a_fleet_events_file_lists_are_bounded_and_say_what_they_leave_out() {
 /// `--payload-retention-age` on a shared payload directory: every replica deletes the
 /// files older than the age, its own finished ones and, in the fleet's other
 /// subdirectories, a replaced pod's leftovers of every kind and then its emptied
-/// directories. Recent files, a live pod's active file, hidden entries (an NFS
-/// `.snapshot`) and what a symbolic link points to are kept.
+/// directories. Recent files, a live pod's active file, names the writer never gives,
+/// hidden entries (an NFS `.snapshot`) and what a symbolic link points to are kept.
 #[test]
 fn a_retention_age_clears_replaced_pods_directories_from_a_shared_payload_dir() {
     let shared = TempDir::new("fleet-age-payload");
@@ -1273,6 +1273,7 @@ fn a_retention_age_clears_replaced_pods_directories_from_a_shared_payload_dir() 
         file("pod-old/iris/1800000000000-0.jsonl.gz", false),
         file("pod-live/iris/1800000000000-0.jsonl", false),
         file("pod-live/iris/notes.txt", true),
+        file("pod-old/iris/events.jsonl.gz", true),
         file(".snapshot/pod-x/iris/1700000000000-0.jsonl.gz", true),
     ];
     // A link to a directory outside, holding an old file of the right name.

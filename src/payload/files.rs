@@ -441,7 +441,7 @@ fn expire_files(dir: &Path, cutoff: std::time::SystemTime, active: &[&Path], gon
         let name = name.as_encoded_bytes();
         let ours = name.ends_with(b".jsonl.gz")
             || (gone && (name.ends_with(b".jsonl") || name.ends_with(b".gz.tmp")));
-        if !ours || active.contains(&e.path().as_path()) {
+        if !ours || !named_by_vigil(name) || active.contains(&e.path().as_path()) {
             continue;
         }
         // Not following links: a link's target is not ours to delete.
@@ -460,6 +460,17 @@ fn expire_files(dir: &Path, cutoff: std::time::SystemTime, active: &[&Path], gon
         }
     }
     removed
+}
+
+/// Whether a file name is one the writer gives (`<ms>-<seq>.jsonl...`): a shared
+/// directory set one level too high must not cost anyone else's `.jsonl` files.
+fn named_by_vigil(name: &[u8]) -> bool {
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let Some(stem_end) = name.windows(6).position(|w| w == b".jsonl") else {
+        return false;
+    };
+    let mut parts = name[..stem_end].splitn(2, |&b| b == b'-');
+    matches!((parts.next(), parts.next()), (Some(ms), Some(seq)) if digits(ms) && digits(seq))
 }
 
 /// The finished (`.jsonl.gz`) files in `dir` that may hold records of `[from, to]` (Unix
@@ -557,6 +568,28 @@ pub fn newest(mut files: Vec<String>, max: usize) -> (Vec<String>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_writers_names_are_swept() {
+        for ok in [
+            "000001700000000-000001.jsonl.gz",
+            "1700000000000-0.jsonl",
+            "1-2.jsonl.gz.tmp",
+        ] {
+            assert!(named_by_vigil(ok.as_bytes()), "{ok}");
+        }
+        for other in [
+            "events.jsonl.gz",
+            "2024-01-02.jsonl",
+            "1700000000000.jsonl.gz",
+            "-1.jsonl",
+            "1-.jsonl.gz",
+            "a1-2.jsonl.gz",
+            "1-2.json",
+        ] {
+            assert!(!named_by_vigil(other.as_bytes()), "{other}");
+        }
+    }
 
     #[test]
     fn an_event_keeps_the_newest_files_whichever_replica_wrote_them() {
