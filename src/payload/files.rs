@@ -37,7 +37,7 @@ pub struct FileOptions {
 }
 
 /// How often the age sweep lists the directories, at most (a quarter of the age when
-/// that is shorter).
+/// that is shorter, but not more than once a second).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The active file of one model.
@@ -247,7 +247,7 @@ impl Files {
         let Some(age) = self.opts.retention_age else {
             return;
         };
-        let every = SWEEP_EVERY.min(age / 4);
+        let every = SWEEP_EVERY.min(age / 4).max(Duration::from_secs(1));
         if self.last_sweep.is_some_and(|t| t.elapsed() < every) {
             return;
         }
