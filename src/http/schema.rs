@@ -319,6 +319,18 @@ pub struct ExecutionReport {
     pub cpu_p90_us: Option<f64>,
     pub cpu_p99_us: Option<f64>,
     pub window_samples: u64,
+    /// The lone rule's measurements, per size class run three times or more.
+    pub size_classes: Vec<SizeClassReport>,
+}
+
+/// Requests of `min_elements` to `max_elements` input elements: the median CPU time of
+/// the class's last five runs, for a request of `min_elements`.
+#[derive(Serialize, ToSchema)]
+pub struct SizeClassReport {
+    pub min_elements: u64,
+    pub max_elements: u64,
+    pub runs: u64,
+    pub median_cpu_us: f64,
 }
 
 /// One version's statistics (Triton's `model_stats` item).

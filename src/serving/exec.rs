@@ -147,6 +147,20 @@ pub struct ExecReport {
     pub cpu_p90_us: Option<f64>,
     pub cpu_p99_us: Option<f64>,
     pub window_samples: u64,
+    /// What the lone-request rule has measured: each size class with three runs or more
+    /// (auto only).
+    pub size_classes: Vec<SizeClassReport>,
+}
+
+/// One size class of [`ExecReport`]: requests of `min_elements` to `max_elements` input
+/// elements, and the median CPU time of its last runs, for a request of `min_elements`
+/// (a larger one of the class is charged in proportion).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SizeClassReport {
+    pub min_elements: u64,
+    pub max_elements: u64,
+    pub runs: u64,
+    pub median_cpu_us: f64,
 }
 
 /// One version's execution mode and the measurements it is decided from.
@@ -487,6 +501,25 @@ impl Execution {
             cpu_p90_us: measured.then(|| us(&self.last_p90)),
             cpu_p99_us: measured.then(|| us(&self.last_p99)),
             window_samples: WINDOW,
+            size_classes: self
+                .by_size
+                .iter()
+                .enumerate()
+                .filter_map(|(class, c)| {
+                    let median = c.typical()?;
+                    let min = class_smallest(class).min(u128::from(u64::MAX)) as u64;
+                    Some(SizeClassReport {
+                        min_elements: if class == 0 { 0 } else { min },
+                        max_elements: if class == 0 {
+                            0
+                        } else {
+                            min.saturating_mul(2) - 1
+                        },
+                        runs: c.seen.load(Relaxed),
+                        median_cpu_us: median as f64 / 1e3,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -723,6 +756,17 @@ mod tests {
         assert!(e.lone_inline_for(12));
         assert!(e.lone_inline_for(14));
         assert!(!e.lone_inline_for(15));
+        // /stats shows the class (8 to 15 elements) at its smallest size's cost.
+        assert_eq!(
+            e.report().size_classes,
+            vec![SizeClassReport {
+                min_elements: 8,
+                max_elements: 15,
+                runs: 3,
+                // 82 µs x 8 / 12, in whole ns.
+                median_cpu_us: 54.666,
+            }]
+        );
         // Forced modes and [batching] ignore the measurements.
         let b = Execution::new(auto(true), warmup(3));
         b.record(12, Duration::from_micros(5));
