@@ -1332,3 +1332,60 @@ fn a_retention_age_clears_replaced_pods_directories_from_a_shared_payload_dir() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--payload-retention-age"), "{err}");
 }
+
+/// One replica's own payload log is capped in bytes, not files: many small files (a short
+/// `--payload-max-file-age` on a quiet model) make an operator's retrain event, which
+/// lists everything the log holds, as long as a fleet's. Its lists are bounded the same
+/// way, and the globs then find what they leave out.
+#[test]
+fn a_replicas_own_event_lists_are_bounded_too() {
+    let hook = receiver();
+    let repo = TempDir::new("own-many-repo");
+    let v1 = repo.path().join("iris").join("1");
+    std::fs::create_dir_all(&v1).unwrap();
+    for f in ["model.onnx", "reference.json"] {
+        std::fs::copy(root().join("models/iris/1").join(f), v1.join(f)).unwrap();
+    }
+    std::fs::write(
+        repo.path().join("iris").join("config.toml"),
+        format!(
+            "[retrain]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{SECRET}\"\n",
+            hook.port
+        ),
+    )
+    .unwrap();
+    let payload = TempDir::new("own-many-payload");
+    let d = payload.path().join("iris");
+    std::fs::create_dir_all(&d).unwrap();
+    let first_ms = (vigil::retrain::now_unix().floor() as u64 - 3600) * 1000;
+    for i in 0..10_050u64 {
+        std::fs::write(d.join(format!("{:015}-000000.jsonl.gz", first_ms + i)), b"").unwrap();
+    }
+    let v = Vigil::start(
+        repo.path(),
+        Engine::Tract,
+        &["--payload-dir", payload.path().to_str().unwrap()],
+    );
+    let (status, body) = v.post_json("/v2/models/iris/retrain", &json!({"reason": "many"}));
+    assert_eq!(status, 202, "{body}");
+    let id = body["event_id"].as_str().unwrap().to_string();
+    let ev = wait_for(30, "the event", || {
+        let got = hook.delivered.lock().unwrap();
+        got.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+    });
+    let data = &ev["data"]["data"];
+    let listed = data["requests"].as_array().unwrap();
+    assert_eq!(listed.len(), 10_000);
+    assert_eq!(data["requests_omitted"], 50, "{}", data["requests_omitted"]);
+    assert_eq!(data["requests_glob"], "iris/*.jsonl.gz");
+    assert_eq!(data["labels_glob"], "iris/labels/*.jsonl.gz");
+    // The oldest are left out; the range still starts at the oldest file the log holds.
+    assert_eq!(
+        listed[0],
+        format!("iris/{:015}-000000.jsonl.gz", first_ms + 50)
+    );
+    assert_eq!(
+        data["from"],
+        vigil::retrain::rfc3339(first_ms as f64 / 1000.0)
+    );
+}

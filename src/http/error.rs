@@ -17,9 +17,9 @@ pub enum ApiError {
     Forbidden(String),
     PayloadTooLarge(usize),
     RequestTimeout(String),
-    /// The client closed the connection before its request's body was read: no one will
-    /// read the answer (499, nginx's code for it, in the access log), and it is no
-    /// request's fault.
+    /// The client closed the connection before its request's body was read: the answer
+    /// is 499 (nginx's code for it), read only by a client that half-closed its side, and
+    /// it is no request's fault.
     ClientClosed(String),
     Unavailable(String),
     Internal(String),

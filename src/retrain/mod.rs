@@ -149,8 +149,9 @@ pub struct DataRefs {
     /// The same for the label files (`*/<model>/labels/*.jsonl.gz`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_glob: Option<String>,
-    /// A fleet event whose range held more than 10 000 request files: how many older ones
-    /// `requests` leaves out (it keeps the newest); the glob finds them all.
+    /// An event whose range held more than 10 000 request files (a fleet's shared
+    /// directory, or one replica's many small files): how many older ones `requests`
+    /// leaves out (it keeps the newest); the glob, then always given, finds them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_omitted: Option<u64>,
     /// The same for `labels`.

@@ -159,8 +159,44 @@ fn exec_settings(config: &ModelConfig, batching: &pool::BatchSettings) -> exec::
 const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where a retrain event's data is: the payload log sealed for `[from, to]` (Unix
-/// seconds), and the labels joined so far.
+/// seconds), and the labels joined so far, each list bounded by [`bound_lists`].
 fn data_refs(
+    payload: &crate::payload::PayloadLog,
+    dir: Option<&std::path::Path>,
+    model: &str,
+    range: (f64, f64),
+    labels_joined: Option<u64>,
+) -> crate::retrain::DataRefs {
+    let mut r = sealed_refs(payload, dir, model, range, labels_joined);
+    bound_lists(&mut r, "", model);
+    r
+}
+
+/// An event's file lists cut to the newest [`crate::payload::files::EVENT_LIST_MAX`] each,
+/// and how many each leaves out; when any are, the globs (relative to `payload_dir`, under
+/// `prefix`) that find them all are given too. A payload log is capped in bytes, not
+/// files: small or short-lived files (`--payload-max-file-age 10s` on a quiet model) add
+/// up to hundreds of thousands, and an event is stored in the outbox and sent whole on
+/// every retry.
+fn bound_lists(r: &mut crate::retrain::DataRefs, prefix: &str, model: &str) {
+    use crate::payload::files::{glob_escape, newest, EVENT_LIST_MAX};
+    let (requests, requests_omitted) = newest(std::mem::take(&mut r.requests), EVENT_LIST_MAX);
+    let (labels, labels_omitted) = newest(std::mem::take(&mut r.labels), EVENT_LIST_MAX);
+    r.requests = requests;
+    r.labels = labels;
+    r.requests_omitted = (requests_omitted > 0).then_some(requests_omitted);
+    r.labels_omitted = (labels_omitted > 0).then_some(labels_omitted);
+    if requests_omitted > 0 || labels_omitted > 0 {
+        let pattern = glob_escape(model);
+        r.requests_glob
+            .get_or_insert_with(|| format!("{prefix}{pattern}/*.jsonl.gz"));
+        r.labels_glob
+            .get_or_insert_with(|| format!("{prefix}{pattern}/labels/*.jsonl.gz"));
+    }
+}
+
+/// [`data_refs`] with the lists whole.
+fn sealed_refs(
     payload: &crate::payload::PayloadLog,
     dir: Option<&std::path::Path>,
     model: &str,
@@ -474,7 +510,7 @@ impl Server {
     ) -> Result<String, crate::retrain::RetrainError> {
         let refs = || {
             let now = crate::retrain::now_unix();
-            let mut r = data_refs(
+            let mut r = sealed_refs(
                 &self.payload,
                 self.payload_dir(),
                 model,
@@ -490,6 +526,7 @@ impl Server {
                 .and_then(|ms| ms.parse::<u64>().ok())
                 .map_or(now, |ms| ms as f64 / 1000.0);
             r.from = crate::retrain::rfc3339(oldest);
+            bound_lists(&mut r, "", model);
             Some(r)
         };
         self.retrainer.manual(model, version, reason, &refs)
@@ -506,7 +543,7 @@ impl Server {
     ) -> Result<crate::retrain::AlertOutcome, crate::retrain::RetrainError> {
         let model = alert.model.as_str();
         let refs = || {
-            let mut r = data_refs(&self.payload, self.payload_dir(), model, (from, to), None);
+            let mut r = sealed_refs(&self.payload, self.payload_dir(), model, (from, to), None);
             let Some(files) = self.options.payload.files.as_ref() else {
                 return Some(r);
             };
@@ -536,16 +573,12 @@ impl Server {
                 )
             };
             r.payload_dir = Some(root.display().to_string());
-            let max = crate::payload::files::EVENT_LIST_MAX;
-            let (requests, requests_omitted) = crate::payload::files::newest(requests, max);
-            let (labels, labels_omitted) = crate::payload::files::newest(labels, max);
             r.requests = requests;
             r.labels = labels;
-            r.requests_omitted = (requests_omitted > 0).then_some(requests_omitted);
-            r.labels_omitted = (labels_omitted > 0).then_some(labels_omitted);
             let pattern = crate::payload::files::glob_escape(model);
             r.requests_glob = Some(format!("{prefix}{pattern}/*.jsonl.gz"));
             r.labels_glob = Some(format!("{prefix}{pattern}/labels/*.jsonl.gz"));
+            bound_lists(&mut r, prefix, model);
             Some(r)
         };
         self.retrainer.fleet_alert(alert, cooldown, &refs)
