@@ -149,6 +149,9 @@ impl Files {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
+        // Another replica's age sweep removes directories it finds empty, this one's too
+        // while it is idle: one removed between `create_dir_all` and the file is made again.
+        let mut remade = 0;
         loop {
             self.seq += 1;
             let path = dir.join(format!("{ms:015}-{:06}.jsonl", self.seq));
@@ -162,6 +165,13 @@ impl Files {
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && remade < 3 => {
+                    remade += 1;
+                    std::fs::create_dir_all(&dir).map_err(|source| WriteError {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                }
                 Err(source) => return Err(WriteError { path, source }),
             }
         }
