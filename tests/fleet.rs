@@ -153,22 +153,11 @@ fn receiver() -> Hook {
 }
 
 fn repository(receiver_port: u16) -> TempDir {
-    let dir = TempDir::new("fleet-repo");
-    let v = dir.path().join("iris/1");
-    std::fs::create_dir_all(&v).unwrap();
-    for f in ["model.onnx", "reference.json"] {
-        std::fs::copy(root().join("models/iris/1").join(f), v.join(f)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("iris/config.toml"),
-        format!(
-            "[drift]\nwindow_rows = 1000000\n\n\
-             [retrain]\nurl = \"http://127.0.0.1:{receiver_port}/hook\"\nsecret = \"{SECRET}\"\n\
-             trigger = \"fleet\"\n"
-        ),
+    iris_with_hook(
+        "fleet-repo",
+        receiver_port,
+        "trigger = \"fleet\"\n\n[drift]\nwindow_rows = 1000000\n",
     )
-    .unwrap();
-    dir
 }
 
 fn replica(repo: &Path, state: &Path) -> Vigil {
@@ -1144,13 +1133,10 @@ fn a_fleet_events_globs_match_only_its_models_files_whatever_the_name() {
     }
 }
 
-/// A shared payload directory keeps every replaced pod's files, so a fleet event's lists
-/// are bounded: the newest 10 000 files, and how many older ones were left out (the glob
-/// still finds them). The event is stored in the outbox and sent on every retry.
-#[test]
-fn a_fleet_events_file_lists_are_bounded_and_say_what_they_leave_out() {
-    let hook = receiver();
-    let repo = TempDir::new("fleet-many-repo");
+/// A repository of iris version 1 (with its reference profile) whose `[retrain]` hook is
+/// the receiver on `port`, plus `extra` lines in that table.
+fn iris_with_hook(tag: &str, port: u16, extra: &str) -> TempDir {
+    let repo = TempDir::new(tag);
     let v1 = repo.path().join("iris").join("1");
     std::fs::create_dir_all(&v1).unwrap();
     for f in ["model.onnx", "reference.json"] {
@@ -1159,12 +1145,20 @@ fn a_fleet_events_file_lists_are_bounded_and_say_what_they_leave_out() {
     std::fs::write(
         repo.path().join("iris").join("config.toml"),
         format!(
-            "[retrain]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{SECRET}\"\n\
-             trigger = \"fleet\"\n",
-            hook.port
+            "[retrain]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\n{extra}"
         ),
     )
     .unwrap();
+    repo
+}
+
+/// A shared payload directory keeps every replaced pod's files, so a fleet event's lists
+/// are bounded: the newest 10 000 files, and how many older ones were left out (the glob
+/// still finds them). The event is stored in the outbox and sent on every retry.
+#[test]
+fn a_fleet_events_file_lists_are_bounded_and_say_what_they_leave_out() {
+    let hook = receiver();
+    let repo = iris_with_hook("fleet-many-repo", hook.port, "trigger = \"fleet\"\n");
     let shared = TempDir::new("fleet-many-payload");
     let dir = shared.path().to_str().unwrap().to_string();
     // Pods long gone left 10 050 finished files of the alert's range.
@@ -1340,20 +1334,7 @@ fn a_retention_age_clears_replaced_pods_directories_from_a_shared_payload_dir() 
 #[test]
 fn a_replicas_own_event_lists_are_bounded_too() {
     let hook = receiver();
-    let repo = TempDir::new("own-many-repo");
-    let v1 = repo.path().join("iris").join("1");
-    std::fs::create_dir_all(&v1).unwrap();
-    for f in ["model.onnx", "reference.json"] {
-        std::fs::copy(root().join("models/iris/1").join(f), v1.join(f)).unwrap();
-    }
-    std::fs::write(
-        repo.path().join("iris").join("config.toml"),
-        format!(
-            "[retrain]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{SECRET}\"\n",
-            hook.port
-        ),
-    )
-    .unwrap();
+    let repo = iris_with_hook("own-many-repo", hook.port, "");
     let payload = TempDir::new("own-many-payload");
     let d = payload.path().join("iris");
     std::fs::create_dir_all(&d).unwrap();
