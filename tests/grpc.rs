@@ -645,3 +645,203 @@ fn assert_closed_within(name: &str, mut s: std::net::TcpStream, secs: u64) {
         started.elapsed()
     );
 }
+
+/// One unary call written onto the `h2` crate, frame by frame as given: the message cut
+/// into `parts` DATA frames, then `trailers` (ending the request) or not. Returns the
+/// answer's `grpc-status`, `grpc-message` and body.
+async fn h2_call(
+    addr: &str,
+    headers: &[(&str, &str)],
+    parts: &[&[u8]],
+    trailers: Option<&[(&str, &str)]>,
+) -> (String, String, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let mut req = axum::http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let empty = parts.is_empty() && trailers.is_none();
+    let (resp, mut stream) = send.send_request(req.body(()).unwrap(), empty).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len() && trailers.is_none();
+        stream
+            .send_data(bytes::Bytes::copy_from_slice(p), last)
+            .unwrap();
+    }
+    if let Some(t) = trailers {
+        let mut map = axum::http::HeaderMap::new();
+        for (k, v) in t {
+            map.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        stream.send_trailers(map).unwrap();
+    }
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let head = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    // A trailers-only answer carries its status in the headers.
+    let tail = body.trailers().await.unwrap().unwrap_or(head);
+    let get = |k: &str| {
+        tail.get(k)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+            .unwrap_or_default()
+    };
+    (get("grpc-status"), get("grpc-message"), data)
+}
+
+/// ModelInfer's message is read by vigil itself, not tonic (the path that carries the
+/// traffic): however the client cuts it into DATA frames, with trailers or without, it is
+/// served, and every broken message gets tonic's code and words (INTERNAL for a missing,
+/// cut-off, compressed-without-encoding or unparsable one; RESOURCE_EXHAUSTED over
+/// `--max-body-bytes`; UNIMPLEMENTED for an encoding the server does not take); a
+/// token in the request's trailers counts as metadata, as tonic merged it.
+#[test]
+fn grpc_model_infer_reads_its_message_however_it_arrives() {
+    use prost::Message;
+    use vigil::grpc::proto::{model_infer_request::InferInputTensor, ModelInferRequest};
+    let repository = root().join("models");
+    let (v, grpc) = start(
+        &repository,
+        Engine::Tract,
+        "127.0.0.1:0",
+        &["--max-body-bytes", "4096", "--api-token", "sesame"],
+    );
+    let req = ModelInferRequest {
+        model_name: "iris".into(),
+        inputs: vec![InferInputTensor {
+            name: "X".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![[5.1f32, 3.5, 1.4, 0.2]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect()],
+        ..Default::default()
+    };
+    let msg = req.encode_to_vec();
+    let frame = |flag: u8, m: &[u8]| {
+        let mut f = vec![flag];
+        f.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        f.extend_from_slice(m);
+        f
+    };
+    let wire = frame(0, &msg);
+    let auth = [("authorization", "Bearer sesame")];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let answer = |data: &[u8]| {
+            vigil::grpc::proto::ModelInferResponse::decode(&data[5..]).expect("an answer")
+        };
+        // Whole, in one frame.
+        let (code, m, data) = h2_call(&grpc, &auth, &[&wire], None).await;
+        assert_eq!(code, "0", "{m}");
+        assert_eq!(answer(&data).outputs.len(), 2);
+        // A frame per octet, then trailers that carry the token.
+        let octets: Vec<&[u8]> = wire.chunks(1).collect();
+        let (code, m, data) = h2_call(&grpc, &[], &octets, Some(&auth)).await;
+        assert_eq!(code, "0", "{m}");
+        assert_eq!(answer(&data).model_name, "iris");
+        // The prefix split from the message, and an empty frame between.
+        let (code, m, _) = h2_call(&grpc, &auth, &[&wire[..3], &[], &wire[3..]], None).await;
+        assert_eq!(code, "0", "{m}");
+        // Without the token: refused by the same gate.
+        let (code, _, _) = h2_call(&grpc, &[], &[&wire], None).await;
+        assert_eq!(code, "16", "UNAUTHENTICATED");
+        let refused: [Refusal; 6] = [
+            ("no message", vec![], &[], "13", "Missing request message."),
+            (
+                "cut short",
+                vec![wire[..wire.len() - 3].to_vec()],
+                &[],
+                "13",
+                "Unexpected EOF",
+            ),
+            (
+                "compressed, no encoding",
+                vec![frame(1, &msg)],
+                &[],
+                "13",
+                "compressed-flag but no grpc-encoding",
+            ),
+            ("not protobuf", vec![frame(0, &[0xff; 9])], &[], "13", ""),
+            (
+                "over the limit",
+                vec![frame(0, &[0; 5000])[..64].to_vec()],
+                &[],
+                "8",
+                "5000 vs. 4096 bytes",
+            ),
+            (
+                "gzip",
+                vec![frame(1, &msg)],
+                &[("grpc-encoding", "gzip")],
+                "12",
+                "gzip",
+            ),
+        ];
+        for (what, parts, extra, want, needle) in refused {
+            let mut headers = auth.to_vec();
+            headers.extend_from_slice(extra);
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let (code, m, _) = h2_call(&grpc, &headers, &parts, None).await;
+            let m = percent_decode(&m);
+            assert_eq!(code, want, "{what}: {m}");
+            assert!(m.contains(needle), "{what}: {m}");
+        }
+    });
+    // Only the three whole messages with a token reached the model.
+    let ok = v
+        .metric(
+            "vigil_protocol_requests_total{model=\"iris\",outcome=\"success\",protocol=\"grpc\"}",
+        )
+        .unwrap_or(0.0);
+    assert_eq!(ok, 3.0);
+}
+
+/// What is sent, extra headers, the status code expected and words of its message.
+type Refusal<'a> = (
+    &'a str,
+    Vec<Vec<u8>>,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    &'a str,
+);
+
+/// grpc-message is percent-encoded on the wire.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}

@@ -10,7 +10,8 @@
 //! (RESOURCE_EXHAUSTED beyond), `--max-tensor-elements` bounds a request's inputs.
 //!
 //! Rooms: [`proto`] (generated), `codec` (messages to tensors and back), `service` (the
-//! RPCs), `auth` (the gate), `status` (errors to codes), `limits` (connections, stalled
+//! RPCs), `unary` (ModelInfer from hyper's stream to its handler, past tonic's router and
+//! codec), `auth` (the gate), `status` (errors to codes), `limits` (connections, stalled
 //! streams), `health` (Watch streams end at the drain). Never imports `http`.
 
 mod auth;
@@ -20,6 +21,7 @@ mod limits;
 pub mod proto;
 mod service;
 mod status;
+mod unary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -178,13 +180,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?
         .max_decoding_message_size(limit);
-    let inference = GrpcInferenceServiceServer::new(service::Inference {
+    let handler = Arc::new(service::Inference {
         server: server.clone(),
         reloader,
         opts: opts.clone(),
-    })
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(usize::MAX);
+    });
+    let inference = GrpcInferenceServiceServer::from_arc(handler.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Health follows readiness until shutdown, then says NOT_SERVING before the drain.
@@ -236,6 +239,9 @@ pub async fn serve(
         .auto_date_header(false);
     let conn = ConnSettings {
         app,
+        infer: handler,
+        limit,
+        body_timeout: opts.limits.body_timeout,
         h2: Arc::new(h2),
         idle: opts.limits.idle_timeout,
         preface: opts.limits.preface_timeout,
@@ -280,6 +286,11 @@ pub async fn serve(
 #[derive(Clone)]
 struct ConnSettings<A> {
     app: A,
+    /// ModelInfer's handler, called without tonic in between ([`unary`]).
+    infer: Arc<service::Inference>,
+    /// `--max-body-bytes`, `--body-timeout`: for ModelInfer's message.
+    limit: usize,
+    body_timeout: Duration,
     h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     idle: Option<Duration>,
     /// `--header-timeout`, for the client's connection preface.
@@ -307,10 +318,20 @@ where
         let activity = limits::Activity::new();
         let app = self.app.clone();
         let act = activity.clone();
+        let (infer, limit, body_timeout) = (self.infer.clone(), self.limit, self.body_timeout);
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let busy = limits::Busy::enter(&act);
             let deadline = limits::client_deadline(req.headers());
-            let call = tower::ServiceExt::oneshot(app.clone(), req.map(tonic::body::Body::new));
+            let (app, infer) = (app.clone(), infer.clone());
+            let call = async move {
+                if unary::takes(&req) {
+                    Ok(unary::model_infer(infer, req, limit, body_timeout).await)
+                } else {
+                    tower::ServiceExt::oneshot(app, req.map(tonic::body::Body::new))
+                        .await
+                        .map(|r| r.map(unary::Reply::Tonic))
+                }
+            };
             async move {
                 let resp = match deadline {
                     None => call.await,

@@ -65,6 +65,18 @@ pub fn unauthenticated() -> Status {
     )
 }
 
+/// A request message over `limit` bytes (`found` of them, when known): RESOURCE_EXHAUSTED
+/// in grpc-core's words, with the limit and the flag that sets it.
+pub fn too_large(found: Option<u64>, limit: usize) -> Status {
+    let size = match found {
+        Some(n) => format!("{n} vs. {limit}"),
+        None => format!("the limit is {limit}"),
+    };
+    Status::resource_exhausted(format!(
+        "Received message larger than max ({size} bytes): the server takes messages of up to {limit} bytes (--max-body-bytes / VIGIL_MAX_BODY_BYTES)"
+    ))
+}
+
 /// tonic refuses a message over a service's `max_decoding_message_size` with OUT_OF_RANGE
 /// before any handler runs; gRPC's status-code table says RESOURCE_EXHAUSTED ("server:
 /// received message larger than max"), which is what grpc-core (so Triton) and grpc-go
@@ -87,14 +99,7 @@ pub fn oversized<B>(limit: usize) -> impl Fn(http::Response<B>) -> http::Respons
             .split_once("found ")
             .and_then(|(_, rest)| rest.split(' ').next())
             .and_then(|n| n.parse::<u64>().ok());
-        let size = match found {
-            Some(n) => format!("{n} vs. {limit}"),
-            None => format!("the limit is {limit}"),
-        };
-        let status = Status::resource_exhausted(format!(
-            "Received message larger than max ({size} bytes): the server takes messages of up to {limit} bytes (--max-body-bytes / VIGIL_MAX_BODY_BYTES)"
-        ));
-        if status.add_header(headers).is_err() {
+        if too_large(found, limit).add_header(headers).is_err() {
             tracing::warn!("could not rewrite an oversized message's status");
         }
         resp
