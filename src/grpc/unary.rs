@@ -233,10 +233,9 @@ impl Reader {
             self.message = Some(data.split_to(len));
             return Ok(());
         }
+        // Grown as the octets arrive, not reserved at the declared length: a prefix that
+        // says 64 MiB and one octet after it must not cost 64 MiB (tonic reserves it).
         let take = (len - self.buf.len()).min(data.len());
-        if self.buf.capacity() < len {
-            self.buf.reserve(len - self.buf.len());
-        }
         self.buf.extend_from_slice(&data[..take]);
         if self.buf.len() == len {
             self.message = Some(std::mem::take(&mut self.buf).freeze());
@@ -344,6 +343,12 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::Internal);
             assert!(err.message().contains(needle), "{}", err.message());
         }
+        // A prefix that declares a large message reserves nothing ahead of its octets.
+        let mut r = Reader::default();
+        let mut big = framed(0, &[7; 16])[..PREFIX + 16].to_vec();
+        big[1..PREFIX].copy_from_slice(&(64u32 << 20).to_be_bytes());
+        r.data(Bytes::from(big), 64 << 20).unwrap();
+        assert!(r.buf.capacity() < 4096, "{}", r.buf.capacity());
         // What follows the one message is dropped.
         let mut wire2 = wire.clone();
         wire2.extend_from_slice(&framed(0, b"more"));
