@@ -646,15 +646,31 @@ fn assert_closed_within(name: &str, mut s: std::net::TcpStream, secs: u64) {
     );
 }
 
+/// How a raw call's request ends.
+#[derive(Clone, Copy)]
+enum End<'a> {
+    /// END_STREAM on the last DATA frame (or on the headers when there is none).
+    Data,
+    /// Trailers end it.
+    Trailers(&'a [(&'a str, &'a str)]),
+    /// Held open: the answer must come before the request ends.
+    Open,
+}
+
 /// One unary call written onto the `h2` crate, frame by frame as given: the message cut
-/// into `parts` DATA frames, then `trailers` (ending the request) or not. Returns the
-/// answer's `grpc-status`, `grpc-message` and body.
+/// into `parts` DATA frames, then ended as `end` says. Returns the answer's
+/// `grpc-status`, `grpc-message` and body.
 async fn h2_call(
     addr: &str,
     headers: &[(&str, &str)],
     parts: &[&[u8]],
-    trailers: Option<&[(&str, &str)]>,
+    end: End<'_>,
 ) -> (String, String, Vec<u8>) {
+    let trailers = match end {
+        End::Trailers(t) => Some(t),
+        _ => None,
+    };
+    let ends_on_data = matches!(end, End::Data);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
@@ -669,10 +685,10 @@ async fn h2_call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let empty = parts.is_empty() && trailers.is_none();
+    let empty = parts.is_empty() && ends_on_data;
     let (resp, mut stream) = send.send_request(req.body(()).unwrap(), empty).unwrap();
     for (i, p) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len() && trailers.is_none();
+        let last = i + 1 == parts.len() && ends_on_data;
         stream
             .send_data(bytes::Bytes::copy_from_slice(p), last)
             .unwrap();
@@ -709,8 +725,9 @@ async fn h2_call(
 
 /// ModelInfer's message is read by vigil itself, not tonic (the path that carries the
 /// traffic): however the client cuts it into DATA frames, with trailers or without, it is
-/// served, and every broken message gets tonic's code and words (INTERNAL for a missing,
-/// cut-off, compressed-without-encoding or unparsable one; RESOURCE_EXHAUSTED over
+/// served, and every broken message, first or after the first, gets tonic's code and
+/// words (INTERNAL for a missing, cut-off, compressed-without-encoding or unparsable one,
+/// as soon as it is whole; RESOURCE_EXHAUSTED over
 /// `--max-body-bytes`; UNIMPLEMENTED for an encoding the server does not take); a
 /// token in the request's trailers counts as metadata, as tonic merged it.
 #[test]
@@ -753,21 +770,21 @@ fn grpc_model_infer_reads_its_message_however_it_arrives() {
             vigil::grpc::proto::ModelInferResponse::decode(&data[5..]).expect("an answer")
         };
         // Whole, in one frame.
-        let (code, m, data) = h2_call(&grpc, &auth, &[&wire], None).await;
+        let (code, m, data) = h2_call(&grpc, &auth, &[&wire], End::Data).await;
         assert_eq!(code, "0", "{m}");
         assert_eq!(answer(&data).outputs.len(), 2);
         // A frame per octet, then trailers that carry the token.
         let octets: Vec<&[u8]> = wire.chunks(1).collect();
-        let (code, m, data) = h2_call(&grpc, &[], &octets, Some(&auth)).await;
+        let (code, m, data) = h2_call(&grpc, &[], &octets, End::Trailers(&auth)).await;
         assert_eq!(code, "0", "{m}");
         assert_eq!(answer(&data).model_name, "iris");
         // The prefix split from the message, and an empty frame between.
-        let (code, m, _) = h2_call(&grpc, &auth, &[&wire[..3], &[], &wire[3..]], None).await;
+        let (code, m, _) = h2_call(&grpc, &auth, &[&wire[..3], &[], &wire[3..]], End::Data).await;
         assert_eq!(code, "0", "{m}");
         // Without the token: refused by the same gate.
-        let (code, _, _) = h2_call(&grpc, &[], &[&wire], None).await;
+        let (code, _, _) = h2_call(&grpc, &[], &[&wire], End::Data).await;
         assert_eq!(code, "16", "UNAUTHENTICATED");
-        let refused: [Refusal; 6] = [
+        let refused: [Refusal; 9] = [
             ("no message", vec![], &[], "13", "Missing request message."),
             (
                 "cut short",
@@ -783,7 +800,34 @@ fn grpc_model_infer_reads_its_message_however_it_arrives() {
                 "13",
                 "compressed-flag but no grpc-encoding",
             ),
-            ("not protobuf", vec![frame(0, &[0xff; 9])], &[], "13", ""),
+            (
+                "not protobuf",
+                vec![frame(0, &[0xff; 9])],
+                &[],
+                "13",
+                "failed to decode Protobuf message",
+            ),
+            (
+                "a second message that is not protobuf",
+                vec![wire.clone(), frame(0, &[0xff; 9])],
+                &[],
+                "13",
+                "failed to decode Protobuf message",
+            ),
+            (
+                "a second message cut short",
+                vec![wire.clone(), frame(0, &msg)[..10].to_vec()],
+                &[],
+                "13",
+                "Unexpected EOF",
+            ),
+            (
+                "a second message over the limit",
+                vec![[wire.clone(), frame(0, &[0; 5000])[..64].to_vec()].concat()],
+                &[],
+                "8",
+                "5000 vs. 4096 bytes",
+            ),
             (
                 "over the limit",
                 vec![frame(0, &[0; 5000])[..64].to_vec()],
@@ -803,11 +847,17 @@ fn grpc_model_infer_reads_its_message_however_it_arrives() {
             let mut headers = auth.to_vec();
             headers.extend_from_slice(extra);
             let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-            let (code, m, _) = h2_call(&grpc, &headers, &parts, None).await;
+            let (code, m, _) = h2_call(&grpc, &headers, &parts, End::Data).await;
             let m = percent_decode(&m);
             assert_eq!(code, want, "{what}: {m}");
             assert!(m.contains(needle), "{what}: {m}");
         }
+        // A message that does not parse is refused once it is whole, not when the
+        // request ends (here never: the client holds it open) or its deadline passes.
+        let t = std::time::Instant::now();
+        let (code, m, _) = h2_call(&grpc, &auth, &[&frame(0, &[0xff; 9])], End::Open).await;
+        assert_eq!(code, "13", "{m}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     });
     // Only the three whole messages with a token reached the model.
     let ok = v

@@ -112,11 +112,6 @@ pub async fn model_infer(
         Ok(m) => m,
         Err(status) => return status.into_http(),
     };
-    let message = match ModelInferRequest::decode(message) {
-        Ok(m) => m,
-        // tonic's (prost's) mapping: a message that does not parse is INTERNAL.
-        Err(e) => return Status::internal(e.to_string()).into_http(),
-    };
     let mut headers = parts.headers;
     if let Some(t) = trailers {
         headers.extend(t);
@@ -151,105 +146,148 @@ pub async fn model_infer(
     }
 }
 
-/// Reads the request's one message (its bytes, without the prefix) and its trailers, to
-/// the end of the stream.
+/// A message that does not parse: INTERNAL, in prost's words (tonic's mapping).
+fn decode(m: Bytes) -> Result<ModelInferRequest, Status> {
+    ModelInferRequest::decode(m).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// Reads the request to the end of its stream, as tonic's unary path did: the first
+/// message is decoded as soon as it is whole (a broken one is refused then, not when the
+/// stream ends), any later one is decoded and dropped (a broken one refused), and the
+/// trailers are kept.
 async fn read_message(
     mut body: Incoming,
     limit: usize,
     timeout: Duration,
-) -> Result<(Bytes, Option<http::HeaderMap>), Status> {
+) -> Result<(ModelInferRequest, Option<http::HeaderMap>), Status> {
     let mut reader = Reader::default();
-    // Armed only when the message has to be waited for.
+    let mut first: Option<ModelInferRequest> = None;
+    let mut trailers: Option<http::HeaderMap> = None;
+    // Armed only when a frame has to be waited for, or after a batch of them.
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| loop {
-        match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => reader.data(data, limit)?,
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        reader
-                            .trailers
-                            .get_or_insert_with(Default::default)
-                            .extend(t);
+    let deadline = |sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context<'_>| {
+        let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        s.as_mut().poll(cx).map(|()| {
+            Err(Status::deadline_exceeded(format!(
+                "the request message did not arrive within {timeout:?} (--body-timeout)"
+            )))
+        })
+    };
+    std::future::poll_fn(|cx| {
+        // A client that keeps frames coming faster than they are read does not hold
+        // this thread: after a batch of frames the task yields (and the deadline holds).
+        for _ in 0..FRAMES_PER_POLL {
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => reader.data(data, limit, |m| {
+                        let decoded = decode(m)?;
+                        first.get_or_insert(decoded);
+                        Ok(())
+                    })?,
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            trailers.get_or_insert_with(Default::default).extend(t);
+                        }
                     }
+                },
+                // The client reset the stream or the connection went away: nobody reads
+                // the answer.
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(Status::cancelled(e.to_string())))
                 }
-            },
-            // The client reset the stream or the connection went away: nobody reads
-            // the answer.
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Status::cancelled(e.to_string()))),
-            Poll::Ready(None) => return Poll::Ready(reader.finish()),
-            Poll::Pending => {
-                let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                return match s.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(Status::deadline_exceeded(format!(
-                        "the request message did not arrive within {timeout:?} (--body-timeout)"
-                    )))),
-                    Poll::Pending => Poll::Pending,
-                };
+                Poll::Ready(None) => {
+                    return Poll::Ready(reader.finish().and_then(|()| {
+                        first
+                            .take()
+                            .map(|m| (m, trailers.take()))
+                            .ok_or_else(|| Status::internal("Missing request message."))
+                    }))
+                }
+                Poll::Pending => return deadline(&mut sleep, cx),
             }
         }
+        if let Poll::Ready(late) = deadline(&mut sleep, cx) {
+            return Poll::Ready(late);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await
 }
 
-/// The message as its frames arrive.
+/// DATA and trailer frames read in one poll before the reading task yields.
+const FRAMES_PER_POLL: usize = 64;
+
+/// Cuts the stream's octets into messages as their frames arrive.
 #[derive(Default)]
 struct Reader {
-    /// The prefix and the message so far, when they came in more than one frame.
+    /// A prefix, or a message, that came in more than one frame, so far.
     buf: BytesMut,
-    /// The message, once whole.
-    message: Option<Bytes>,
-    /// The message's length, once its prefix has been read.
+    /// The current message's length, once its prefix has been read.
     len: Option<usize>,
-    trailers: Option<http::HeaderMap>,
 }
 
 impl Reader {
-    fn data(&mut self, mut data: Bytes, limit: usize) -> Result<(), Status> {
-        if self.message.is_some() {
-            // A unary call has one message; tonic reads and drops what follows it, and so
-            // does this (the stream's flow control bounds what is buffered meanwhile).
-            return Ok(());
-        }
-        if self.len.is_none() {
-            if self.buf.is_empty() && data.len() >= PREFIX {
-                self.len = Some(prefix(&data[..PREFIX], limit)?);
-                data.advance(PREFIX);
-            } else {
-                let need = PREFIX - self.buf.len();
-                let take = need.min(data.len());
-                self.buf.extend_from_slice(&data[..take]);
-                data.advance(take);
-                if self.buf.len() < PREFIX {
-                    return Ok(());
+    /// Takes one DATA frame; `message` gets every message completed by it, in order.
+    fn data(
+        &mut self,
+        mut data: Bytes,
+        limit: usize,
+        mut message: impl FnMut(Bytes) -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        loop {
+            let len = match self.len {
+                Some(len) => len,
+                None => {
+                    if data.is_empty() {
+                        return Ok(());
+                    }
+                    let len = if self.buf.is_empty() && data.len() >= PREFIX {
+                        let len = prefix(&data[..PREFIX], limit)?;
+                        data.advance(PREFIX);
+                        len
+                    } else {
+                        let take = (PREFIX - self.buf.len()).min(data.len());
+                        self.buf.extend_from_slice(&data[..take]);
+                        data.advance(take);
+                        if self.buf.len() < PREFIX {
+                            return Ok(());
+                        }
+                        let len = prefix(&self.buf[..PREFIX], limit)?;
+                        self.buf.clear();
+                        len
+                    };
+                    self.len = Some(len);
+                    len
                 }
-                self.len = Some(prefix(&self.buf[..PREFIX], limit)?);
-                self.buf.clear();
+            };
+            if self.buf.is_empty() && data.len() >= len {
+                // The whole message in this frame: no copy.
+                self.len = None;
+                message(data.split_to(len))?;
+                continue;
             }
+            // Grown as the octets arrive, not reserved at the declared length (tonic
+            // reserves it; untouched, that is address space more than memory).
+            let take = (len - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data.advance(take);
+            if self.buf.len() < len {
+                return Ok(());
+            }
+            self.len = None;
+            message(std::mem::take(&mut self.buf).freeze())?;
         }
-        let len = self.len.unwrap_or(0);
-        if self.buf.is_empty() && data.len() >= len {
-            // The whole message in this frame: no copy.
-            self.message = Some(data.split_to(len));
-            return Ok(());
-        }
-        // Grown as the octets arrive, not reserved at the declared length: a prefix that
-        // says 64 MiB and one octet after it must not cost 64 MiB (tonic reserves it).
-        let take = (len - self.buf.len()).min(data.len());
-        self.buf.extend_from_slice(&data[..take]);
-        if self.buf.len() == len {
-            self.message = Some(std::mem::take(&mut self.buf).freeze());
-        }
-        Ok(())
     }
 
-    fn finish(&mut self) -> Result<(Bytes, Option<http::HeaderMap>), Status> {
-        match self.message.take() {
-            Some(m) => Ok((m, self.trailers.take())),
-            None if self.len.is_none() && self.buf.is_empty() => {
-                Err(Status::internal("Missing request message."))
-            }
-            None => Err(Status::internal("Unexpected EOF decoding stream.")),
+    /// At the end of the stream: an error if it cut a message short. As tonic counts it,
+    /// a prefix with none of its message after it is no message ("Missing request
+    /// message." when it was the first), a part of a prefix or of a message is a cut.
+    fn finish(&self) -> Result<(), Status> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::internal("Unexpected EOF decoding stream."))
         }
     }
 }
@@ -287,73 +325,89 @@ mod tests {
         v
     }
 
-    /// The message read back whole however the frames cut it, and the prefix's faults.
-    #[test]
-    fn a_message_is_read_whole_across_any_cut_of_its_frames() {
-        let msg: Vec<u8> = (0..40u8).collect();
-        let wire = framed(0, &msg);
-        for a in 0..=wire.len() {
-            for b in a..=wire.len() {
-                let mut r = Reader::default();
-                for part in [&wire[..a], &wire[a..b], &wire[b..]] {
-                    r.data(Bytes::copy_from_slice(part), 1000).unwrap();
-                }
-                let (got, _) = r.finish().unwrap();
-                assert_eq!(&got[..], &msg[..], "cut at {a}, {b}");
+    /// Feeds `parts` as DATA frames; the messages read, or the first refusal.
+    fn read(parts: &[&[u8]], limit: usize) -> (Result<Vec<Vec<u8>>, Status>, Reader) {
+        let mut r = Reader::default();
+        let mut got = Vec::new();
+        for p in parts {
+            let fed = r.data(Bytes::copy_from_slice(p), limit, |m| {
+                got.push(m.to_vec());
+                Ok(())
+            });
+            if let Err(e) = fed {
+                return (Err(e), r);
             }
         }
-        // Cut short anywhere after the first octet: EOF; nothing at all: missing.
-        for end in 1..wire.len() {
-            let mut r = Reader::default();
-            r.data(Bytes::copy_from_slice(&wire[..end]), 1000).unwrap();
-            assert_eq!(
-                r.finish().unwrap_err().message(),
-                "Unexpected EOF decoding stream.",
-                "{end}"
+        (Ok(got), r)
+    }
+
+    /// Messages read back whole however the frames cut them, and the prefix's faults
+    /// in tonic's words.
+    #[test]
+    fn messages_are_read_whole_across_any_cut_of_their_frames() {
+        let msg: Vec<u8> = (0..40u8).collect();
+        let mut wire = framed(0, &msg);
+        wire.extend_from_slice(&framed(0, b"second"));
+        for a in 0..=wire.len() {
+            for b in a..=wire.len() {
+                let (got, r) = read(&[&wire[..a], &wire[a..b], &wire[b..]], 1000);
+                assert_eq!(
+                    got.unwrap(),
+                    vec![msg.clone(), b"second".to_vec()],
+                    "cut at {a}, {b}"
+                );
+                assert!(r.finish().is_ok());
+            }
+        }
+        // Cut short inside a prefix or a message: EOF; right after a whole prefix, as
+        // tonic counts it, no message at all.
+        let one = framed(0, &msg);
+        for end in 1..one.len() {
+            let (got, r) = read(&[&one[..end]], 1000);
+            assert!(got.unwrap().is_empty());
+            let eof = r.finish();
+            if end == PREFIX {
+                assert!(eof.is_ok(), "{end}");
+            } else {
+                assert_eq!(
+                    eof.unwrap_err().message(),
+                    "Unexpected EOF decoding stream.",
+                    "{end}"
+                );
+            }
+        }
+        // An empty message is a message.
+        assert_eq!(
+            read(&[&framed(0, &[])], 10).0.unwrap(),
+            vec![Vec::<u8>::new()]
+        );
+        // Over the limit: refused at the prefix, before the message arrives, first
+        // message or later one.
+        for wire in [
+            framed(0, &msg)[..PREFIX].to_vec(),
+            [framed(0, b"ok"), framed(0, &msg)[..PREFIX].to_vec()].concat(),
+        ] {
+            let err = read(&[&wire], 39).0.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+            assert!(
+                err.message().contains("(40 vs. 39 bytes)"),
+                "{}",
+                err.message()
             );
         }
-        let err = Reader::default().finish().unwrap_err();
-        assert_eq!(
-            (err.code(), err.message()),
-            (tonic::Code::Internal, "Missing request message.")
-        );
-        // An empty message is a message.
-        let mut r = Reader::default();
-        r.data(Bytes::from(framed(0, &[])), 10).unwrap();
-        assert!(r.finish().unwrap().0.is_empty());
-        // Over the limit: refused at the prefix, before the message arrives.
-        let mut r = Reader::default();
-        let err = r
-            .data(Bytes::from(framed(0, &msg)[..PREFIX].to_vec()), 39)
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            err.message().contains("(40 vs. 39 bytes)"),
-            "{}",
-            err.message()
-        );
         // Compressed without an encoding, or a flag that is not one.
         for (flag, needle) in [
             (1, "compressed-flag but no grpc-encoding"),
             (7, "invalid compression flag: 7"),
         ] {
-            let err = Reader::default()
-                .data(Bytes::from(framed(flag, &msg)), 1000)
-                .unwrap_err();
+            let err = read(&[&framed(flag, &msg)], 1000).0.unwrap_err();
             assert_eq!(err.code(), tonic::Code::Internal);
             assert!(err.message().contains(needle), "{}", err.message());
         }
         // A prefix that declares a large message reserves nothing ahead of its octets.
-        let mut r = Reader::default();
-        let mut big = framed(0, &[7; 16])[..PREFIX + 16].to_vec();
+        let mut big = framed(0, &[7; 16]);
         big[1..PREFIX].copy_from_slice(&(64u32 << 20).to_be_bytes());
-        r.data(Bytes::from(big), 64 << 20).unwrap();
+        let (_, r) = read(&[&big], 64 << 20);
         assert!(r.buf.capacity() < 4096, "{}", r.buf.capacity());
-        // What follows the one message is dropped.
-        let mut wire2 = wire.clone();
-        wire2.extend_from_slice(&framed(0, b"more"));
-        let mut r = Reader::default();
-        r.data(Bytes::from(wire2), 1000).unwrap();
-        assert_eq!(&r.finish().unwrap().0[..], &msg[..]);
     }
 }
