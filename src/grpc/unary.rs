@@ -121,13 +121,21 @@ pub async fn model_infer(
     match inference.model_infer(request).await {
         Ok(response) => {
             let (metadata, message, _) = response.into_parts();
-            let mut framed = BytesMut::with_capacity(PREFIX + message.encoded_len());
+            let len = message.encoded_len();
+            // The prefix holds 32 bits: a larger answer cannot be framed (tonic refuses
+            // it too).
+            let Ok(prefix_len) = u32::try_from(len) else {
+                return Status::resource_exhausted(format!(
+                    "the answer is {len} bytes, over the 4 GiB a gRPC message can hold; ask for fewer rows or outputs"
+                ))
+                .into_http();
+            };
+            let mut framed = BytesMut::with_capacity(PREFIX + len);
             framed.put_u8(0);
-            // Within u32: an answer is at most the tensors the limits let through.
-            framed.put_u32(u32::try_from(message.encoded_len()).unwrap_or(u32::MAX));
-            message
-                .encode(&mut framed)
-                .expect("the buffer was sized for the message");
+            framed.put_u32(prefix_len);
+            if let Err(e) = message.encode(&mut framed) {
+                return super::status::internal(format!("encoding the answer: {e}")).into_http();
+            }
             let mut headers = metadata.into_headers();
             headers.insert(
                 http::header::CONTENT_TYPE,
