@@ -140,6 +140,13 @@ pub fn body_deadline(
     }
 }
 
+/// What a call whose request message missed `--body-timeout` is answered.
+pub fn late(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the request message did not arrive within {timeout:?} (--body-timeout)"
+    ))
+}
+
 /// A request body that fails with DEADLINE_EXCEEDED if it has not ended within `timeout`.
 struct Deadline {
     body: tonic::body::Body,
@@ -171,10 +178,7 @@ impl HttpBody for Deadline {
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     this.done = true;
-                    Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                        "the request message did not arrive within {:?} (--body-timeout)",
-                        this.timeout
-                    )))))
+                    Poll::Ready(Some(Err(late(this.timeout))))
                 }
                 Poll::Pending => Poll::Pending,
             },

@@ -175,11 +175,9 @@ async fn read_message(
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let deadline = |sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context<'_>| {
         let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        s.as_mut().poll(cx).map(|()| {
-            Err(Status::deadline_exceeded(format!(
-                "the request message did not arrive within {timeout:?} (--body-timeout)"
-            )))
-        })
+        s.as_mut()
+            .poll(cx)
+            .map(|()| Err(super::limits::late(timeout)))
     };
     std::future::poll_fn(|cx| {
         // A client that keeps frames coming faster than they are read does not hold
